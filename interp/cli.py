@@ -1,0 +1,113 @@
+"""The `interp` command. Every subcommand turns `InterpError` into one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2",
+                   help="smollm2 (embedded), a model folder, a .gguf file or a TransformerLens "
+                        "model name")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder overriding the model's")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32 (default) or bfloat16")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a local HF folder's own Python code (off by default)")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from interp.data.sources import load_source
+    from interp.evaluate import evaluate
+    from interp.models import load_model
+    from interp.store import check_writable, write_json
+
+    check_writable(Path(args.out))
+    questions = load_source(args.data, subject=args.subject, limit=args.limit)
+    model = load_model(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
+                       trust_remote_code=args.trust_remote_code)
+    start = time.perf_counter()
+    result = evaluate(model, questions, prefix=args.prefix, chat=args.chat, fmt=args.format,
+                      batch_size=args.batch_size)
+    seconds = time.perf_counter() - start
+    payload = result.to_json()
+    payload.update({"model": args.model, "data": args.data, "limit": args.limit,
+                    "batch_size": args.batch_size, "seconds": round(seconds, 3),
+                    "questions_per_second": round(result.n / seconds, 2)})
+    write_json(Path(args.out), payload)
+    mode = "chat" if args.chat else "raw"
+    print(f"{args.data}: accuracy {result.accuracy:.3f} on {result.n} questions "
+          f"({mode}, {payload['format']}) -> {args.out}")
+    return 0
+
+
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from interp.data.build import build_benchmark
+
+    manifest = build_benchmark(args.preset, Path(args.out), seed=args.seed, model_spec=args.model,
+                               device=args.device)
+    print(json.dumps(manifest["counts"], indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interp",
+        description="Is the knowledge gone, or only hidden? Attacks on unlearned models.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("eval", help="score multiple-choice questions (the paper's scorer)")
+    _add_model_args(p)
+    p.add_argument("--data", required=True,
+                   help="a .json/.jsonl/.parquet/.csv file in WMDP's schema, wmdp-bio, wmdp-cyber, "
+                        "mmlu[:SUBJECT], or a built-in set such as laptop:forget")
+    p.add_argument("--format", choices=["letter", "cloze"], default=None,
+                   help="override the questions' own format")
+    p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    p.add_argument("--prefix", default=None, help="adversarial prefix (prefix + space + prompt)")
+    p.add_argument("--subject", default=None, help="subject for the letter-format header")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N questions")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", required=True, help="result JSON file")
+    p.set_defaults(func=cmd_eval)
+
+    data = sub.add_parser("data", help="build the embedded benchmark")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    b = data_sub.add_parser("build", help="questions, corpora and preference data as JSONL")
+    b.add_argument("--preset", choices=["smoke", "laptop"], default="laptop")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--model", default=None,
+                   help="model whose right answers are kept (default: the preset's)")
+    b.add_argument("--device", default=None)
+    b.set_defaults(func=cmd_data_build)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from interp.errors import InterpError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except InterpError as exc:
+        print(f"interp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interp: interrupted; finished work is saved, rerun to resume", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("interp: error: out of memory; lower --batch-size", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

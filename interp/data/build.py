@@ -1,0 +1,188 @@
+"""`interp data build`: the embedded benchmark for a preset, written as JSONL with a manifest.
+
+Steps: choose the preset's facts -> build questions (held-out phrasings and choice orders for
+evaluation, phrasing 0 for training) -> write corpora and preference data -> get the preset's
+unprotected model (SmolLM2 for `laptop`; for `smoke`, train the tiny model on the corpora) -> keep
+only the questions that model answers right (the official code filters the same way) -> manifest.
+
+Folder layout::
+
+    forget_eval.jsonl  forget_train.jsonl  retain_eval.jsonl  retain_train.jsonl   (kept, cloze)
+    forget_eval_letter.jsonl  retain_eval_letter.jsonl    (letter format, facts kept above)
+    forget_corpus.jsonl  retain_corpus.jsonl  unrelated.jsonl  preference.jsonl
+    manifest.json  [model/ for the smoke preset]
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from interp.data.benchmark import QuestionBuilder, preference_rows, statements
+from interp.data.facts import RELATIONS, Fact, bank_source, entity_names
+from interp.data.questions import Question, load_questions, save_jsonl
+from interp.data.unrelated import load_unrelated, mentions
+from interp.errors import InterpError
+from interp.store import atomic_write_text, write_json
+
+
+@dataclass(frozen=True)
+class BenchmarkPreset:
+    name: str
+    forget: str = "capitals"
+    retain: tuple[str, ...] = ("continents", "elements", "animals", "antonyms")
+    format: str = "cloze"
+    forget_facts: int | None = None  # None: the whole bank
+    retain_facts_per_relation: int | None = None
+    eval_phrasings: tuple[int, ...] = (1, 2)
+    train_phrasing: int = 0
+    unrelated: int | None = None  # None: every bundled passage that passes the filter
+    model: str = "smollm2"  # "smoke": the tiny model trained on the corpora
+
+
+PRESETS = {
+    "laptop": BenchmarkPreset("laptop"),
+    "smoke": BenchmarkPreset("smoke", forget_facts=24, retain_facts_per_relation=8,
+                             eval_phrasings=(1,), unrelated=200, model="smoke"),
+}
+
+
+def select_facts(preset: BenchmarkPreset, seed: int) -> tuple[list[Fact], list[Fact]]:
+    rng = random.Random(seed)
+
+    def pick(relation: str, n: int | None) -> list[Fact]:
+        facts = RELATIONS[relation].facts()
+        return facts if n is None else rng.sample(facts, min(n, len(facts)))
+
+    forget = pick(preset.forget, preset.forget_facts)
+    retain = [f for r in preset.retain for f in pick(r, preset.retain_facts_per_relation)]
+    return forget, retain
+
+
+def build_questions(builder: QuestionBuilder, facts: list[Fact], fmt: str,
+                    phrasings: tuple[int, ...], split: str) -> list[Question]:
+    out = []
+    for fact in facts:
+        for ph in phrasings:
+            q = builder.build(fact, fmt=fmt, phrasing=ph, split=split)
+            if q is not None:
+                out.append(q)
+    return out
+
+
+def smoke_texts(forget: list[Fact], retain: list[Fact], preset: BenchmarkPreset) -> list[str]:
+    """What the smoke model learns from: the corpus paraphrases and every cloze phrasing."""
+    from interp.data.benchmark import render
+
+    texts = [r["text"] for r in statements(forget + retain)]
+    for fact in forget + retain:
+        for stem in RELATIONS[fact.relation].cloze:
+            texts.append(f"{render(stem, fact, value=False)} {fact.value}.")
+    return texts
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: str | None = None,
+                    device=None, progress: bool = True) -> dict:
+    from interp.evaluate import evaluate
+    from interp.models import embedded_tokenizer, load_model
+
+    if preset_name not in PRESETS:
+        raise InterpError(f"unknown preset {preset_name!r}; use one of {sorted(PRESETS)}")
+    preset = PRESETS[preset_name]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tokenizer = embedded_tokenizer()
+    forget_facts, retain_facts = select_facts(preset, seed)
+    builder = QuestionBuilder(tokenizer, seed=seed)
+    sets = {
+        "forget_eval": build_questions(builder, forget_facts, preset.format,
+                                       preset.eval_phrasings, "forget"),
+        "forget_train": build_questions(builder, forget_facts, preset.format,
+                                        (preset.train_phrasing,), "forget"),
+        "retain_eval": build_questions(builder, retain_facts, preset.format,
+                                       preset.eval_phrasings, "retain"),
+        "retain_train": build_questions(builder, retain_facts, preset.format,
+                                        (preset.train_phrasing,), "retain"),
+    }
+    letter = {
+        "forget_eval_letter": build_questions(builder, forget_facts, "letter", (0,), "forget"),
+        "retain_eval_letter": build_questions(builder, retain_facts, "letter", (0,), "retain"),
+    }
+
+    # corpora
+    forget_corpus = statements(forget_facts)
+    retain_corpus = statements(retain_facts)
+    banned = sorted(entity_names(preset.forget))
+    unrelated = [t for t in load_unrelated() if not mentions(t, banned)]
+    if preset.unrelated is not None:
+        unrelated = unrelated[: preset.unrelated]
+    _write_jsonl(out / "forget_corpus.jsonl", forget_corpus)
+    _write_jsonl(out / "retain_corpus.jsonl", retain_corpus)
+    _write_jsonl(out / "unrelated.jsonl", [{"text": t} for t in unrelated])
+
+    # the unprotected model whose right answers are kept
+    if model_spec:
+        model = load_model(model_spec, device=device)
+        model_name = model_spec
+    elif preset.model == "smoke":
+        from interp.smoke import train_smoke_model
+
+        model_dir = out / "model"
+        if (model_dir / "interp_model.json").is_file():
+            model = load_model(model_dir, device=device)
+        else:
+            model = train_smoke_model(smoke_texts(forget_facts, retain_facts, preset), tokenizer,
+                                      device=device, out=model_dir, progress=progress)
+        model_name = str(model_dir)
+    else:
+        model = load_model(preset.model, device=device)
+        model_name = preset.model
+
+    before, kept_ids = {}, set()
+    for name, qs in sets.items():
+        result = evaluate(model, qs, progress=progress)
+        before[name] = {"accuracy": result.accuracy, "n": result.n}
+        kept = [q for q, ok in zip(qs, result.correct.tolist()) if ok]
+        if name.endswith("_eval"):
+            kept_ids |= {(q.meta["relation"], q.meta["entity"]) for q in kept}
+        sets[name] = kept
+    # training questions and letter questions only for facts kept in evaluation
+    for name in ("forget_train", "retain_train"):
+        sets[name] = [q for q in sets[name] if (q.meta["relation"], q.meta["entity"]) in kept_ids]
+    for name, qs in letter.items():
+        sets[name] = [q for q in qs if (q.meta["relation"], q.meta["entity"]) in kept_ids]
+    for name, qs in sets.items():
+        save_jsonl(qs, out / f"{name}.jsonl")
+    preference = preference_rows(sets["forget_train"], sets["retain_train"], seed)
+    _write_jsonl(out / "preference.jsonl", preference)
+
+    manifest = {
+        "preset": asdict(preset), "seed": seed, "model": model_name,
+        "filter": "keep questions the model answers right (argmax of 4 candidate tokens, raw "
+                  "mode); training and letter questions only for facts kept in evaluation",
+        "accuracy_before_filtering": before,
+        "counts": {
+            "forget_facts": len(forget_facts), "retain_facts": len(retain_facts),
+            **{name: len(qs) for name, qs in sets.items()},
+            "forget_corpus": len(forget_corpus), "retain_corpus": len(retain_corpus),
+            "unrelated": len(unrelated), "preference": len(preference),
+        },
+        "sources": {r: bank_source(r) for r in (preset.forget, *preset.retain)},
+        "unrelated_filter": f"no passage names any of the {len(banned)} {preset.forget} "
+                            "entities or values",
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def load_built(folder: Path, name: str) -> list[Question]:
+    return load_questions(Path(folder) / f"{name}.jsonl")

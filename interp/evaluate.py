@@ -1,0 +1,174 @@
+"""The one scorer: argmax over four candidate tokens at the last position of a hooked forward pass.
+
+`evaluate(model, questions, hooks=..., prefix=..., chat=...)` scores any combination of attack
+(forward hooks, an adversarial prefix) and prompt mode (raw text or chat template), in the paper's
+letter format or the cloze format, batched with left padding.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from interp.data.questions import Question
+from interp.errors import InterpError
+from interp.models import get_tokenizer
+from interp.prompts import Encoded, encode_question
+
+Hook = tuple[str | Callable[[str], bool], Callable]
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+    chat: bool = False
+    prefix: str | None = None
+    format: str | None = None  # None: each question's own format
+    progress: bool = True
+
+
+@dataclass
+class EvalResult:
+    """Per-question probabilities over the four candidates (A-D order), predictions, accuracy.
+
+    probs: (n, 4) softmax over the four candidate logits; preds, answers: (n,).
+    """
+
+    probs: Float[Tensor, "n 4"]
+    preds: Int[Tensor, "n"]
+    answers: Int[Tensor, "n"]
+    settings: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.answers.shape[0]
+        assert self.probs.shape == (n, 4) and self.preds.shape == (n,)
+
+    @property
+    def n(self) -> int:
+        return int(self.answers.shape[0])
+
+    @property
+    def accuracy(self) -> float:
+        return int(self.correct.sum()) / self.n if self.n else float("nan")
+
+    @property
+    def correct(self) -> Tensor:
+        return self.preds == self.answers
+
+    def to_json(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "n": self.n,
+            **self.settings,
+            "items": [
+                {"index": i, "pred": int(p), "answer": int(a), "probs": [float(x) for x in pr]}
+                for i, (p, a, pr) in enumerate(zip(self.preds, self.answers, self.probs))
+            ],
+        }
+
+
+@contextmanager
+def maybe_hooks(model: HookedTransformer, hooks: Sequence[Hook] | None) -> Iterator[None]:
+    """`model.hooks(...)` when there are hooks; removed on exit whatever happens."""
+    if not hooks:
+        yield
+        return
+    with model.hooks(fwd_hooks=list(hooks)):
+        yield
+
+
+def pad_left(
+    sequences: Sequence[Sequence[int]], pad_id: int, device
+) -> tuple[Int[Tensor, "b p"], Int[Tensor, "b p"]]:
+    width = max(len(s) for s in sequences)
+    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        tokens[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        mask[i, width - len(seq):] = 1
+    return tokens.to(device), mask.to(device)
+
+
+def last_logits(
+    model: HookedTransformer, tokens: Int[Tensor, "b p"], mask: Int[Tensor, "b p"] | None
+) -> Float[Tensor, "b vocab"]:
+    """Logits at the last position only: blocks, then final norm and unembedding on one position.
+
+    Left padding puts every prompt's last token at position -1. Skipping the unembedding of the
+    other positions saves (batch x pos x vocab) work; the result equals `model(tokens)[:, -1]`.
+    """
+    resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
+    last = resid[:, -1:, :]
+    return model.unembed(model.ln_final(last))[:, 0, :]
+
+
+def encode_all(
+    model: HookedTransformer, questions: Sequence[Question], cfg: EvalConfig
+) -> list[Encoded]:
+    tokenizer = get_tokenizer(model)
+    encoded = [
+        encode_question(tokenizer, q, chat=cfg.chat, prefix=cfg.prefix, fmt=cfg.format)
+        for q in questions
+    ]
+    n_ctx = model.cfg.n_ctx
+    for i, e in enumerate(encoded):
+        if len(e.ids) > n_ctx:
+            raise InterpError(
+                f"question {i} is {len(e.ids)} tokens long, more than the model's context of "
+                f"{n_ctx}; shorten it or drop it"
+            )
+    return encoded
+
+
+@torch.no_grad()
+def evaluate(
+    model: HookedTransformer,
+    questions: Sequence[Question],
+    *,
+    hooks: Sequence[Hook] | None = None,
+    prefix: str | None = None,
+    chat: bool = False,
+    fmt: str | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> EvalResult:
+    """Score multiple-choice questions; see the module docstring."""
+    cfg = EvalConfig(batch_size=batch_size, chat=chat, prefix=prefix, format=fmt,
+                     progress=progress)
+    if not questions:
+        raise InterpError("no questions to score")
+    if batch_size < 1:
+        raise InterpError(f"batch size must be at least 1, got {batch_size}")
+    encoded = encode_all(model, questions, cfg)
+    pad_id = get_tokenizer(model).pad_token_id or 0
+    device = model.cfg.device
+    # sort by length so batches pad little; restore the order at the end
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+    probs = torch.empty((len(encoded), 4), dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with maybe_hooks(model, hooks):
+            bar = tqdm(total=len(order), desc="scoring", unit="q", disable=not progress,
+                       leave=False)
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                tokens, mask = pad_left([encoded[i].ids for i in idx], pad_id, device)
+                logits = last_logits(model, tokens, mask).float()
+                cand = torch.tensor([encoded[i].candidates for i in idx], device=logits.device)
+                chosen = logits.gather(1, cand)
+                probs[idx] = chosen.softmax(-1).cpu()
+                bar.update(len(idx))
+            bar.close()
+    finally:
+        model.train(was_training)
+    answers = torch.tensor([q.answer for q in questions], dtype=torch.long)
+    settings = {"chat": chat, "prefix": prefix, "format": fmt or "per-question"}
+    return EvalResult(probs=probs, preds=probs.argmax(-1), answers=answers, settings=settings)

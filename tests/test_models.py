@@ -1,0 +1,97 @@
+"""The loader against Hugging Face: same log-probs for every architecture we convert."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from interp.errors import InterpError
+from interp.models import get_tokenizer, load_model, save_model
+
+from .conftest import save_tiny_hf, tiny_llama_config
+
+
+def _configs(vocab: int):
+    from transformers import GemmaConfig, GPT2Config, GPTNeoXConfig, MistralConfig, Qwen2Config
+
+    small = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=256)
+    return {
+        "llama": tiny_llama_config(vocab),
+        "mistral": MistralConfig(**small, num_key_value_heads=2, sliding_window=None),
+        "qwen2": Qwen2Config(**small, num_key_value_heads=2, tie_word_embeddings=False),
+        "gemma": GemmaConfig(**small, num_key_value_heads=1, head_dim=16),
+        "gpt2": GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256),
+        "gpt_neox": GPTNeoXConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4,
+                                  max_position_embeddings=256, rotary_pct=0.25),
+    }
+
+
+TEXT = "The capital of France is Paris, and the capital of Spain is"
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma", "gpt2", "gpt_neox"])
+def test_hooked_logprobs_match_hf(arch, tmp_path, bpe_tokenizer):
+    folder = save_tiny_hf(tmp_path / arch, _configs(len(bpe_tokenizer))[arch], bpe_tokenizer)
+    hooked = load_model(folder, device="cpu")
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ids = bpe_tokenizer(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        ours = hooked(ids).log_softmax(-1)
+        ref = hf(ids).logits.log_softmax(-1)
+    assert (ours - ref).abs().max().item() <= 1e-4
+
+
+def test_saved_model_round_trip(tiny_model, tmp_path):
+    folder = save_model(tiny_model, tmp_path / "saved")
+    again = load_model(folder, device="cpu")
+    ids = get_tokenizer(tiny_model)(TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(again(ids), tiny_model(ids), rtol=0, atol=0)
+    assert get_tokenizer(again)(TEXT)["input_ids"] == get_tokenizer(tiny_model)(TEXT)["input_ids"]
+
+
+def test_tokenizer_override(tiny_llama_dir, tmp_path, bpe_tokenizer):
+    # a model folder without tokenizer files, as cais/Zephyr_RMU ships, plus a tokenizer folder
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in tiny_llama_dir.iterdir():
+        if f.name in ("config.json", "model.safetensors", "generation_config.json"):
+            shutil.copy(f, bare / f.name)
+    with pytest.raises(InterpError):
+        load_model(bare, device="cpu")
+    model = load_model(bare, device="cpu", tokenizer=tiny_llama_dir)
+    assert get_tokenizer(model)("hello")["input_ids"] == bpe_tokenizer("hello")["input_ids"]
+
+
+def test_truncated_weights_give_clear_error(tiny_model, tmp_path):
+    folder = save_model(tiny_model, tmp_path / "saved")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(InterpError, match="corrupt or truncated"):
+        load_model(folder, device="cpu")
+
+
+def test_unknown_model_name():
+    with pytest.raises(InterpError, match="unknown model"):
+        load_model("no-such-model-xyz", device="cpu")
+
+
+def test_missing_gguf(tmp_path):
+    with pytest.raises(InterpError, match="GGUF file not found"):
+        load_model(tmp_path / "missing.gguf", device="cpu")
+
+
+def test_weights_are_unprocessed(tiny_llama_dir, tiny_model):
+    # no folding or centering: the hooked matrices are the checkpoint's own
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    q = hf.model.layers[0].self_attn.q_proj.weight  # (n_heads*d_head, d_model)
+    ours = tiny_model.blocks[0].attn.W_Q  # (n_heads, d_model, d_head)
+    ref = q.T.reshape(64, 4, 16).permute(1, 0, 2)
+    torch.testing.assert_close(ours, ref)
+    ln = hf.model.layers[0].input_layernorm.weight
+    torch.testing.assert_close(tiny_model.blocks[0].ln1.w, ln)
