@@ -20,13 +20,13 @@ from interp.training import TrainConfig, lm_loss, pack, sample_indices, seed_eve
 @dataclass
 class SmokeConfig:
     n_layers: int = 4
-    d_model: int = 128
+    d_model: int = 64
     n_heads: int = 4
-    d_mlp: int = 384
+    d_mlp: int = 256
     n_ctx: int = 64
-    steps: int = 240
-    batch_size: int = 48
-    lr: float = 4e-3
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 6e-3
     seed: int = 0
 
 
@@ -61,7 +61,7 @@ def train_smoke_model(
     names = [n for n, _ in model.named_parameters()]
     train_cfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.05, schedule="cosine",
                             weight_decay=0.0, seed=cfg.seed, desc="smoke model",
-                            checkpoint_every=50, progress=progress)
+                            checkpoint_every=100, progress=progress)
     model.train()
     train(list(model.parameters()), lambda b: lm_loss(model, b), batch_at, train_cfg,
           run_dir=out / "train" if out else None, param_names=names)

@@ -197,18 +197,33 @@ def pack(sequences: Sequence[Sequence[int]], loss_from: Sequence[int], pad_id: i
     return TokenBatch(tokens.to(device), mask.to(device))
 
 
-def token_nll(logits: Float[Tensor, "b p v"], batch: TokenBatch) -> Float[Tensor, "b p"]:
-    """Negative log-likelihood of each next token, zero where the loss mask is 0."""
-    logp = logits[:, :-1].float().log_softmax(-1)
-    target = batch.tokens[:, 1:]
-    nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    return nll * batch.loss_mask[:, :-1]
+def target_nll(model, batch: TokenBatch) -> tuple[Float[Tensor, "n"], Int[Tensor, "n"]]:
+    """NLL of every counted next token, and the batch row each belongs to.
+
+    Only the counted positions are unembedded (the (batch x pos x vocab) logits tensor is the
+    largest thing in a small model's step), and cross-entropy is the fused kernel.
+    """
+    import torch.nn.functional as F
+
+    resid = model(batch.tokens, stop_at_layer=model.cfg.n_layers)
+    keep = batch.loss_mask[:, :-1].bool()
+    normed = model.ln_final(resid)[:, :-1][keep]  # (n, d_model)
+    logits = model.unembed(normed[None])[0]  # (n, vocab)
+    targets = batch.tokens[:, 1:][keep]
+    rows = torch.arange(batch.tokens.shape[0], device=targets.device)[:, None].expand_as(keep)
+    return F.cross_entropy(logits.float(), targets, reduction="none"), rows[keep]
+
+
+def sequence_nll(model, batch: TokenBatch) -> Float[Tensor, "b"]:
+    """Summed NLL of the counted tokens of each sequence (NPO and DPO compare these)."""
+    nll, rows = target_nll(model, batch)
+    return torch.zeros(batch.tokens.shape[0], device=nll.device).index_add(0, rows, nll)
 
 
 def lm_loss(model, batch: TokenBatch) -> Tensor:
-    """Mean next-token cross-entropy over the masked positions."""
-    nll = token_nll(model(batch.tokens), batch)
-    return nll.sum() / batch.loss_mask[:, :-1].sum().clamp(min=1)
+    """Mean next-token cross-entropy over the counted positions."""
+    nll, _ = target_nll(model, batch)
+    return nll.mean()
 
 
 def sample_indices(n: int, k: int, seed: int, step: int, micro: int = 0) -> list[int]:

@@ -109,3 +109,13 @@ def wmdp_jsonl(tmp_path) -> Path:
     path = tmp_path / "wmdp.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in WMDP_ROWS))
     return path
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory):
+    """The smoke benchmark, built once: tiny model trained on the corpora, filtered questions."""
+    from interp.data.build import build_benchmark
+
+    folder = tmp_path_factory.mktemp("smoke-data")
+    manifest = build_benchmark("smoke", folder, seed=0, device="cpu", progress=False)
+    return folder, manifest

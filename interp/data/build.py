@@ -9,6 +9,7 @@ Folder layout::
 
     forget_eval.jsonl  forget_train.jsonl  retain_eval.jsonl  retain_train.jsonl   (kept, cloze)
     forget_eval_letter.jsonl  retain_eval_letter.jsonl    (letter format, facts kept above)
+    forget_eval_unfiltered.jsonl  retain_eval_unfiltered.jsonl    (before the filter)
     forget_corpus.jsonl  retain_corpus.jsonl  unrelated.jsonl  preference.jsonl
     manifest.json  [model/ for the smoke preset]
 """
@@ -146,6 +147,8 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
         model = load_model(preset.model, device=device)
         model_name = preset.model
 
+    save_jsonl(sets["forget_eval"], out / "forget_eval_unfiltered.jsonl")
+    save_jsonl(sets["retain_eval"], out / "retain_eval_unfiltered.jsonl")
     before, kept_ids = {}, set()
     for name, qs in sets.items():
         result = evaluate(model, qs, progress=progress)

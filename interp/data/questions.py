@@ -87,7 +87,8 @@ def question_from_row(row: dict[str, Any], *, where: str, subject: str = "") -> 
         raise InterpError(f"{where}: answer index {answer} is out of range 0-3")
     if not isinstance(row["question"], str) or not row["question"].strip():
         raise InterpError(f"{where}: 'question' must be a non-empty string")
-    meta = {k: v for k, v in row.items() if k in ("id", "relation", "entity", "phrasing", "split")}
+    meta = dict(row.get("meta") or {}) if isinstance(row.get("meta"), dict) else {}
+    meta.update({k: v for k, v in row.items() if k in ("id", "relation", "entity", "split")})
     return Question(
         question=row["question"],
         choices=tuple(choices),  # type: ignore[arg-type]
