@@ -55,6 +55,67 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_overrides(pairs: list[str]) -> dict:
+    from interp.errors import InterpError
+
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise InterpError(f"--set takes KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    from interp.protect import protect
+
+    report = protect(args.method, args.model, Path(args.data), Path(args.out),
+                     preset=args.preset, overrides=_parse_overrides(args.set), device=args.device)
+    for key, before in report["before"].items():
+        after = report["after"][key]
+        print(f"{key:24s} {before['accuracy']:.3f} -> {after['accuracy']:.3f}  (n={after['n']})")
+    if "refusal" in report:
+        print(f"refusal rate (chat, forget): {report['refusal']['refusal_rate']:.3f}")
+    print(f"{args.method}: trained in {report['train_seconds']} s -> {args.out}")
+    return 0
+
+
+def cmd_attack_directions(args: argparse.Namespace) -> int:
+    from interp.attacks import DirectionsAttackConfig, directions_attack
+    from interp.directions import DirectionsConfig
+    from interp.models import load_model
+
+    cfg = DirectionsAttackConfig(
+        DirectionsConfig(hook=args.hook, positions=args.positions, skip_first=args.skip_first,
+                         outlier_z=None if args.outlier_z <= 0 else args.outlier_z),
+        sweep_limit=args.sweep_limit)
+    original = load_model(args.original, device=args.device)
+    unlearned = load_model(args.unlearned, device=args.device)
+    r = directions_attack(original, unlearned, Path(args.data), Path(args.out), cfg)
+    print(f"no attack: forget {r['no_attack']['forget']:.3f} retain {r['no_attack']['retain']:.3f}")
+    for key in ("ablate_best_layer", "ablate_all_layers", "orthogonalize_best_everywhere"):
+        print(f"{key}: forget {r[key]['forget']:.3f} retain {r[key]['retain']:.3f}")
+    print(f"best layer {r['best_layer']}; figures: {', '.join(r['figures'])}")
+    return 0
+
+
+def cmd_attack_lens(args: argparse.Namespace) -> int:
+    from interp.attacks import lens_attack
+    from interp.models import load_model
+
+    specs = dict(pair.split("=", 1) if "=" in pair else (pair, pair) for pair in args.model)
+    models = {name: load_model(spec, device=args.device) for name, spec in specs.items()}
+    r = lens_attack(models, Path(args.data), Path(args.out), chat=args.chat, limit=args.limit)
+    for name, m in r["models"].items():
+        print(f"{name}: final layer {m['final_accuracy']:.3f}, best layer {m['best_layer']} "
+              f"{m['best_accuracy']:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interp",
@@ -76,6 +137,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", required=True, help="result JSON file")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("protect", help="train a protection: rmu, npo or dpo")
+    p.add_argument("method", choices=["rmu", "npo", "dpo"])
+    p.add_argument("--model", default="smollm2", help="the model to protect (any load_model spec)")
+    p.add_argument("--data", required=True, help="a folder built by `interp data build`")
+    p.add_argument("--out", required=True, help="output folder for the protected model")
+    p.add_argument("--preset", choices=["smoke", "laptop", "paper"], default="laptop",
+                   help="which scale's settings to start from")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one setting of the method's config (repeatable)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_protect)
+
+    attack = sub.add_parser("attack", help="attacks on a protected model")
+    attack_sub = attack.add_subparsers(dest="attack", required=True)
+    a = attack_sub.add_parser("directions", help="difference-in-means directions: ablation "
+                              "sweep and weight orthogonalization")
+    a.add_argument("--original", default="smollm2")
+    a.add_argument("--unlearned", required=True)
+    a.add_argument("--data", required=True, help="a folder built by `interp data build`")
+    a.add_argument("--out", required=True)
+    a.add_argument("--hook", default="resid_post",
+                   choices=["resid_post", "resid_pre", "attn_out", "mlp_out"])
+    a.add_argument("--positions", default="all", choices=["all", "last"])
+    a.add_argument("--skip-first", type=int, default=1)
+    a.add_argument("--outlier-z", type=float, default=3.0, help="0 keeps every token")
+    a.add_argument("--sweep-limit", type=int, default=100)
+    a.add_argument("--device", default=None)
+    a.set_defaults(func=cmd_attack_directions)
+    a = attack_sub.add_parser("lens", help="logit lens accuracy per layer")
+    a.add_argument("--model", action="append", required=True, metavar="[NAME=]SPEC",
+                   help="a model to read (repeat to compare models)")
+    a.add_argument("--data", required=True)
+    a.add_argument("--out", required=True)
+    a.add_argument("--chat", action="store_true")
+    a.add_argument("--limit", type=int, default=200)
+    a.add_argument("--device", default=None)
+    a.set_defaults(func=cmd_attack_lens)
 
     data = sub.add_parser("data", help="build the embedded benchmark")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -172,3 +172,38 @@ def evaluate(
     answers = torch.tensor([q.answer for q in questions], dtype=torch.long)
     settings = {"chat": chat, "prefix": prefix, "format": fmt or "per-question"}
     return EvalResult(probs=probs, preds=probs.argmax(-1), answers=answers, settings=settings)
+
+
+@torch.no_grad()
+def generate_greedy(
+    model: HookedTransformer, prompts: Sequence[list[int]], *, max_new_tokens: int = 24,
+    batch_size: int = 16, hooks: Sequence[Hook] | None = None,
+) -> list[str]:
+    """Greedy continuations of token-id prompts (left-padded batches, hooks applied)."""
+    tokenizer = get_tokenizer(model)
+    pad_id = tokenizer.pad_token_id or 0
+    eos = tokenizer.eos_token_id
+    out: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with maybe_hooks(model, hooks):
+            for start in range(0, len(prompts), batch_size):
+                batch = [list(p) for p in prompts[start:start + batch_size]]
+                new = [[] for _ in batch]
+                done = [False] * len(batch)
+                for _ in range(max_new_tokens):
+                    tokens, mask = pad_left([p + n for p, n in zip(batch, new)], pad_id,
+                                            model.cfg.device)
+                    nxt = last_logits(model, tokens, mask).argmax(-1).tolist()
+                    for i, t in enumerate(nxt):
+                        if not done[i]:
+                            new[i].append(t)
+                            done[i] = t == eos
+                    if all(done):
+                        break
+                out += [tokenizer.decode([t for t in n if t != eos], skip_special_tokens=True)
+                        for n in new]
+    finally:
+        model.train(was_training)
+    return out

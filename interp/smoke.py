@@ -23,7 +23,7 @@ class SmokeConfig:
     d_model: int = 64
     n_heads: int = 4
     d_mlp: int = 256
-    n_ctx: int = 64
+    n_ctx: int = 256
     steps: int = 200
     batch_size: int = 32
     lr: float = 6e-3

@@ -182,6 +182,7 @@ class TokenBatch:
 
     tokens: Int[Tensor, "b p"]
     loss_mask: Int[Tensor, "b p"]
+    valid: Int[Tensor, "b p"] | None = None  # 1 on real tokens, 0 on right padding
 
 
 def pack(sequences: Sequence[Sequence[int]], loss_from: Sequence[int], pad_id: int,
@@ -194,10 +195,11 @@ def pack(sequences: Sequence[Sequence[int]], loss_from: Sequence[int], pad_id: i
         tokens[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         # position t predicts token t+1; predicted tokens are first..len-1
         mask[i, max(first, 1) - 1: len(seq) - 1] = 1
-    return TokenBatch(tokens.to(device), mask.to(device))
+    valid = (torch.arange(width)[None, :] < torch.tensor([len(s) for s in sequences])[:, None])
+    return TokenBatch(tokens.to(device), mask.to(device), valid.long().to(device))
 
 
-def target_nll(model, batch: TokenBatch) -> tuple[Float[Tensor, "n"], Int[Tensor, "n"]]:
+def target_nll(model, batch: TokenBatch) -> tuple[Float[Tensor, "n"], Int[Tensor, "n"]]:  # noqa: F821
     """NLL of every counted next token, and the batch row each belongs to.
 
     Only the counted positions are unembedded (the (batch x pos x vocab) logits tensor is the
@@ -214,7 +216,7 @@ def target_nll(model, batch: TokenBatch) -> tuple[Float[Tensor, "n"], Int[Tensor
     return F.cross_entropy(logits.float(), targets, reduction="none"), rows[keep]
 
 
-def sequence_nll(model, batch: TokenBatch) -> Float[Tensor, "b"]:
+def sequence_nll(model, batch: TokenBatch) -> Float[Tensor, "b"]:  # noqa: F821
     """Summed NLL of the counted tokens of each sequence (NPO and DPO compare these)."""
     nll, rows = target_nll(model, batch)
     return torch.zeros(batch.tokens.shape[0], device=nll.device).index_add(0, rows, nll)

@@ -1,0 +1,93 @@
+"""DPO refusal training (the paper's safety-training baseline).
+
+Preference data: forget question -> a refusal preferred over the right answer; retain question ->
+the right answer preferred over a wrong one. Each pair is trained both as raw text and inside the
+chat template, so the refusal shows in chat and the right answer loses ground in raw scoring.
+loss = -log sigmoid(beta * [(logp_theta(c) - logp_ref(c)) - (logp_theta(r) - logp_ref(r))]),
+log-probs summed over the response tokens, reference = the frozen model (precomputed once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformer_lens import HookedTransformer
+
+from interp.training import TrainConfig, pack, sample_indices, sequence_nll, train
+from interp.unlearn.common import ProtectData, encode_pair, select_params
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 0.1
+    lr: float = 1e-5
+    batch_size: int = 8
+    steps: int = 100
+    params: str = "attn_mlp"
+    seed: int = 0
+
+
+@dataclass
+class DPOResult:
+    losses: list[float] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)
+
+
+def dpo_loss(pol_c, pol_r, ref_c, ref_r, beta: float) -> torch.Tensor:
+    """Inputs are summed log-probs of chosen (c) and rejected (r) responses."""
+    return -F.logsigmoid(beta * ((pol_c - ref_c) - (pol_r - ref_r))).mean()
+
+
+def build_pairs(model: HookedTransformer, rows: list[dict]):
+    pairs = []
+    for row in rows:
+        for chat in (False, True):
+            c, c0 = encode_pair(model, row["prompt"], row["chosen"], chat=chat)
+            r, r0 = encode_pair(model, row["prompt"], row["rejected"], chat=chat)
+            pairs.append((c, c0, r, r0))
+    return pairs
+
+
+@torch.no_grad()
+def _reference_logps(model, pairs, device, batch_size: int = 32) -> torch.Tensor:
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        seqs = [p[0] for p in chunk] + [p[2] for p in chunk]
+        firsts = [p[1] for p in chunk] + [p[3] for p in chunk]
+        logp = -sequence_nll(model, pack(seqs, firsts, 0, device)).cpu()
+        out.append(torch.stack([logp[: len(chunk)], logp[len(chunk):]], dim=1))
+    return torch.cat(out)  # (n_pairs, 2): chosen, rejected
+
+
+def run_dpo(model: HookedTransformer, data: ProtectData, cfg: DPOConfig,
+            run_dir: Path | None = None, progress: bool = True) -> DPOResult:
+    device = model.cfg.device
+    pairs = build_pairs(model, data.preference())
+    model.eval()
+    ref = _reference_logps(model, pairs, device)
+    params, names = select_params(model, cfg.params)
+
+    def batch_at(step, micro):
+        idx = sample_indices(len(pairs), cfg.batch_size, cfg.seed, step, micro)
+        chunk = [pairs[i] for i in idx]
+        seqs = [p[0] for p in chunk] + [p[2] for p in chunk]
+        firsts = [p[1] for p in chunk] + [p[3] for p in chunk]
+        return idx, pack(seqs, firsts, 0, device)
+
+    def loss_fn(b):
+        idx, batch = b
+        logp = -sequence_nll(model, batch)
+        n = len(idx)
+        r = ref[idx].to(logp.device)
+        loss = dpo_loss(logp[:n], logp[n:], r[:, 0], r[:, 1], cfg.beta)
+        margin = ((logp[:n] - r[:, 0]) - (logp[n:] - r[:, 1])).mean().item()
+        return loss, {"margin": margin}
+
+    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.05, schedule="linear",
+                       seed=cfg.seed, desc="DPO", checkpoint_every=50, progress=progress)
+    out = train(params, loss_fn, batch_at, tcfg, run_dir=run_dir, param_names=names)
+    return DPOResult(losses=out.losses, margins=[e["margin"] for e in out.extras])

@@ -1,0 +1,87 @@
+"""NPO (Zhang et al. 2024): negative preference optimization on the forget answers.
+
+loss = -(2/beta) * mean log sigmoid(beta * (NLL_theta - NLL_ref)) on forget sequences (NLL summed
+per sequence, reference = the frozen model, precomputed once) + retain_weight * cross-entropy on
+retain sequences. As in the paper, the sequences are the preference data's: a forget question and
+its right answer (the loss counts the answer tokens only), raw and in the chat template; retain
+questions with their right answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformer_lens import HookedTransformer
+
+from interp.errors import InterpError
+from interp.training import TrainConfig, lm_loss, pack, sample_indices, sequence_nll, train
+from interp.unlearn.common import ProtectData, encode_pair, select_params
+
+
+@dataclass
+class NPOConfig:
+    beta: float = 0.1
+    retain_weight: float = 1.0
+    lr: float = 1e-5
+    batch_size: int = 8
+    steps: int = 100
+    params: str = "attn_mlp"
+    seed: int = 0
+    max_len: int = 64
+
+
+@dataclass
+class NPOResult:
+    losses: list[float] = field(default_factory=list)
+    forget_nll: list[float] = field(default_factory=list)
+
+
+@torch.no_grad()
+def _reference_nll(model, seqs, device, batch_size: int = 32) -> torch.Tensor:
+    out = []
+    for start in range(0, len(seqs), batch_size):
+        chunk = seqs[start:start + batch_size]
+        batch = pack([s for s, _ in chunk], [f for _, f in chunk], 0, device)
+        out.append(sequence_nll(model, batch).cpu())
+    return torch.cat(out)
+
+
+def npo_loss(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float) -> torch.Tensor:
+    return -(2.0 / beta) * F.logsigmoid(beta * (nll - ref_nll)).mean()
+
+
+def run_npo(model: HookedTransformer, data: ProtectData, cfg: NPOConfig,
+            run_dir: Path | None = None, progress: bool = True) -> NPOResult:
+    device = model.cfg.device
+    rows = data.preference()
+    forget = [encode_pair(model, r["prompt"], r["rejected"], chat=chat)
+              for r in rows if r["split"] == "forget" for chat in (False, True)]
+    retain = [encode_pair(model, r["prompt"], r["chosen"], chat=chat)
+              for r in rows if r["split"] == "retain" for chat in (False, True)]
+    if not forget or not retain:
+        raise InterpError("NPO needs forget and retain rows in preference.jsonl")
+    model.eval()
+    ref = _reference_nll(model, forget, device)
+    params, names = select_params(model, cfg.params)
+
+    def batch_at(step, micro):
+        fi = sample_indices(len(forget), cfg.batch_size, cfg.seed, step, micro)
+        ri = sample_indices(len(retain), cfg.batch_size, cfg.seed, step, micro + 1000)
+        return (fi, pack([forget[i][0] for i in fi], [forget[i][1] for i in fi], 0, device),
+                pack([retain[i][0] for i in ri], [retain[i][1] for i in ri], 0, device))
+
+    def loss_fn(b):
+        fi, fb, rb = b
+        nll = sequence_nll(model, fb)
+        forget_loss = npo_loss(nll, ref[fi].to(nll.device), cfg.beta)
+        retain_loss = lm_loss(model, rb)
+        return forget_loss + cfg.retain_weight * retain_loss, {
+            "forget_nll": nll.mean().item(), "retain": retain_loss.item()}
+
+    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.05, schedule="linear",
+                       seed=cfg.seed, desc="NPO", checkpoint_every=50, progress=progress)
+    out = train(params, loss_fn, batch_at, tcfg, run_dir=run_dir, param_names=names)
+    return NPOResult(losses=out.losses, forget_nll=[e["forget_nll"] for e in out.extras])

@@ -1,0 +1,103 @@
+"""RMU (Li et al. 2024, the WMDP paper): scramble the forget activations at one layer.
+
+At layer l (about a quarter of the depth; 7 of 32 for Zephyr), push the residual stream on forget
+text towards c*u (u a fixed random unit vector) with MSE, while keeping it equal to the frozen
+model's on retain text (weight alpha). Only the MLP output weights of layers l-2..l train, and the
+forward pass stops after layer l. The paper's c = 6.5 is for Zephyr's residual scale; here c is
+`steer_scale` times the layer's typical residual norm, measured on forget text and reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer
+
+from interp.training import TrainConfig, pack, sample_indices, train
+from interp.unlearn.common import ProtectData, encode_texts, frozen_copy, select_params
+
+
+@dataclass
+class RMUConfig:
+    layer: int | None = None  # None: round(n_layers / 4.5) (7 of 32 for Zephyr)
+    steer_scale: float = 1.0  # c = steer_scale * mean residual norm at the layer
+    alpha: float = 1200.0
+    lr: float = 5e-5
+    batch_size: int = 4
+    steps: int = 150
+    seed: int = 0
+    max_len: int = 64
+
+
+@dataclass
+class RMUResult:
+    layer: int
+    steer_coef: float
+    typical_norm: float
+    losses: list[float] = field(default_factory=list)
+    forget_losses: list[float] = field(default_factory=list)
+    retain_losses: list[float] = field(default_factory=list)
+
+
+def default_layer(model: HookedTransformer) -> int:
+    return max(2, round(model.cfg.n_layers / 4.5))
+
+
+@torch.no_grad()
+def _mean_norm(model: HookedTransformer, batches, layer: int) -> float:
+    norms = []
+    for b in batches:
+        resid = model(b.tokens, stop_at_layer=layer + 1)
+        mask = b.valid.bool()
+        norms.append(resid.norm(dim=-1)[mask].double().mean().item())
+    return float(sum(norms) / len(norms))
+
+
+def run_rmu(model: HookedTransformer, data: ProtectData, cfg: RMUConfig,
+            run_dir: Path | None = None, progress: bool = True) -> RMUResult:
+    """Unlearn the forget corpus in place; returns the measured scale and the losses."""
+    layer = cfg.layer if cfg.layer is not None else default_layer(model)
+    forget = encode_texts(model, data.corpus("forget_corpus"), cfg.max_len)
+    retain = encode_texts(model, data.corpus("retain_corpus"), cfg.max_len)
+    device = model.cfg.device
+
+    def batch(seqs, step, micro):
+        idx = sample_indices(len(seqs), cfg.batch_size, cfg.seed, step, micro)
+        return pack([seqs[i] for i in idx], [0] * len(idx), 0, device)
+
+    probe = [batch(forget, s, 7) for s in range(8)]
+    typical = _mean_norm(model, probe, layer)
+    coef = cfg.steer_scale * typical
+    gen = torch.Generator().manual_seed(cfg.seed)
+    u = torch.rand(model.cfg.d_model, generator=gen)
+    target = (coef * u / u.norm()).to(device=device, dtype=model.cfg.dtype)
+
+    frozen = frozen_copy(model)
+    params, names = select_params(model, "mlp_out", list(range(max(0, layer - 2), layer + 1)))
+    result = RMUResult(layer=layer, steer_coef=coef, typical_norm=typical)
+
+    def loss_fn(pair):
+        fb, rb = pair
+        fmask = fb.valid.unsqueeze(-1).to(model.cfg.dtype)
+        rmask = rb.valid.unsqueeze(-1).to(model.cfg.dtype)
+        h_f = model(fb.tokens, stop_at_layer=layer + 1)
+        forget_loss = (((h_f - target) ** 2) * fmask).sum() / (fmask.sum() * h_f.shape[-1])
+        h_r = model(rb.tokens, stop_at_layer=layer + 1)
+        with torch.no_grad():
+            h_r0 = frozen(rb.tokens, stop_at_layer=layer + 1)
+        retain_loss = (((h_r - h_r0) ** 2) * rmask).sum() / (rmask.sum() * h_r.shape[-1])
+        loss = forget_loss + cfg.alpha * retain_loss
+        return loss, {"forget": forget_loss.item(), "retain": retain_loss.item()}
+
+    tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.0, schedule="constant",
+                       seed=cfg.seed, desc="RMU", checkpoint_every=50, progress=progress,
+                       max_grad_norm=None)
+    out = train(params, loss_fn, lambda s, m: (batch(forget, s, m), batch(retain, s, m + 1000)),
+                tcfg, run_dir=run_dir, param_names=names)
+    result.losses = out.losses
+    result.forget_losses = [e.get("forget", 0.0) for e in out.extras]
+    result.retain_losses = [e.get("retain", 0.0) for e in out.extras]
+
+    return result
