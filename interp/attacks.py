@@ -73,11 +73,17 @@ def directions_attack(original: HookedTransformer, unlearned: HookedTransformer,
     f_small, r_small = forget[: cfg.sweep_limit], retain[: cfg.sweep_limit]
     sweep_forget, sweep_retain = [], []
     layers = range(unlearned.cfg.n_layers)
+    base_f, base_r = score(f_small), score(r_small)
     for layer in (tqdm_range(layers, "ablation sweep") if progress else layers):
+        if dirs.diff_norms[layer] == 0:  # no difference here: ablation is the identity
+            sweep_forget.append(base_f)
+            sweep_retain.append(base_r)
+            continue
         hooks = ablation_hooks(unlearned, dirs, layers=[layer])
         sweep_forget.append(score(f_small, hooks))
         sweep_retain.append(score(r_small, hooks))
-    best = max(layers, key=lambda i: (sweep_forget[i], sweep_retain[i]))
+    nonzero = [i for i in layers if dirs.diff_norms[i] > 0]
+    best = max(nonzero, key=lambda i: (sweep_forget[i], sweep_retain[i]))
     all_hooks = ablation_hooks(unlearned, dirs)
     edited = copy.deepcopy(unlearned)
     orthogonalize_weights(edited, dirs.directions[best])

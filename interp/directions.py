@@ -133,11 +133,14 @@ def robust_mean(model, prompts, cfg: DirectionsConfig) -> Tensor:
 def _finish(mean_a: Tensor, mean_b: Tensor, hook: str, variant: str) -> Directions:
     diff = mean_a - mean_b
     norms = diff.norm(dim=-1)
-    if not torch.isfinite(norms).all() or (norms == 0).any():
-        raise InterpError("a difference-in-means direction is zero or not finite; the two sides"
-                          " have the same activations")
-    return Directions((diff / norms[:, None]).float(), norms.float(), mean_a, mean_b, hook,
-                      variant)
+    if not torch.isfinite(norms).all():
+        raise InterpError("a difference-in-means direction is not finite; check the activations")
+    if (norms == 0).all():
+        raise InterpError("every difference-in-means direction is zero: the two sides have the "
+                          "same activations")
+    # layers before an edit (e.g. below RMU's layer) have no difference: their direction is 0
+    unit = torch.where(norms[:, None] > 0, diff / norms.clamp(min=1e-30)[:, None], 0.0)
+    return Directions(unit.float(), norms.float(), mean_a, mean_b, hook, variant)
 
 
 def diff_in_means_models(model_a, model_b, prompts, cfg: DirectionsConfig) -> Directions:
@@ -193,6 +196,8 @@ def ablation_hooks(model: HookedTransformer, dirs: Directions | Tensor,
     layers = range(model.cfg.n_layers) if layers is None else layers
     hooks = []
     for layer in layers:
+        if isinstance(dirs, Directions) and dirs.diff_norms[layer] == 0:
+            continue  # nothing differs at this layer: nothing to remove
         r = _check(table[layer]).to(model.cfg.device)
         hooks.append((names[layer], lambda x, hook, r=r: project_out(x, r)))
     return hooks

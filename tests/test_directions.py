@@ -122,3 +122,15 @@ def test_project_out_is_not_in_place():
 def test_zero_or_nan_direction_refused(tiny_model, bad):
     with pytest.raises(InterpError, match="zero or NaN"):
         ablate_everywhere_hooks(tiny_model, bad)
+
+
+def test_layers_below_an_edit_have_zero_directions(tiny_model):
+    shifted = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        shifted.blocks[1].mlp.b_out.add_(1.0)
+    dirs = diff_in_means_models(shifted, tiny_model, _ids(tiny_model, TEXTS_A),
+                                DirectionsConfig(outlier_z=None))
+    assert dirs.diff_norms[0] == 0 and torch.all(dirs.directions[0] == 0)
+    assert dirs.diff_norms[1] > 0
+    hooks = ablation_hooks(tiny_model, dirs)
+    assert [name for name, _ in hooks] == ["blocks.1.hook_resid_post"]
