@@ -40,7 +40,7 @@ PRESET_CONFIGS: dict[str, dict[str, Any]] = {
     },
     "smoke": {
         "rmu": RMUConfig(layer=2, steer_scale=8.0, alpha=1.0, lr=3e-2, batch_size=8, steps=150),
-        "npo": NPOConfig(beta=0.1, retain_weight=1.0, lr=5e-3, batch_size=8, steps=60),
+        "npo": NPOConfig(beta=0.1, retain_weight=3.0, lr=5e-3, batch_size=8, steps=100),
         "dpo": DPOConfig(beta=0.1, lr=1e-2, batch_size=8, steps=60),
     },
     "paper": {
