@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from interp.data.facts import RELATIONS, Fact
+from interp.data.facts import RELATIONS, Fact, read_bank
 from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.prompts import encode_question
@@ -55,9 +55,10 @@ class QuestionBuilder:
 
     def build(self, fact: Fact, *, fmt: str, phrasing: int, split: str) -> Question | None:
         rel = RELATIONS[fact.relation]
-        values = sorted({v for _, v in _pairs(fact.relation)} - {fact.value})
+        pairs = read_bank(fact.relation)
         # a distractor must not be a right answer for the same entity (banks with repeats)
-        values = [v for v in values if (fact.entity, v) not in set(_pairs(fact.relation))]
+        right = {v for e, v in pairs if e == fact.entity} | {fact.value}
+        values = sorted({v for _, v in pairs} - right)
         templates = rel.cloze if fmt == "cloze" else rel.letter
         stem = render(templates[phrasing % len(templates)], fact, value=False)
         for _ in range(self.max_tries):
@@ -71,12 +72,6 @@ class QuestionBuilder:
             if self._distinct(q):
                 return q
         return None
-
-
-def _pairs(relation: str) -> list[tuple[str, str]]:
-    from interp.data.facts import read_bank
-
-    return list(read_bank(relation))
 
 
 def statements(facts: list[Fact]) -> list[dict]:

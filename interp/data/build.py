@@ -74,7 +74,7 @@ def build_questions(builder: QuestionBuilder, facts: list[Fact], fmt: str,
     return out
 
 
-def smoke_texts(forget: list[Fact], retain: list[Fact], preset: BenchmarkPreset) -> list[str]:
+def smoke_texts(forget: list[Fact], retain: list[Fact]) -> list[str]:
     """What the smoke model learns from: the corpus paraphrases and every cloze phrasing."""
     from interp.data.benchmark import render
 
@@ -140,7 +140,7 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
         if (model_dir / "interp_model.json").is_file():
             model = load_model(model_dir, device=device)
         else:
-            model = train_smoke_model(smoke_texts(forget_facts, retain_facts, preset), tokenizer,
+            model = train_smoke_model(smoke_texts(forget_facts, retain_facts), tokenizer,
                                       device=device, out=model_dir, progress=progress)
         model_name = str(model_dir)
     else:
