@@ -116,6 +116,57 @@ def cmd_attack_lens(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fractions(text: str) -> tuple[float, ...]:
+    from interp.errors import InterpError
+
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InterpError(f"--grid takes fractions separated by commas, got {text!r}") from None
+
+
+def _named(pairs: list[str] | None) -> dict[str, Path]:
+    from interp.errors import InterpError
+
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise InterpError(f"expected NAME=FOLDER, got {pair!r}")
+        name, folder = pair.split("=", 1)
+        out[name] = Path(folder)
+    return out
+
+
+def cmd_attack_prune(args: argparse.Namespace) -> int:
+    from interp.attacks.prune import PruneAttackConfig, prune_attack
+    from interp.models import load_model
+    from interp.store import check_writable
+
+    cfg = PruneAttackConfig(level=args.level, grid=_fractions(args.grid),
+                            retain_drop=args.retain_drop, eval_limit=args.eval_limit,
+                            n_forget=args.n_forget, n_utility=args.n_utility)
+    check_writable(Path(args.out) / "result.json")
+    model = load_model(args.model, device=args.device)
+    r = prune_attack(model, Path(args.data), Path(args.out), cfg)
+    b = r["best"]
+    print(f"no attack: forget {r['no_attack']['forget']:.3f} retain {r['no_attack']['retain']:.3f}")
+    print(f"best cell q={b['q']} p={b['p']}: forget {b['forget_full']:.3f} retain "
+          f"{b['retain_full']:.3f}, {r['pruned_pct']:.2f}% of {r['level']}s pruned")
+    return 0
+
+
+def cmd_attack_compare(args: argparse.Namespace) -> int:
+    from interp.attacks.compare import compare_methods
+
+    r = compare_methods(_named(args.directions), _named(args.prune), Path(args.out))
+    for pair, cos in r.get("direction_cosine", {}).items():
+        vals = [c for c in cos if c is not None]
+        print(f"directions {pair}: mean cosine {sum(vals) / max(1, len(vals)):.3f}")
+    for pair, j in r.get("neuron_jaccard", {}).items():
+        print(f"pruned neurons {pair}: Jaccard {j['overall']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="interp",
@@ -175,6 +226,29 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--limit", type=int, default=200)
     a.add_argument("--device", default=None)
     a.set_defaults(func=cmd_attack_lens)
+
+    a = attack_sub.add_parser("prune", help="SNIP attribution and set-difference pruning")
+    a.add_argument("--model", required=True, help="the protected model")
+    a.add_argument("--data", required=True)
+    a.add_argument("--out", required=True)
+    a.add_argument("--level", choices=["neuron", "weight"], default="neuron")
+    a.add_argument("--grid", default="0.005,0.01,0.025,0.05,0.075,0.1,0.125,0.15,0.2",
+                   help="fractions for p and q (cells with q <= p)")
+    a.add_argument("--retain-drop", type=float, default=0.10,
+                   help="best cell: retain accuracy at most this far below no attack")
+    a.add_argument("--eval-limit", type=int, default=100)
+    a.add_argument("--n-forget", type=int, default=64)
+    a.add_argument("--n-utility", type=int, default=64)
+    a.add_argument("--device", default=None)
+    a.set_defaults(func=cmd_attack_prune)
+    a = attack_sub.add_parser("compare", help="cosine of directions and Jaccard of pruned "
+                              "neurons between protected models")
+    a.add_argument("--directions", action="append", metavar="NAME=FOLDER",
+                   help="a finished `attack directions` folder (repeat)")
+    a.add_argument("--prune", action="append", metavar="NAME=FOLDER",
+                   help="a finished neuron-level `attack prune` folder (repeat)")
+    a.add_argument("--out", required=True)
+    a.set_defaults(func=cmd_attack_compare)
 
     data = sub.add_parser("data", help="build the embedded benchmark")
     data_sub = data.add_subparsers(dest="data_command", required=True)

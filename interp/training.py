@@ -213,7 +213,9 @@ def target_nll(model, batch: TokenBatch) -> tuple[Float[Tensor, "n"], Int[Tensor
     logits = model.unembed(normed[None])[0]  # (n, vocab)
     targets = batch.tokens[:, 1:][keep]
     rows = torch.arange(batch.tokens.shape[0], device=targets.device)[:, None].expand_as(keep)
-    return F.cross_entropy(logits.float(), targets, reduction="none"), rows[keep]
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # half-precision logits: the loss in float32
+    return F.cross_entropy(logits, targets, reduction="none"), rows[keep]
 
 
 def sequence_nll(model, batch: TokenBatch) -> Float[Tensor, "b"]:  # noqa: F821

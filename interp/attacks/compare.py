@@ -1,0 +1,87 @@
+"""Do different protections rely on the same directions and neurons? (the paper's open question)
+
+Reads finished attack folders: `directions.safetensors` from the directions attack (one unit
+direction per layer) and `neurons.safetensors` from neuron-level pruning (a pruned-neuron mask per
+layer), and compares every pair of models: cosine similarity of their directions per layer, and the
+Jaccard overlap of their pruned neuron sets per layer and overall.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from interp.errors import InterpError
+from interp.plots import layer_lines, save_figure
+from interp.store import write_json
+
+
+def _load(folder: Path, file: str, key: str) -> torch.Tensor:
+    path = Path(folder) / file
+    if not path.is_file():
+        raise InterpError(f"{path} is missing; run the attack that writes it first")
+    try:
+        return load_file(str(path))[key]
+    except Exception as exc:
+        raise InterpError(f"{path}: unreadable ({exc.__class__.__name__}); rerun the attack") \
+            from None
+
+
+def direction_cosines(dirs: dict[str, torch.Tensor]) -> dict[str, list[float | None]]:
+    """Per pair "a vs b": cosine per layer (None where either model has no direction)."""
+    out = {}
+    for a, b in combinations(sorted(dirs), 2):
+        da, db = dirs[a].double(), dirs[b].double()
+        if da.shape != db.shape:
+            raise InterpError(f"directions of {a} and {b} have different shapes")
+        na, nb = da.norm(dim=-1), db.norm(dim=-1)
+        cos = (da * db).sum(-1) / (na * nb).clamp(min=1e-30)
+        out[f"{a} vs {b}"] = [None if (x == 0 or y == 0) else float(c)
+                              for c, x, y in zip(cos, na, nb)]
+    return out
+
+
+def jaccard(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    union = int((a | b).sum())
+    return None if union == 0 else int((a & b).sum()) / union
+
+
+def neuron_overlaps(neurons: dict[str, torch.Tensor]) -> dict[str, dict]:
+    out = {}
+    for a, b in combinations(sorted(neurons), 2):
+        na, nb = neurons[a].bool(), neurons[b].bool()
+        if na.shape != nb.shape:
+            raise InterpError(f"pruned neuron sets of {a} and {b} have different shapes")
+        out[f"{a} vs {b}"] = {"overall": jaccard(na, nb),
+                              "per_layer": [jaccard(x, y) for x, y in zip(na, nb)],
+                              "sizes": [int(na.sum()), int(nb.sum())]}
+    return out
+
+
+def compare_methods(directions: dict[str, Path], prune: dict[str, Path], out: Path) -> dict:
+    """Cosines between the models' directions and Jaccard overlaps of their pruned neurons."""
+    out = Path(out)
+    result: dict = {"attack": "compare"}
+    files: list[Path] = []
+    if len(directions) >= 2:
+        dirs = {m: _load(f, "directions.safetensors", "directions") for m, f in directions.items()}
+        result["direction_cosine"] = direction_cosines(dirs)
+        fig = layer_lines({k: [float("nan") if c is None else c for c in v]
+                           for k, v in result["direction_cosine"].items()}, chance=None,
+                          ytitle="cosine", title="Cosine between protections' directions per layer")
+        files += save_figure(fig, out / "direction_cosine")
+    if len(prune) >= 2:
+        neurons = {m: _load(f, "neurons.safetensors", "neurons") for m, f in prune.items()}
+        result["neuron_jaccard"] = neuron_overlaps(neurons)
+        fig = layer_lines({k: [float("nan") if j is None else j for j in v["per_layer"]]
+                           for k, v in result["neuron_jaccard"].items()}, chance=None,
+                          ytitle="Jaccard", title="Overlap of pruned neuron sets per layer")
+        files += save_figure(fig, out / "neuron_jaccard")
+    if len(result) == 1:
+        raise InterpError("nothing to compare: give at least two models' directions or pruning")
+    result["figures"] = [str(f) for f in files]
+    write_json(out / "result.json", result)
+    return result
