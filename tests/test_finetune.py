@@ -1,0 +1,71 @@
+"""The finetuning attack at smoke scale: clean data, training that lowers the loss, resumable."""
+
+from __future__ import annotations
+
+import torch
+
+from interp.attacks.finetune import (
+    WIKI_PREFIX,
+    FinetuneConfig,
+    finetune_attack,
+    forget_names,
+    forget_samples,
+    unrelated_samples,
+)
+from interp.data.questions import load_questions
+from interp.lora import LoRAConfig, has_lora
+from interp.models import load_model
+
+
+def test_unrelated_finetuning_data_names_no_forget_entity(smoke_data):
+    folder, _ = smoke_data
+    names = forget_names(folder)
+    questions = load_questions(folder / "forget_eval.jsonl")
+    assert {q.meta["entity"] for q in questions} <= set(names)
+    assert {q.choices[q.answer] for q in questions} <= set(names)
+    texts = unrelated_samples(folder, 100, seed=0)
+    assert len(texts) == 100
+    lowered = [t.lower() for t in texts]
+    for name in names:
+        # whole-word check, independent of the filter's regex
+        hits = [t for t in lowered if f" {name.lower()} " in f" {t} ".replace(".", " ")
+                .replace(",", " ")]
+        assert not hits, (name, hits[:1])
+
+
+def test_forget_samples_one_per_entity(smoke_data):
+    folder, _ = smoke_data
+    texts, entities = forget_samples(folder, 5, seed=0)
+    assert len(texts) == 5 and len(entities) == 5
+    assert all(any(e in t for e in entities) for t in texts)
+
+
+def test_finetune_attack_trains_scores_and_resumes(smoke_protected, tmp_path):
+    folder, out, _ = smoke_protected
+    model = load_model(out / "npo", device="cpu")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = FinetuneConfig(unrelated_n=(10,), forget_k=(5,), lr=5e-3, epochs=4, batch_size=4,
+                         lora=LoRAConfig(rank=4, alpha=8.0))
+    r = finetune_attack(model, folder, tmp_path / "ft", cfg, progress=False)
+    assert set(r["cells"]) == {"unrelated-n10", "forget-k5"}
+    for cell in r["cells"].values():
+        assert cell["steps"] == 4 * ((cell["size"] + 3) // 4)
+        assert 0 <= cell["forget"] <= 1 and 0 <= cell["retain"] <= 1
+    assert r["cells"]["forget-k5"]["n_forget_heldout"] < r["no_attack"]["n_forget"]
+    assert not has_lora(model)
+    for n, p in model.named_parameters():  # adapters removed: the protected model is intact
+        assert torch.equal(p, before[n]), n
+    losses = __import__("json").loads((tmp_path / "ft" / "train" / "forget-k5" /
+                                       "checkpoint.json").read_text())["losses"]
+    assert losses[-1] < losses[0]
+    assert all((tmp_path / "ft" / f).is_file() for f in ("finetune.html", "result.json"))
+    # a rerun with one cell's result removed retrains only that cell and gets the same numbers
+    (tmp_path / "ft" / "result.json").unlink()
+    (tmp_path / "ft" / "cells" / "forget-k5.json").unlink()
+    import shutil
+
+    shutil.rmtree(tmp_path / "ft" / "train" / "forget-k5")
+    again = finetune_attack(model, folder, tmp_path / "ft", cfg, progress=False)
+    assert again["cells"]["forget-k5"]["forget"] == r["cells"]["forget-k5"]["forget"]
+    assert again["cells"]["forget-k5"]["final_loss"] == r["cells"]["forget-k5"]["final_loss"]
+    assert WIKI_PREFIX.startswith("Of course")
