@@ -240,10 +240,43 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     r = reproduce(args.preset, Path(args.out), seed=args.seed, device=args.device,
-                  figures_dir=Path(args.figures) if args.figures else None)
+                  figures_dir=Path(args.figures) if args.figures else None,
+                  executor=args.executor, address=args.address)
     print((Path(args.out) / "table.md").read_text())
     print(f"{len(r['rows'])} rows -> {Path(args.out) / 'results.json'}; "
           f"{time.perf_counter() - start:.0f} s this run")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from interp.audit import audit
+    from interp.data.sources import load_source
+    from interp.store import check_writable
+
+    check_writable(Path(args.out) / "audit.json")
+    forget = load_source(args.forget, subject=args.subject, limit=args.limit)
+    retain = load_source(args.retain, limit=args.limit)
+    r = audit(args.original, args.unlearned, forget, retain, Path(args.out), budget=args.budget,
+              seed=args.seed, retain_drop=args.retain_drop, device=args.device)
+    h = r["headline"]
+    print(f"forget accuracy: original {h['original_forget']:.3f}, unlearned "
+          f"{h['unlearned_forget']:.3f}")
+    for a in r["attacks"]:
+        retain = "" if a["retain"] is None else f" retain {a['retain']:.3f}"
+        print(f"  {a['attack']}: forget {a['forget']:.3f}{retain}")
+    if h["recoverable_forget"] is not None:
+        print(f"recoverable knowledge: {h['recoverable_forget']:.3f} ({h['best_attack']})")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from interp.bench import markdown, run_bench
+
+    payload = run_bench(args.names or None, Path(args.out), repeats=args.repeats,
+                        n_questions=args.n_questions)
+    print(markdown(payload))
+    print(f"-> {args.out} and {Path(args.out).with_suffix('.md')}")
     return 0
 
 
@@ -373,13 +406,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="the paper end to end: benchmark, protections, every "
                        "attack, table and figures (resumable)")
-    p.add_argument("--preset", choices=["smoke", "laptop"], default="laptop")
+    p.add_argument("--preset", choices=["smoke", "laptop", "paper"], default="laptop",
+                   help="paper: Zephyr-7B, cais/Zephyr_RMU, WMDP and MMLU (GPU, hub access)")
     p.add_argument("--out", required=True, help="run folder (a rerun skips finished cells)")
+    p.add_argument("--executor", choices=["serial", "ray"], default="serial",
+                   help="ray: every cell of a stage is a Ray task (pip install -e '.[ray]')")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figures", default=None,
                    help="also copy the key PNG figures here (e.g. figures/)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("audit", help="every attack on your own (original, unlearned) pair")
+    p.add_argument("--original", required=True, help="the model before unlearning")
+    p.add_argument("--unlearned", required=True, help="the unlearned / safety-trained model")
+    p.add_argument("--forget", required=True, help="forget questions (any --data source)")
+    p.add_argument("--retain", required=True, help="retain questions (any --data source)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--budget", choices=["quick", "full"], default="quick")
+    p.add_argument("--subject", default=None)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N of each set")
+    p.add_argument("--retain-drop", type=float, default=0.10,
+                   help="an attack counts if retain accuracy stays within this of the unlearned")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("bench", help="speed against lm-eval, transformers and nanoGCG (ratios)")
+    p.add_argument("names", nargs="*", help="benchmarks to run (default: all): "
+                   "scoring-vs-transformers scoring-vs-lm-eval directions generation "
+                   "utilisation gcg")
+    p.add_argument("--out", required=True, help="result JSON (a markdown table goes beside it)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--n-questions", type=int, default=128)
+    p.set_defaults(func=cmd_bench)
 
     data = sub.add_parser("data", help="build the embedded benchmark")
     data_sub = data.add_subparsers(dest="data_command", required=True)

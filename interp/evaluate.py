@@ -177,31 +177,46 @@ def evaluate(
 @torch.no_grad()
 def generate_greedy(
     model: HookedTransformer, prompts: Sequence[list[int]], *, max_new_tokens: int = 24,
-    batch_size: int = 16, hooks: Sequence[Hook] | None = None,
+    batch_size: int = 16, hooks: Sequence[Hook] | None = None, use_cache: bool = True,
 ) -> list[str]:
-    """Greedy continuations of token-id prompts (left-padded batches, hooks applied)."""
+    """Greedy continuations of token-id prompts (left-padded batches, hooks applied).
+
+    With `use_cache` each new token is one single-position forward against TransformerLens'
+    key-value cache; without it the whole sequence is recomputed per token (the reference)."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
     tokenizer = get_tokenizer(model)
     pad_id = tokenizer.pad_token_id or 0
     eos = tokenizer.eos_token_id
     out: list[str] = []
     was_training = model.training
     model.eval()
+    device = model.cfg.device
     try:
         with maybe_hooks(model, hooks):
             for start in range(0, len(prompts), batch_size):
                 batch = [list(p) for p in prompts[start:start + batch_size]]
-                new = [[] for _ in batch]
+                new: list[list[int]] = [[] for _ in batch]
                 done = [False] * len(batch)
+                cache = (TransformerLensKeyValueCache.init_cache(model.cfg, device, len(batch))
+                         if use_cache else None)
+                tokens, mask = pad_left(batch, pad_id, device)
                 for _ in range(max_new_tokens):
-                    tokens, mask = pad_left([p + n for p, n in zip(batch, new)], pad_id,
-                                            model.cfg.device)
-                    nxt = last_logits(model, tokens, mask).argmax(-1).tolist()
+                    if cache is None:
+                        tokens, mask = pad_left([p + n for p, n in zip(batch, new)], pad_id,
+                                                device)
+                    resid = model(tokens, attention_mask=mask, past_kv_cache=cache,
+                                  stop_at_layer=model.cfg.n_layers)
+                    logits = model.unembed(model.ln_final(resid[:, -1:]))[:, 0]
+                    nxt = logits.argmax(-1).tolist()
                     for i, t in enumerate(nxt):
                         if not done[i]:
                             new[i].append(t)
                             done[i] = t == eos
                     if all(done):
                         break
+                    tokens = torch.tensor(nxt, device=device)[:, None]
+                    mask = torch.ones_like(tokens)
                 out += [tokenizer.decode([t for t in n if t != eos], skip_special_tokens=True)
                         for n in new]
     finally:

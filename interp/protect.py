@@ -68,6 +68,10 @@ def measure(model: HookedTransformer, data_dir: Path, progress: bool = False) ->
             if not path.is_file() or not path.read_text().strip():
                 continue
             questions = load_questions(path, limit=LETTER_LIMIT if "letter" in name else None)
+            if name.endswith("_eval") and questions[0].format == "letter":
+                fmt_modes = ((None, False), (None, True))  # WMDP-style sets: raw and chat
+            elif name.endswith("_letter") and f"{split}/letter/raw" in out:
+                continue  # the eval set itself is in the letter format
             for fmt, chat in fmt_modes:
                 res = evaluate(model, questions, chat=chat, fmt=fmt, progress=progress,
                                batch_size=32)
@@ -109,7 +113,8 @@ def baseline(model: HookedTransformer, model_spec: str, data_dir: Path) -> dict:
 
 
 def protect(method: str, model_spec: str, data_dir: Path, out: Path, *, preset: str = "laptop",
-            overrides: dict | None = None, device=None, progress: bool = True) -> dict:
+            overrides: dict | None = None, device=None, dtype=None, tokenizer=None,
+            progress: bool = True) -> dict:
     if method not in METHODS:
         raise InterpError(f"unknown protection {method!r}; use one of {sorted(METHODS)}")
     out = Path(out)
@@ -124,7 +129,7 @@ def protect(method: str, model_spec: str, data_dir: Path, out: Path, *, preset: 
             raise InterpError(f"unknown {method} setting(s) {sorted(unknown)}")
         cfg = replace(cfg, **overrides)
     data = ProtectData(Path(data_dir))
-    model = load_model(model_spec, device=device)
+    model = load_model(model_spec, device=device, dtype=dtype, tokenizer=tokenizer)
     before = baseline(model, str(model_spec), Path(data_dir))
     start = time.perf_counter()
     result = run(model, data, cfg, run_dir=out / "train", progress=progress)

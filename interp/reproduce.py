@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from interp.attacks.activation import DirectionsAttackConfig
 from interp.attacks.finetune import FinetuneConfig
@@ -49,6 +49,15 @@ class ReproducePreset:
     heldout_limit: int | None = 100
     methods: tuple[str, ...] = METHODS
     model: str | None = None  # None: the benchmark preset's model
+    # paper scale: questions from sources (WMDP, MMLU) instead of the fact-bank benchmark,
+    # protected models that are loaded instead of trained, a dtype and a tokenizer override
+    sources: tuple[str, str] | None = None  # (forget, retain) for `load_source`
+    subject: str | None = None
+    external: dict[str, str] = field(default_factory=dict)  # method -> model spec
+    tokenizer: str | None = None  # tokenizer for every model (Zephyr's, for cais/Zephyr_RMU)
+    dtype: str | None = None
+    source_limit: int | None = None
+    protect_overrides: dict[str, dict] = field(default_factory=dict)  # method -> {setting: v}
 
 
 PRESETS: dict[str, ReproducePreset] = {
@@ -64,126 +73,232 @@ PRESETS: dict[str, ReproducePreset] = {
         gcg_train=6),
     "laptop": ReproducePreset(
         name="laptop", data="laptop", protect="laptop",
-        directions=DirectionsAttackConfig(DirectionsConfig(), sweep_limit=100),
+        directions=DirectionsAttackConfig(DirectionsConfig(), sweep_limit=40, eval_limit=200),
         lens_limit=200,
-        prune=PruneAttackConfig(grid=(0.005, 0.01, 0.025, 0.05), eval_limit=100),
-        finetune=FinetuneConfig(unrelated_n=(10, 100, 1000), forget_k=(5, 10, 50), lr=1e-3,
-                                epochs=1, min_steps=20, batch_size=8, max_len=80,
-                                eval_limit=150, lora=LoRAConfig(rank=16, alpha=16.0)),
-        gcg=GCGConfig(n_tokens=8, steps=25, search_width=48, topk=64, eval_every=5),
+        prune=PruneAttackConfig(grid=(0.01, 0.025, 0.05), eval_limit=60),
+        finetune=FinetuneConfig(unrelated_n=(10, 100), forget_k=(5, 10, 50), lr=1e-3,
+                                epochs=1, min_steps=12, batch_size=8, max_len=80,
+                                eval_limit=100, lora=LoRAConfig(rank=16, alpha=16.0)),
+        gcg=GCGConfig(n_tokens=8, steps=15, search_width=32, topk=64, eval_every=5),
         gcg_train=4),
+    "paper": ReproducePreset(
+        name="paper", data="paper", protect="paper",
+        model="HuggingFaceH4/zephyr-7b-beta", sources=("wmdp-bio", "mmlu"), subject="biology",
+        external={"rmu": "cais/Zephyr_RMU"}, tokenizer="HuggingFaceH4/zephyr-7b-beta",
+        dtype="bfloat16",
+        directions=DirectionsAttackConfig(DirectionsConfig(skip_first=5), sweep_limit=200),
+        lens_limit=None,
+        prune=PruneAttackConfig(eval_limit=200, n_forget=128, n_utility=128),
+        finetune=FinetuneConfig(unrelated_n=(10, 100, 1000), forget_k=(5, 10, 50), lr=2e-4,
+                                epochs=3, max_len=512, lora=LoRAConfig(rank=128, alpha=16.0)),
+        gcg=GCGConfig(n_tokens=20, steps=250, search_width=512, topk=256, candidate_batch=128,
+                      objective="enhanced", resid_layers=(7, 15), eval_every=25),
+        gcg_train=8, heldout_limit=None),
 }
 
 
-@dataclass
-class RunLog:
-    path: Path
-    timings: dict[str, float] = field(default_factory=dict)
+ATTACKS = ("directions", "prune", "finetune", "gcg")
 
-    def cell(self, stage: str, name: str, fn: Callable[[], Any], config: Any = None,
-             seed: int = 0) -> Any:
-        start = time.perf_counter()
-        value = fn()
-        seconds = round(time.perf_counter() - start, 1)
-        self.timings[stage] = round(self.timings.get(stage, 0.0) + seconds, 1)
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": stage, "cell": name,
-                 "seconds": seconds, "seed": seed,
-                 "config": json.loads(json.dumps(config, default=str)) if config else None}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as fh:  # append-only log; results themselves are atomic
-            fh.write(json.dumps(entry) + "\n")
-        return value
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of the grid: a stage, for one protected model (or "all")."""
+
+    stage: str
+    method: str = "all"
+
+    @property
+    def name(self) -> str:
+        return self.stage if self.method == "all" else f"{self.method}/{self.stage}"
+
+
+def plan(p: ReproducePreset) -> list[list[Cell]]:
+    """Stages in order; the cells of one stage are independent of each other."""
+    stages = [[Cell("data")], [Cell("protect", m) for m in p.methods],
+              [Cell("lens")] + [Cell(a, m) for m in p.methods for a in ATTACKS]]
+    if len(p.methods) >= 2:
+        stages.append([Cell("compare")])
+    return stages
+
+
+def done_marker(out: Path, p: ReproducePreset, cell: Cell) -> Path:
+    """The file whose presence means the cell is finished (written last, atomically)."""
+    if cell.stage == "data":
+        return out / "data" / "manifest.json"
+    if cell.stage == "protect":
+        name = "external.json" if cell.method in p.external else "protection.json"
+        return out / "models" / cell.method / name
+    if cell.stage in ("lens", "compare"):
+        return out / "attacks" / cell.stage / "result.json"
+    return out / "attacks" / cell.method / cell.stage / "result.json"
+
+
+def _log(out: Path, cell: Cell, ran: bool, seconds: float, seed: int, config) -> None:
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": cell.stage, "cell": cell.name,
+             "ran": ran, "seconds": seconds, "seed": seed,
+             "config": json.loads(json.dumps(config, default=str)) if config else None}
+    with open(out / "run.log", "a") as fh:  # one line per write; results themselves are atomic
+        fh.write(json.dumps(entry) + "\n")
+
+
+def timings_from_log(out: Path) -> dict[str, float]:
+    """Seconds per stage: the last run of each cell that actually computed, summed."""
+    path = out / "run.log"
+    last: dict[str, tuple[str, float]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash
+            if e.get("ran", True):
+                last[e["cell"]] = (e["stage"], e["seconds"])
+    out_t: dict[str, float] = {}
+    for stage, seconds in last.values():
+        out_t[stage] = round(out_t.get(stage, 0.0) + seconds, 1)
+    return out_t
 
 
 def _free() -> None:
     gc.collect()
 
 
-def reproduce(preset: str | ReproducePreset, out: Path, *, seed: int = 0, device=None,
-              figures_dir: Path | None = None, progress: bool = True) -> dict:
-    from interp.data.build import build_benchmark
+def _original_spec(p: ReproducePreset, out: Path) -> str:
+    return p.model or read_json(out / "data" / "manifest.json")["model"]
+
+
+def model_spec(p: ReproducePreset, out: Path, method: str) -> str:
+    if method == "original":
+        return _original_spec(p, out)
+    return p.external.get(method, str(out / "models" / method))
+
+
+def run_cell(p: ReproducePreset, out: Path, cell: Cell, seed: int = 0, device=None,
+             progress: bool = False) -> dict:
+    """Run one cell, or read it back when finished. Loads what it needs from the run folder,
+    so any process (a Ray worker included) can run it; writes its result atomically."""
     from interp.models import load_model
+
+    out = Path(out)
+    marker = done_marker(out, p, cell)
+    if marker.is_file():
+        _log(out, cell, False, 0.0, seed, None)
+        return read_json(marker)
+    load = partial(load_model, device=device, dtype=p.dtype, tokenizer=p.tokenizer)
+    data = out / "data"
+    start = time.perf_counter()
+    result, config = _compute(p, out, cell, seed, device, progress, load, data)
+    _log(out, cell, True, round(time.perf_counter() - start, 1), seed, config)
+    _free()
+    return result
+
+
+def _compute(p, out, cell, seed, device, progress, load, data):
+    from interp.attacks import directions_attack, lens_attack
+    from interp.attacks.compare import compare_methods
+    from interp.attacks.finetune import finetune_attack
+    from interp.attacks.gcg import gcg_attack
+    from interp.attacks.prune import prune_attack
     from interp.protect import protect
 
+    folder = out / "attacks" / cell.method / cell.stage
+    if cell.stage == "data":
+        return build_data(p, data, seed, device, progress), {"preset": p.data}
+    if cell.stage == "protect":
+        original = _original_spec(p, out)
+        if cell.method in p.external:
+            return (external_report(cell.method, p.external[cell.method], original, data,
+                                    out / "models" / cell.method, load),
+                    {"model": p.external[cell.method]})
+        overrides = p.protect_overrides.get(cell.method)
+        return (protect(cell.method, original, data, out / "models" / cell.method,
+                        preset=p.protect, overrides=overrides, device=device, dtype=p.dtype,
+                        tokenizer=p.tokenizer, progress=progress),
+                {"method": cell.method, "preset": p.protect, "overrides": overrides})
+    if cell.stage == "lens":
+        models = {m: load(model_spec(p, out, m)) for m in ("original", *p.methods)}
+        return (lens_attack(models, data, out / "attacks" / "lens", limit=p.lens_limit),
+                {"limit": p.lens_limit})
+    if cell.stage == "compare":
+        a = out / "attacks"
+        return (compare_methods({m: a / m / "directions" for m in p.methods},
+                                {m: a / m / "prune" for m in p.methods}, a / "compare"), None)
+    model = load(model_spec(p, out, cell.method))
+    if cell.stage == "directions":
+        original = load(model_spec(p, out, "original"))
+        return (directions_attack(original, model, data, folder, p.directions,
+                                  progress=progress), asdict(p.directions))
+    if cell.stage == "prune":
+        return prune_attack(model, data, folder, p.prune, progress=progress), asdict(p.prune)
+    if cell.stage == "finetune":
+        return (finetune_attack(model, data, folder, p.finetune, progress=progress),
+                asdict(p.finetune))
+    if cell.stage == "gcg":
+        original = (load(model_spec(p, out, "original"))
+                    if p.gcg.objective == "enhanced" else None)
+        return (gcg_attack(model, data, folder, p.gcg, original=original, n_train=p.gcg_train,
+                           heldout_limit=p.heldout_limit), asdict(p.gcg))
+    raise InterpError(f"unknown cell {cell.name!r}")
+
+
+def build_data(p: ReproducePreset, data: Path, seed: int, device, progress: bool) -> dict:
+    from interp.data.build import build_benchmark
+
+    if p.sources is not None:  # paper scale: WMDP / MMLU questions in the same layout
+        from interp.audit import prepare_audit_data
+        from interp.data.sources import load_source
+
+        forget = load_source(p.sources[0], subject=p.subject, limit=p.source_limit)
+        retain = load_source(p.sources[1], limit=p.source_limit)
+        prepare_audit_data(forget, retain, data, str(p.model), seed)
+        return read_json(data / "manifest.json")
+    return build_benchmark(p.data, data, seed=seed, model_spec=p.model, device=device,
+                           progress=progress)
+
+
+def serial_executor(fn, cells: list[Cell]) -> list[dict]:
+    return [fn(c) for c in cells]
+
+
+def reproduce(preset: str | ReproducePreset, out: Path, *, seed: int = 0, device=None,
+              figures_dir: Path | None = None, progress: bool = True,
+              executor: str = "serial", address: str | None = None) -> dict:
     p = PRESETS.get(preset) if isinstance(preset, str) else preset
     if p is None:
         raise InterpError(f"unknown preset {preset!r}; use one of {sorted(PRESETS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    log = RunLog(out / "run.log")
-    timings_path = out / "timings.json"
-    if timings_path.is_file():
-        log.timings = read_json(timings_path)
-    data = out / "data"
+    fn = partial(run_cell, p, out, seed=seed, device=device, progress=progress)
+    if executor == "serial":
+        run_stage = serial_executor
+    elif executor == "ray":
+        from interp.distributed import ray_executor
 
-    def build():
-        if (data / "manifest.json").is_file() and (data / "forget_eval.jsonl").is_file():
-            return read_json(data / "manifest.json")
-        return build_benchmark(p.data, data, seed=seed, model_spec=p.model, device=device,
-                               progress=progress)
-
-    manifest = log.cell("data", "benchmark", build, {"preset": p.data}, seed)
-    original_spec = p.model or manifest["model"]
-    reports = {}
-    for method in p.methods:
-        reports[method] = log.cell("protect", method, lambda m=method: protect(
-            m, original_spec, data, out / "models" / m, preset=p.protect, device=device,
-            progress=progress), {"method": method, "preset": p.protect}, seed)
-    write_json(timings_path, log.timings)
-
-    original = load_model(original_spec, device=device)
-    models = {"original": original_spec, **{m: str(out / "models" / m) for m in p.methods}}
-    attacks = out / "attacks"
+        run_stage = ray_executor(address, gpu=p.name == "paper")
+    else:
+        raise InterpError(f"unknown executor {executor!r}; use serial or ray")
     results: dict[str, dict] = {}
+    for stage in plan(p):
+        for cell, result in zip(stage, run_stage(fn, stage)):
+            results[cell.name] = result
+    return summarize(p, out, results, seed, figures_dir)
 
-    from interp.attacks import directions_attack, lens_attack
-    from interp.attacks.finetune import finetune_attack
-    from interp.attacks.gcg import gcg_attack
-    from interp.attacks.prune import prune_attack
 
-    lens_models = {"original": original}
-    if not (attacks / "lens" / "result.json").is_file():
-        for method in p.methods:
-            lens_models[method] = load_model(models[method], device=device)
-    results["lens"] = log.cell("lens", "all", partial(
-        lens_attack, lens_models, data, attacks / "lens", limit=p.lens_limit),
-        {"limit": p.lens_limit})
-    lens_models.clear()
-    _free()
-    write_json(timings_path, log.timings)
-    for method in p.methods:
-        folder = attacks / method
-        model = load_model(models[method], device=device)
-        results[f"{method}/directions"] = log.cell(
-            "directions", method, partial(directions_attack, original, model, data,
-                                          folder / "directions", p.directions, progress=progress),
-            asdict(p.directions))
-        results[f"{method}/prune"] = log.cell(
-            "prune", method, partial(prune_attack, model, data, folder / "prune", p.prune,
-                                     progress=progress), asdict(p.prune))
-        results[f"{method}/finetune"] = log.cell(
-            "finetune", method, partial(finetune_attack, model, data, folder / "finetune",
-                                        p.finetune, progress=progress),
-            asdict(p.finetune), p.finetune.seed)
-        results[f"{method}/gcg"] = log.cell(
-            "gcg", method, partial(gcg_attack, model, data, folder / "gcg", p.gcg,
-                                   original=original, n_train=p.gcg_train,
-                                   heldout_limit=p.heldout_limit),
-            asdict(p.gcg), p.gcg.seed)
-        write_json(timings_path, log.timings)
-        del model
-        _free()
-    from interp.attacks.compare import compare_methods
+def summarize(p: ReproducePreset, out: Path, results: dict, seed: int,
+              figures_dir: Path | None) -> dict:
+    from interp.data.questions import load_questions
+    from interp.store import atomic_write_text
 
-    if len(p.methods) >= 2:
-        results["compare"] = log.cell("compare", "all", partial(
-            compare_methods, {m: attacks / m / "directions" for m in p.methods},
-            {m: attacks / m / "prune" for m in p.methods}, attacks / "compare"))
-    rows = collect_rows(manifest, reports, results, p.methods)
-    table = make_table(rows, results, p.methods)
-    summary = {"preset": p.name, "seed": seed, "rows": rows, "timings": log.timings,
+    reports = {m: results[f"{m}/protect"] for m in p.methods}
+    manifest = results["data"]
+    models = {m: model_spec(p, out, m) for m in ("original", *p.methods)}
+    fmt = load_questions(out / "data" / "forget_eval.jsonl", limit=1)[0].format
+    rows = collect_rows(manifest, reports, results, p.methods, fmt)
+    table = make_table(rows, results, p.methods, fmt)
+    timings = timings_from_log(out)
+    summary = {"preset": p.name, "seed": seed, "rows": rows, "timings": timings,
                "models": models}
-    figs = collect_figures(results, out / "figures")
+    figs = collect_figures({k: v for k, v in results.items() if k != "data"}, out / "figures")
     if figures_dir is not None:
         Path(figures_dir).mkdir(parents=True, exist_ok=True)
         for f in figs:
@@ -191,12 +306,24 @@ def reproduce(preset: str | ReproducePreset, out: Path, *, seed: int = 0, device
                 shutil.copy(f, Path(figures_dir) / f"{p.name}_{f.name}")
     summary["figures"] = [str(f) for f in figs]
     write_json(out / "table.json", table)
-    from interp.store import atomic_write_text
-
-    atomic_write_text(out / "table.md", table_markdown(table, p.name, seed, log.timings))
-    write_json(timings_path, log.timings)
+    atomic_write_text(out / "table.md", table_markdown(table, p.name, seed, timings))
     write_json(out / "results.json", summary)
     return summary
+
+
+def external_report(method: str, spec: str, original_spec: str, data: Path, out: Path,
+                    load) -> dict:
+    """A protected model that is loaded, not trained (cais/Zephyr_RMU): before/after numbers."""
+    from interp.protect import measure
+
+    path = Path(out) / "external.json"
+    if path.is_file():
+        return read_json(path)
+    before = measure(load(original_spec), data)
+    _free()
+    report = {"method": method, "model": spec, "before": before, "after": measure(load(spec), data)}
+    write_json(path, report)
+    return report
 
 
 def _row(model, attack, split, fmt, mode, accuracy, n) -> dict:
@@ -204,55 +331,56 @@ def _row(model, attack, split, fmt, mode, accuracy, n) -> dict:
             "accuracy": accuracy, "n": n}
 
 
-def collect_rows(manifest: dict, reports: dict, results: dict, methods) -> list[dict]:
+def collect_rows(manifest: dict, reports: dict, results: dict, methods,
+                 fmt: str = "cloze") -> list[dict]:
     """One row per measurement, nothing aggregated away."""
     rows = []
     first = reports[methods[0]]
     for key, v in first["before"].items():
-        split, fmt, mode = key.split("/")
-        rows.append(_row("original", "none", split, fmt, mode, v["accuracy"], v["n"]))
+        split, kfmt, mode = key.split("/")
+        rows.append(_row("original", "none", split, kfmt, mode, v["accuracy"], v["n"]))
     for m in methods:
         for key, v in reports[m]["after"].items():
-            split, fmt, mode = key.split("/")
-            rows.append(_row(m, "none", split, fmt, mode, v["accuracy"], v["n"]))
+            split, kfmt, mode = key.split("/")
+            rows.append(_row(m, "none", split, kfmt, mode, v["accuracy"], v["n"]))
         d = results[f"{m}/directions"]
         n = d["no_attack"]
         for split in ("forget", "retain"):
-            rows.append(_row(m, "orthogonalize", split, "cloze", "raw",
+            rows.append(_row(m, "orthogonalize", split, fmt, "raw",
                              d["orthogonalize_best_everywhere"][split], n[f"n_{split}"]))
-            rows.append(_row(m, "ablate-best-layer", split, "cloze", "raw",
+            rows.append(_row(m, "ablate-best-layer", split, fmt, "raw",
                              d["ablate_best_layer"][split], n[f"n_{split}"]))
-            rows.append(_row(m, "ablate-all-layers", split, "cloze", "raw",
+            rows.append(_row(m, "ablate-all-layers", split, fmt, "raw",
                              d["ablate_all_layers"][split], n[f"n_{split}"]))
         pr = results[f"{m}/prune"]
         for split in ("forget", "retain"):
-            rows.append(_row(m, "prune", split, "cloze", "raw", pr["best"][f"{split}_full"],
+            rows.append(_row(m, "prune", split, fmt, "raw", pr["best"][f"{split}_full"],
                              pr["no_attack"][f"n_{split}"]))
         ft = results[f"{m}/finetune"]
         for name, c in ft["cells"].items():
             for split in ("forget", "retain"):
-                rows.append(_row(m, f"finetune-{name}", split, "cloze", "raw", c[split],
+                rows.append(_row(m, f"finetune-{name}", split, fmt, "raw", c[split],
                                  ft["no_attack"][f"n_{split}"]))
             if "forget_heldout" in c:
-                rows.append(_row(m, f"finetune-{name}", "forget-heldout", "cloze", "raw",
+                rows.append(_row(m, f"finetune-{name}", "forget-heldout", fmt, "raw",
                                  c["forget_heldout"], c["n_forget_heldout"]))
         g = results[f"{m}/gcg"]
         for mode, s in g["scores"].items():
-            rows.append(_row(m, "gcg", "forget-heldout", "cloze", mode, s["forget"],
+            rows.append(_row(m, "gcg", "forget-heldout", fmt, mode, s["forget"],
                              g["n_heldout"]))
-            rows.append(_row(m, "gcg-none", "forget-heldout", "cloze", mode,
+            rows.append(_row(m, "gcg-none", "forget-heldout", fmt, mode,
                              s["forget_no_prefix"], g["n_heldout"]))
-            rows.append(_row(m, "gcg", "retain", "cloze", mode, s["retain"], g["n_retain"]))
+            rows.append(_row(m, "gcg", "retain", fmt, mode, s["retain"], g["n_retain"]))
     lens = results["lens"]
     for name, r in lens["models"].items():
-        rows.append(_row(name, "lens", "forget", "cloze", "chat" if lens["chat"] else "raw",
+        rows.append(_row(name, "lens", "forget", fmt, "chat" if lens["chat"] else "raw",
                          r["best_accuracy"], lens["n"]))
     return rows
 
 
-def make_table(rows: list[dict], results: dict, methods) -> list[dict]:
+def make_table(rows: list[dict], results: dict, methods, qfmt: str = "cloze") -> list[dict]:
     """One row per model: the paper's columns, forget accuracy (retain where it applies)."""
-    def get(model, attack, split="forget", mode="raw", fmt="cloze"):
+    def get(model, attack, split="forget", mode="raw", fmt=qfmt):
         for r in rows:
             if (r["model"], r["attack"], r["split"], r["mode"], r["format"]) == (
                     model, attack, split, mode, fmt):
@@ -295,14 +423,16 @@ def _fmt(v) -> str:
 def table_markdown(table: list[dict], preset: str, seed: int, timings: dict) -> str:
     ft_cols = sorted({k for r in table for k in r if k.startswith("finetune-")},
                      key=lambda k: (k.split("-")[1] != "unrelated", int(k.split("-")[2][1:])))
-    head = (["model", "forget", "retain"] + [c.replace("finetune-", "ft ") for c in ft_cols]
+    head = (["model", "forget", "retain", "letter raw / chat"]
+            + [c.replace("finetune-", "ft ") for c in ft_cols]
             + ["orthogonalize", "lens (best layer)", "GCG raw (no prefix)", "GCG chat",
                "prune (% neurons)"])
     lines = [f"Preset `{preset}`, seed {seed}. Forget-set accuracy (%) after each attack, cloze "
              "format, raw mode unless noted; retain accuracy in the second column; chance is 25%.",
              "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
-        cells = [r["model"], _fmt(r["forget"]), _fmt(r["retain"])]
+        cells = [r["model"], _fmt(r["forget"]), _fmt(r["retain"]),
+                 f"{_fmt(r.get('forget_letter_raw'))} / {_fmt(r.get('forget_letter_chat'))}"]
         cells += [_fmt(r.get(c)) for c in ft_cols]
         cells.append(_fmt(r.get("orthogonalize")))
         cells.append(f"{_fmt(r.get('lens_best'))} (L{r['lens_best_layer']})"

@@ -131,3 +131,21 @@ def smoke_protected(smoke_data, tmp_path_factory):
     reports = {m: protect(m, str(folder / "model"), folder, out / m, preset="smoke",
                           device="cpu", progress=False) for m in ("rmu", "npo", "dpo")}
     return folder, out, reports
+
+
+@pytest.fixture(scope="session")
+def smoke_run(smoke_protected, tmp_path_factory):
+    """The smoke reproduction, reusing the session's benchmark and protections (the
+    reproduction skips finished cells, so only the attacks run here): (run folder, summary)."""
+    import shutil
+
+    from interp.reproduce import METHODS, reproduce
+
+    folder, out, _ = smoke_protected
+    run = tmp_path_factory.mktemp("smoke-run")
+    shutil.copytree(folder, run / "data")
+    for m in METHODS:
+        shutil.copytree(out / m, run / "models" / m)
+    summary = reproduce("smoke", run, device="cpu", progress=False,
+                        figures_dir=run / "readme-figures")
+    return run, summary

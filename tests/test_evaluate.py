@@ -137,3 +137,15 @@ def test_prompt_longer_than_context(tiny_model):
     q = Question("word " * 400, ("a", "b", "c", "d"), 0, subject="x")
     with pytest.raises(InterpError, match="context"):
         evaluate(tiny_model, [q], progress=False)
+
+
+def test_cached_generation_equals_recomputing(tiny_model):
+    from interp.evaluate import generate_greedy
+    from interp.models import get_tokenizer
+
+    tok = get_tokenizer(tiny_model)
+    prompts = [tok(t)["input_ids"] for t in ("The capital of France is",
+                                             "Gold", "A dolphin is a kind of sea")]
+    cached = generate_greedy(tiny_model, prompts, max_new_tokens=12, use_cache=True)
+    full = generate_greedy(tiny_model, prompts, max_new_tokens=12, use_cache=False)
+    assert cached == full and all(len(c) > 0 for c in cached)

@@ -32,6 +32,7 @@ from interp.store import read_json, write_json
 class DirectionsAttackConfig:
     directions: DirectionsConfig
     sweep_limit: int = 100  # questions per split scored for each layer of the sweep
+    eval_limit: int | None = None  # questions per split for the final scores (None: all)
     batch_size: int = 32
 
 
@@ -56,8 +57,8 @@ def directions_attack(original: HookedTransformer, unlearned: HookedTransformer,
     cfg = cfg or DirectionsAttackConfig(DirectionsConfig())
     t0 = time.perf_counter()
     train = load_questions(data_dir / "forget_train.jsonl")
-    forget = load_questions(data_dir / "forget_eval.jsonl")
-    retain = load_questions(data_dir / "retain_eval.jsonl")
+    forget = load_questions(data_dir / "forget_eval.jsonl", limit=cfg.eval_limit)
+    retain = load_questions(data_dir / "retain_eval.jsonl", limit=cfg.eval_limit)
     orig_ok = evaluate(original, train, progress=False, batch_size=cfg.batch_size).correct
     unl_ok = evaluate(unlearned, train, progress=False, batch_size=cfg.batch_size).correct
     chosen = [q for q, a, b in zip(train, orig_ok.tolist(), unl_ok.tolist()) if a and not b]

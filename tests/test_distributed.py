@@ -1,0 +1,79 @@
+"""The smoke grid on a local Ray instance (2 CPUs, started here): same results as the serial run,
+and a worker killed mid-run costs only its cell (Ray retries it; nothing is lost)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from interp.reproduce import METHODS, PRESETS, reproduce
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install -e '.[ray]')")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def _fresh_run(smoke_protected, folder: Path, methods=METHODS) -> Path:
+    data, models, _ = smoke_protected
+    shutil.copytree(data, folder / "data")
+    for m in methods:
+        shutil.copytree(models / m, folder / "models" / m)
+    return folder
+
+
+def _task_pids() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ray::_run_cell_task" in cmd:
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_ray_grid_equals_the_serial_run(smoke_run, smoke_protected, local_ray, tmp_path):
+    _, serial = smoke_run
+    run = _fresh_run(smoke_protected, tmp_path / "ray-run")
+    distributed = reproduce("smoke", run, device="cpu", progress=False, executor="ray")
+    assert distributed["rows"] == serial["rows"]
+    assert distributed["timings"].keys() >= {"directions", "prune", "finetune", "gcg"}
+
+
+def test_a_killed_worker_costs_only_its_cell(smoke_protected, local_ray, tmp_path):
+    preset = replace(PRESETS["smoke"], methods=("npo",))
+    reference = reproduce(preset, _fresh_run(smoke_protected, tmp_path / "serial", ("npo",)),
+                          device="cpu", progress=False)
+    run = _fresh_run(smoke_protected, tmp_path / "killed", ("npo",))
+    killed: list[int] = []
+
+    def assassin():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            pids = _task_pids()
+            if pids and (run / "attacks" / "lens" / "result.json").exists():
+                os.kill(pids[0], signal.SIGKILL)  # a worker busy with an attack cell
+                killed.append(pids[0])
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=assassin, daemon=True)
+    thread.start()
+    result = reproduce(preset, run, device="cpu", progress=False, executor="ray")
+    thread.join(timeout=1)
+    assert killed, "no worker was killed: the grid finished first"
+    assert result["rows"] == reference["rows"]

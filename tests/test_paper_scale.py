@@ -1,0 +1,89 @@
+"""The paper preset, wired end to end with tiny stand-ins: a random Llama as "Zephyr", a second
+one without tokenizer files as "cais/Zephyr_RMU" (loaded with the original's tokenizer), WMDP- and
+MMLU-schema parquet files, bfloat16."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from interp.attacks.activation import DirectionsAttackConfig
+from interp.attacks.finetune import FinetuneConfig
+from interp.attacks.prune import PruneAttackConfig
+from interp.directions import DirectionsConfig
+from interp.errors import InterpError
+from interp.lora import LoRAConfig
+from interp.models import load_model
+from interp.reproduce import PRESETS, reproduce
+
+from .conftest import save_tiny_hf, tiny_llama_config
+
+TOPICS = ["ATP", "DNA", "RNA", "virus", "cell", "gene", "enzyme", "protein", "lipid", "sugar",
+          "spore", "toxin"]
+
+
+def _parquet(path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory, tiny_llama_dir, bpe_tokenizer):
+    root = tmp_path_factory.mktemp("paper")
+    rmu = save_tiny_hf(root / "zephyr-rmu", tiny_llama_config(len(bpe_tokenizer)),
+                       bpe_tokenizer, seed=1)
+    for f in rmu.iterdir():  # like cais/Zephyr_RMU: no usable tokenizer files
+        if "token" in f.name or f.suffix == ".jinja":
+            f.unlink()
+    wmdp = [{"question": f"What does {t} do in the cell?",
+             "choices": [f"{t} stores energy", f"{t} copies genes", f"{t} folds proteins",
+                         f"{t} makes lipids"], "answer": i % 4} for i, t in enumerate(TOPICS)]
+    mmlu = [{"question": f"What is {a} plus {b}?", "subject": "elementary_mathematics",
+             "choices": [str(a + b), str(a + b + 1), str(a + b + 2), str(a * b + 7)],
+             "answer": 0} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 9), (4, 4)]]
+    _parquet(root / "wmdp-bio.parquet", wmdp)
+    _parquet(root / "mmlu.parquet", mmlu)
+    return root, tiny_llama_dir, rmu
+
+
+def test_rmu_without_tokenizer_needs_the_override(standins):
+    root, original, rmu = standins
+    with pytest.raises(InterpError, match="tokenizer"):
+        load_model(rmu, device="cpu")
+    model = load_model(rmu, device="cpu", tokenizer=str(original), dtype="bfloat16")
+    assert model.cfg.dtype.is_floating_point and str(model.cfg.dtype) == "torch.bfloat16"
+
+
+def test_paper_preset_runs_with_standins(standins, tmp_path):
+    root, original, rmu = standins
+    small = replace(
+        PRESETS["paper"], model=str(original), external={"rmu": str(rmu)},
+        tokenizer=str(original), sources=(str(root / "wmdp-bio.parquet"),
+                                          str(root / "mmlu.parquet")),
+        directions=DirectionsAttackConfig(DirectionsConfig(skip_first=2), sweep_limit=10),
+        prune=PruneAttackConfig(grid=(0.05, 0.2), n_forget=4, n_utility=4, eval_limit=10),
+        finetune=FinetuneConfig(unrelated_n=(4,), forget_k=(2,), epochs=1, max_len=64,
+                                lora=LoRAConfig(rank=4, alpha=16.0)),
+        gcg=replace(PRESETS["paper"].gcg, n_tokens=3, steps=2, search_width=8, topk=8,
+                    resid_layers=(0, 1), eval_every=1, progress=False),
+        gcg_train=2, methods=("rmu", "npo", "dpo"),
+        protect_overrides={"npo": {"steps": 3, "max_len": 48}, "dpo": {"steps": 3}})
+    assert PRESETS["paper"].gcg.objective == "enhanced"
+    summary = reproduce(small, tmp_path / "run", device="cpu", progress=False)
+    rows = summary["rows"]
+    assert {r["format"] for r in rows} == {"letter"}
+    none = {(r["model"], r["split"], r["mode"]) for r in rows if r["attack"] == "none"}
+    for model in ("original", "rmu", "npo", "dpo"):
+        for split in ("forget", "retain"):
+            for mode in ("raw", "chat"):
+                assert (model, split, mode) in none
+    ext = json.loads((tmp_path / "run" / "models" / "rmu" / "external.json").read_text())
+    assert ext["model"] == str(rmu)
+    assert not (tmp_path / "run" / "models" / "rmu" / "protection.json").exists()
+    manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
+    assert manifest["counts"]["forget_train"] + manifest["counts"]["forget_eval"] == len(TOPICS)
+    assert "| rmu |" in (tmp_path / "run" / "table.md").read_text()

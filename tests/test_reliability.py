@@ -1,0 +1,348 @@
+"""Reliability and safety: hook hygiene for every hook context, SIGKILL and resume, safe loading,
+nothing touches the network."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from interp.errors import InterpError
+from interp.models import get_tokenizer, load_model
+
+ROOT = Path(__file__).parent.parent / "interp"
+HOOKISH_CALLS = {"hooks", "run_with_cache", "register_parametrization", "register_forward_hook",
+                 "register_forward_pre_hook", "add_hook", "run_with_hooks"}
+
+
+def hook_contexts() -> set[str]:
+    """Every function in the package that is a context manager or adds hooks/parametrizations."""
+    found = set()
+    for path in ROOT.rglob("*.py"):
+        module = ".".join(path.relative_to(ROOT.parent).with_suffix("").parts)
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            is_ctx = any(getattr(d, "id", getattr(d, "attr", None)) == "contextmanager"
+                         for d in node.decorator_list)
+            calls = {getattr(c.func, "attr", getattr(c.func, "id", None))
+                     for c in ast.walk(node) if isinstance(c, ast.Call)}
+            if is_ctx or calls & HOOKISH_CALLS:
+                found.add(f"{module}.{node.name}")
+    return found
+
+
+def _boom(*args, **kwargs):
+    raise RuntimeError("boom")
+
+
+class Fault:
+    """Makes the model's final norm raise, so any forward fails midway."""
+
+    def __init__(self, model, monkeypatch):
+        monkeypatch.setattr(model.ln_final, "forward", _boom)
+
+
+def _tokens(model):
+    return get_tokenizer(model)("The capital of France is Paris.")["input_ids"]
+
+
+def _questions():
+    from interp.data.questions import Question
+
+    return [Question("The capital of France is", ("Paris", "Rome", "Oslo", "Lima"), 0,
+                     format="cloze"),
+            Question("The capital of Italy is", ("Paris", "Rome", "Oslo", "Lima"), 1,
+                     format="cloze")]
+
+
+def _raise_inside(ctx):
+    with pytest.raises(RuntimeError, match="boom"):
+        with ctx:
+            raise RuntimeError("boom")
+
+
+def ex_maybe_hooks(m, mp):
+    from interp.evaluate import maybe_hooks
+
+    _raise_inside(maybe_hooks(m, [("blocks.0.hook_resid_post", lambda x, hook: x)]))
+
+
+def ex_evaluate(m, mp):
+    from interp.evaluate import evaluate
+
+    with pytest.raises(RuntimeError, match="boom"):
+        evaluate(m, _questions(), hooks=[("blocks.0.hook_resid_post", _boom)], progress=False)
+
+
+def ex_generate(m, mp):
+    from interp.evaluate import generate_greedy
+
+    with pytest.raises(RuntimeError, match="boom"):
+        generate_greedy(m, [_tokens(m)], hooks=[("blocks.1.hook_mlp_out", _boom)])
+
+
+def ex_ablated(m, mp):
+    from interp.directions import ablated, ablation_hooks
+
+    _raise_inside(ablated(m, ablation_hooks(m, torch.ones(m.cfg.n_layers, m.cfg.d_model))))
+
+
+def ex_stream(m, mp):
+    from interp.directions import DirectionsConfig, stream_activations
+
+    Fault(m, mp)
+    with pytest.raises(RuntimeError, match="boom"):
+        list(stream_activations(m, [_tokens(m)], DirectionsConfig(hook="resid_post")))
+
+
+def ex_lens(m, mp):
+    from interp.lens import logit_lens
+
+    Fault(m, mp)
+    with pytest.raises(RuntimeError, match="boom"):
+        logit_lens(m, _questions())
+
+
+def ex_snip(m, mp):
+    from interp.prune import snip_scores
+    from interp.training import pack
+
+    Fault(m, mp)
+    with pytest.raises(RuntimeError, match="boom"):
+        snip_scores(m, [pack([_tokens(m)], [2], 0, "cpu")])
+
+
+def ex_pruned(m, mp):
+    from interp.prune import pruned
+
+    _raise_inside(pruned(m, {"blocks.0.mlp.W_out": torch.ones_like(m.blocks[0].mlp.W_out,
+                                                                   dtype=torch.bool)}))
+
+
+def ex_lora(m, mp):
+    from interp.lora import LoRAConfig, lora_adapters
+
+    _raise_inside(lora_adapters(m, LoRAConfig(rank=2)))
+
+
+def _objective(m, enhanced=False):
+    from interp.gcg import GCGConfig, Objective, question_slots
+
+    cfg = GCGConfig(n_tokens=3, objective="enhanced" if enhanced else "plain",
+                    resid_layers=(0,) if enhanced else ())
+    slots = [question_slots(get_tokenizer(m), q, chat=False, fmt=None) for q in _questions()]
+    return Objective(m, slots, cfg, original=m if enhanced else None)
+
+
+def ex_gcg_forward(m, mp):
+    obj = _objective(m, enhanced=True)
+    Fault(m, mp)
+    prefix = torch.tensor(_tokens(m)[:3])
+    with pytest.raises(RuntimeError, match="boom"):
+        obj.losses(prefix[None])
+    with pytest.raises(RuntimeError, match="boom"):
+        obj.token_gradient(prefix)
+
+
+def ex_gcg_reference(m, mp):
+    Fault(m, mp)
+    with pytest.raises(RuntimeError, match="boom"):
+        _objective(m, enhanced=True)
+
+
+EXERCISES = {
+    "interp.evaluate.maybe_hooks": ex_maybe_hooks,
+    "interp.evaluate.evaluate": ex_evaluate,
+    "interp.evaluate.generate_greedy": ex_generate,
+    "interp.directions.ablated": ex_ablated,
+    "interp.directions.stream_activations": ex_stream,
+    "interp.lens.logit_lens": ex_lens,
+    "interp.prune.snip_scores": ex_snip,
+    "interp.prune.pruned": ex_pruned,
+    "interp.lora.lora_adapters": ex_lora,
+    "interp.lora.add_lora": ex_lora,
+    "interp.gcg.Objective._forward": ex_gcg_forward,
+    "interp.gcg.Objective._reference": ex_gcg_reference,
+}
+
+
+def test_every_hook_context_is_exercised():
+    found = hook_contexts()
+    # methods are found by name only; qualify the Objective ones
+    qualified = {f.replace("interp.gcg._", "interp.gcg.Objective._") for f in found}
+    untested = qualified - set(EXERCISES)
+    assert not untested, f"new hook contexts without a hygiene test: {sorted(untested)}"
+
+
+def _state(model):
+    hooks = sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in model.hook_dict.values())
+    torch_hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+                      for m in model.modules())
+    from interp.lora import has_lora
+
+    return {"hooks": hooks, "torch_hooks": torch_hooks, "lora": has_lora(model),
+            "grad": {n: p.requires_grad for n, p in model.named_parameters()},
+            "weights": {n: p.detach().clone() for n, p in model.named_parameters()},
+            "training": model.training}
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISES))
+def test_an_exception_leaves_no_hooks(name, tiny_model, monkeypatch):
+    model = copy.deepcopy(tiny_model)
+    before = _state(model)
+    assert before["hooks"] == 0 and before["torch_hooks"] == 0
+    EXERCISES[name](model, monkeypatch)
+    monkeypatch.undo()
+    after = _state(model)
+    assert after["hooks"] == 0 and after["torch_hooks"] == 0 and not after["lora"]
+    assert after["grad"] == before["grad"] and after["training"] == before["training"]
+    assert after["weights"].keys() == before["weights"].keys()
+    assert all(torch.equal(after["weights"][n], w) for n, w in before["weights"].items())
+
+
+# ------------------------------------------------------------------------- crash and resume
+def _cli(args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "interp.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _json_ok(path: Path):
+    """Every file the run leaves must parse: atomic writes leave no torn JSON."""
+    for f in path.rglob("*.json"):
+        json.loads(f.read_text())
+
+
+def _kill_when(proc, ready, timeout=300):
+    start = time.time()
+    while time.time() - start < timeout:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the run never reached the kill point")
+
+
+def _strip(result: dict) -> dict:
+    drop = {"seconds", "figures", "resumed_from"}
+    out = {k: v for k, v in result.items() if k not in drop}
+    if "cells" in out and isinstance(out["cells"], dict):
+        out["cells"] = {n: {k: v for k, v in c.items() if k != "seconds"}
+                        for n, c in out["cells"].items()}
+    return out
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_result(smoke_protected, tmp_path):
+    """A pruning grid and a finetuning sweep, each killed with SIGKILL at two points (after the
+    first finished cell, and later), resume to the result of an uninterrupted run."""
+    folder, out, _ = smoke_protected
+    base = ["--model", str(out / "rmu"), "--data", str(folder), "--device", "cpu"]
+    prune = ["attack", "prune", *base, "--grid", "0.01,0.05,0.1,0.2", "--eval-limit", "20",
+             "--n-forget", "16", "--n-utility", "16"]
+    ft = ["attack", "finetune", *base, "--n", "10,20", "--k", "5", "--lr", "0.005",
+          "--rank", "4", "--eval-limit", "20", "--epochs", "2"]
+
+    def grid_cells(d):
+        return len(json.loads((d / "grid.json").read_text())["cells"]) if (
+            d / "grid.json").is_file() else 0
+
+    def ft_cells(d):
+        return len(list((d / "cells").glob("*.json"))) if (d / "cells").is_dir() else 0
+
+    for name, args, count, points in (("prune", prune, grid_cells, (1, 5)),
+                                      ("finetune", ft, ft_cells, (1, 2))):
+        ref_dir = tmp_path / f"{name}-ref"
+        ref = _cli([*args, "--out", str(ref_dir)], tmp_path)
+        assert ref.wait(timeout=600) == 0, ref.stderr.read()
+        expected = _strip(json.loads((ref_dir / "result.json").read_text()))
+        run_dir = tmp_path / f"{name}-run"
+        for point in points:  # kill, then kill the resumed run later on
+            proc = _cli([*args, "--out", str(run_dir)], tmp_path)
+            killed = _kill_when(proc, lambda p=point, d=run_dir, c=count: c(d) >= p)
+            assert killed, f"{name}: the run finished before the kill point {point}"
+            _json_ok(run_dir)
+            assert not (run_dir / "result.json").exists()
+        again = _cli([*args, "--out", str(run_dir)], tmp_path)
+        assert again.wait(timeout=600) == 0, again.stderr.read()
+        _json_ok(run_dir)
+        assert _strip(json.loads((run_dir / "result.json").read_text())) == expected, name
+
+
+# ----------------------------------------------------------------------------- safe loading
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = Path("/tmp/interp-pickle-ran")
+
+
+def test_pickle_checkpoint_is_refused_and_never_run(tiny_llama_dir, tmp_path):
+    import shutil
+
+    folder = tmp_path / "evil"
+    shutil.copytree(tiny_llama_dir, folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    MARKER.unlink(missing_ok=True)
+    with pytest.raises(InterpError, match="pickle checkpoints can run code"):
+        load_model(folder, device="cpu")
+    assert not MARKER.exists()
+
+
+def test_no_torch_load_without_weights_only_and_no_remote_code_by_default():
+    for path in ROOT.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "load" and \
+                    getattr(node.func.value, "id", "") == "torch":
+                kws = {k.arg: getattr(k.value, "value", None) for k in node.keywords}
+                assert kws.get("weights_only") is True, f"{path}:{node.lineno}"
+            if isinstance(node, ast.keyword) and node.arg == "trust_remote_code":
+                assert getattr(node.value, "value", None) is not True, f"{path}:{node.lineno}"
+    import inspect
+
+    from interp.models import load_model as lm
+
+    assert inspect.signature(lm).parameters["trust_remote_code"].default is False
+
+
+def test_nothing_touches_the_network(tiny_llama_dir, monkeypatch, tmp_path):
+    attempts = []
+
+    def blocked(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", blocked)
+    monkeypatch.setattr(socket, "create_connection", blocked)
+    monkeypatch.setattr(socket, "getaddrinfo", blocked)
+    from interp.cli import main
+    from interp.evaluate import evaluate
+
+    model = load_model(tiny_llama_dir, device="cpu")
+    evaluate(model, _questions(), progress=False)
+    embedded = load_model("smollm2", device="cpu")
+    evaluate(embedded, _questions(), progress=False)
+    assert main(["eval", "--model", "gpt2-nonexistent-xyz", "--data", "bank:capitals",
+                 "--limit", "2", "--out", str(tmp_path / "x.json")]) == 2
+    assert main(["eval", "--data", "wmdp-bio", "--out", str(tmp_path / "y.json")]) == 2
+    assert attempts == []

@@ -1,0 +1,158 @@
+"""The smoke reproduction end to end, checked against independent recomputation; the notebooks
+run on it with a real Jupyter kernel; a finished run is not recomputed; the audit on two of its
+models."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from interp.data.questions import load_questions
+from interp.evaluate import evaluate
+from interp.models import load_model
+from interp.reproduce import reproduce
+
+ROW_KEYS = {"model", "attack", "split", "format", "mode", "accuracy", "n"}
+
+
+def test_results_schema_and_coverage(smoke_run):
+    run, summary = smoke_run
+    data = json.loads((run / "results.json").read_text())
+    assert data["preset"] == "smoke" and data["seed"] == 0
+    # the fixture reused the session's benchmark and protections: only computed stages are timed
+    assert set(data["timings"]) == {"lens", "directions", "prune", "finetune", "gcg", "compare"}
+    rows = data["rows"]
+    assert all(set(r) == ROW_KEYS for r in rows)
+    assert {r["model"] for r in rows} == {"original", "rmu", "npo", "dpo"}
+    attacks = {r["attack"] for r in rows}
+    for a in ("none", "orthogonalize", "lens", "gcg", "prune", "finetune-unrelated-n10",
+              "finetune-unrelated-n50", "finetune-forget-k5", "finetune-forget-k10"):
+        assert a in attacks, a
+    assert {r["mode"] for r in rows} == {"raw", "chat"}
+    assert {r["format"] for r in rows} == {"cloze", "letter"}
+    assert all(0 <= r["accuracy"] <= 1 and r["n"] > 0 for r in rows)
+    table = (run / "table.md").read_text()
+    assert all(f"| {m} |" in table for m in ("original", "rmu", "npo", "dpo"))
+    pngs = list((run / "readme-figures").glob("*.png"))
+    names = " ".join(p.name for p in pngs)
+    for key in ("lens", "ablation_sweep", "finetune", "gcg", "grid", "neuron_jaccard",
+                "direction_cosine"):
+        assert key in names, key
+
+
+def _row(rows, **kw):
+    (match,) = [r for r in rows if all(r[k] == v for k, v in kw.items())]
+    return match
+
+
+def test_rows_match_independent_recomputation(smoke_run):
+    run, summary = smoke_run
+    rows = summary["rows"]
+    forget = load_questions(run / "data" / "forget_eval.jsonl")
+    rmu = load_model(run / "models" / "rmu", device="cpu")
+    # no attack: the saved protected model scored afresh
+    acc = evaluate(rmu, forget, progress=False).accuracy
+    assert _row(rows, model="rmu", attack="none", split="forget", format="cloze",
+                mode="raw")["accuracy"] == pytest.approx(acc)
+    # orthogonalization: the saved direction applied as a weight edit by hand, W <- W - r r^T W
+    from safetensors.torch import load_file
+
+    res = json.loads((run / "attacks" / "rmu" / "directions" / "result.json").read_text())
+    r = load_file(str(run / "attacks" / "rmu" / "directions" / "directions.safetensors"))[
+        "directions"][res["best_layer"]].double()
+    r = r / r.norm()
+    edited = copy.deepcopy(rmu)
+    with torch.no_grad():
+        proj = lambda w: (w.double() - (w.double() @ r)[..., None] * r).float()  # noqa: E731
+        edited.embed.W_E.copy_(proj(edited.embed.W_E))
+        for block in edited.blocks:
+            block.attn.W_O.copy_(proj(block.attn.W_O))
+            block.mlp.W_out.copy_(proj(block.mlp.W_out))
+    acc = evaluate(edited, forget, progress=False).accuracy
+    assert _row(rows, model="rmu", attack="orthogonalize", split="forget")[
+        "accuracy"] == pytest.approx(acc, abs=1 / len(forget) + 1e-9)
+    # GCG: the reported prefix scored afresh on the held-out questions
+    g = json.loads((run / "attacks" / "npo" / "gcg" / "result.json").read_text())
+    npo = load_model(run / "models" / "npo", device="cpu")
+    train_entities = {q.meta["entity"] for q in
+                      load_questions(run / "data" / "forget_train.jsonl")[: g["n_train"]]}
+    held = [q for q in forget if q.meta["entity"] not in train_entities][:100]
+    acc = evaluate(npo, held, prefix=g["prefix"], progress=False).accuracy
+    assert _row(rows, model="npo", attack="gcg", split="forget-heldout", mode="raw")[
+        "accuracy"] == pytest.approx(acc)
+
+
+def test_a_finished_run_is_not_recomputed(smoke_run):
+    run, summary = smoke_run
+    log_lines = len((run / "run.log").read_text().splitlines())
+    again = reproduce("smoke", run, device="cpu", progress=False)
+    assert again["rows"] == summary["rows"]
+    new = [json.loads(line) for line in (run / "run.log").read_text().splitlines()[log_lines:]]
+    assert new and not any(e["ran"] for e in new), new  # every cell read back
+
+
+def test_same_seed_same_cell(smoke_protected, tmp_path):
+    """Determinism: one smoke cell (pruning grid and a GCG run) twice gives identical JSON."""
+    from interp.attacks.gcg import gcg_attack
+    from interp.attacks.prune import PruneAttackConfig, prune_attack
+    from interp.gcg import GCGConfig
+
+    folder, out, _ = smoke_protected
+    model = load_model(out / "dpo", device="cpu")
+    drop = ("seconds", "figures", "candidates_per_second", "seconds_per_step")
+    results = []
+    for i in range(2):
+        p = prune_attack(model, folder, tmp_path / f"p{i}",
+                         PruneAttackConfig(grid=(0.05, 0.2)), progress=False)
+        g = gcg_attack(model, folder, tmp_path / f"g{i}",
+                       GCGConfig(n_tokens=4, steps=3, search_width=16, topk=8, progress=False),
+                       n_train=3)
+        results.append([{k: v for k, v in r.items() if k not in drop} for r in (p, g)])
+    assert json.dumps(results[0], sort_keys=True) == json.dumps(results[1], sort_keys=True)
+
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs(path, smoke_run, tmp_path, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    run, _ = smoke_run
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
+        "notebooks are stored without outputs"
+    monkeypatch.setenv("INTERP_RUN", str(run))
+    monkeypatch.setenv("INTERP_NOTEBOOK_OUT", str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    assert any(tmp_path.glob("*.html"))
+
+
+def test_audit_on_two_models_of_the_run(smoke_run, tmp_path):
+    from interp.audit import audit
+
+    run, _ = smoke_run
+    forget = load_questions(run / "data" / "forget_eval.jsonl")
+    retain = load_questions(run / "data" / "retain_eval.jsonl")
+    manifest = json.loads((run / "data" / "manifest.json").read_text())
+    r = audit(manifest["model"], str(run / "models" / "npo"), forget, retain, tmp_path / "audit",
+              budget="quick", progress=False)
+    h = r["headline"]
+    assert h["original_forget"] > h["unlearned_forget"]
+    best = max((a for a in r["attacks"] if a["retain"] is None
+                or a["retain"] >= h["retain_floor"]), key=lambda a: a["forget"])
+    assert h["recoverable_forget"] == best["forget"] and h["best_attack"] == best["attack"]
+    assert (tmp_path / "audit" / "report.html").read_text().count("<tr>") >= 5
+    # the unrelated finetuning data of an audit names no forget answer
+    from interp.attacks.finetune import unrelated_samples
+
+    answers = {q.choices[q.answer] for q in forget}
+    for text in unrelated_samples(tmp_path / "audit" / "data", 50, seed=0):
+        assert not any(f" {a} " in f" {text} " for a in answers if len(a) > 3)
