@@ -241,7 +241,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     r = reproduce(args.preset, Path(args.out), seed=args.seed, device=args.device,
                   figures_dir=Path(args.figures) if args.figures else None,
-                  executor=args.executor, address=args.address)
+                  executor=args.executor, address=args.address, n_devices=args.n_devices)
     print((Path(args.out) / "table.md").read_text())
     print(f"{len(r['rows'])} rows -> {Path(args.out) / 'results.json'}; "
           f"{time.perf_counter() - start:.0f} s this run")
@@ -412,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["serial", "ray"], default="serial",
                    help="ray: every cell of a stage is a Ray task (pip install -e '.[ray]')")
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    p.add_argument("--n-devices", type=int, default=None,
+                   help="spread each model's blocks over N GPUs (TransformerLens placement)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figures", default=None,
                    help="also copy the key PNG figures here (e.g. figures/)")

@@ -307,6 +307,11 @@ def load_model(
     n_devices: int = 1,
 ) -> HookedTransformer:
     """Load a model as a HookedTransformer (see the module docstring for the specs)."""
+    if n_devices < 1:
+        raise InterpError(f"n_devices must be at least 1, got {n_devices}")
+    if n_devices > 1 and torch.cuda.device_count() < n_devices:
+        raise InterpError(f"n_devices={n_devices} spreads the blocks over that many GPUs; this "
+                          f"machine has {torch.cuda.device_count()}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
     tok_override = load_tokenizer(tokenizer) if tokenizer is not None else None

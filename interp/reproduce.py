@@ -18,7 +18,7 @@ import gc
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ class ReproducePreset:
     dtype: str | None = None
     source_limit: int | None = None
     protect_overrides: dict[str, dict] = field(default_factory=dict)  # method -> {setting: v}
+    n_devices: int = 1  # TransformerLens' own placement of a model's blocks over N GPUs
 
 
 PRESETS: dict[str, ReproducePreset] = {
@@ -184,7 +185,8 @@ def run_cell(p: ReproducePreset, out: Path, cell: Cell, seed: int = 0, device=No
     if marker.is_file():
         _log(out, cell, False, 0.0, seed, None)
         return read_json(marker)
-    load = partial(load_model, device=device, dtype=p.dtype, tokenizer=p.tokenizer)
+    load = partial(load_model, device=device, dtype=p.dtype, tokenizer=p.tokenizer,
+                   n_devices=p.n_devices)
     data = out / "data"
     start = time.perf_counter()
     result, config = _compute(p, out, cell, seed, device, progress, load, data)
@@ -262,10 +264,15 @@ def serial_executor(fn, cells: list[Cell]) -> list[dict]:
 
 def reproduce(preset: str | ReproducePreset, out: Path, *, seed: int = 0, device=None,
               figures_dir: Path | None = None, progress: bool = True,
-              executor: str = "serial", address: str | None = None) -> dict:
+              executor: str = "serial", address: str | None = None,
+              n_devices: int | None = None) -> dict:
     p = PRESETS.get(preset) if isinstance(preset, str) else preset
     if p is None:
         raise InterpError(f"unknown preset {preset!r}; use one of {sorted(PRESETS)}")
+    if n_devices is not None:
+        if n_devices < 1:
+            raise InterpError(f"--n-devices must be at least 1, got {n_devices}")
+        p = replace(p, n_devices=n_devices)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fn = partial(run_cell, p, out, seed=seed, device=device, progress=progress)

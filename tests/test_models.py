@@ -95,3 +95,23 @@ def test_weights_are_unprocessed(tiny_llama_dir, tiny_model):
     torch.testing.assert_close(ours, ref)
     ln = hf.model.layers[0].input_layernorm.weight
     torch.testing.assert_close(tiny_model.blocks[0].ln1.w, ln)
+
+
+def test_multi_device_placement_is_wired(tiny_llama_dir):
+    """`n_devices` goes to TransformerLens' own placement, which needs that many GPUs: without
+    them a clear error; the split it makes (blocks in contiguous runs, n_layers/N per GPU) is
+    TransformerLens' `get_device_for_block_index`, checked on a stand-in config."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformer_lens.utilities.multi_gpu import get_device_for_block_index
+
+    from interp.errors import InterpError
+    from interp.models import load_model
+
+    if torch.cuda.device_count() < 2:
+        with pytest.raises(InterpError, match="GPUs"):
+            load_model(tiny_llama_dir, device="cpu", n_devices=2)
+    cfg = SimpleNamespace(device="cuda", n_layers=32, n_devices=4)
+    placed = [get_device_for_block_index(i, cfg).index for i in range(32)]
+    assert placed == [i // 8 for i in range(32)]
