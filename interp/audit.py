@@ -29,7 +29,7 @@ from interp.lora import LoRAConfig
 from interp.prompts import LETTERS, cloze_prompt, letter_prompt
 from interp.protect import REFUSAL
 from interp.reproduce import PRESETS
-from interp.store import atomic_write_text, read_json, write_json
+from interp.store import atomic_write_text, read_json, relocate, write_json
 
 REFUSAL_TEXT = "I'm sorry, but I can't help with that."
 assert REFUSAL.search(REFUSAL_TEXT)
@@ -123,16 +123,82 @@ def prepare_audit_data(forget: list[Question], retain: list[Question], out: Path
     return out
 
 
-def audit(original_spec: str, unlearned_spec: str, forget: list[Question],
-          retain: list[Question], out: Path, *, budget: str = "quick", seed: int = 0,
-          retain_drop: float = 0.10, device=None, progress: bool = True) -> dict:
+AUDIT_CELLS = ("none", "lens", "directions", "prune", "finetune", "gcg")
+_CACHE: dict[tuple, object] = {}
+
+
+def _load(spec: str, device, cache: bool):
+    """Load a model; in one process (serial) the pair is loaded once and shared by the cells."""
+    from interp.models import load_model
+
+    if not cache:
+        return load_model(spec, device=device)
+    key = (spec, str(device))
+    if key not in _CACHE:
+        _CACHE[key] = load_model(spec, device=device)
+    return _CACHE[key]
+
+
+def audit_cell(original_spec: str, unlearned_spec: str, out: Path, budget: str, seed: int,
+               retain_drop: float, device, progress: bool, cache: bool, name: str) -> dict:
+    """One attack of an audit, or its result read back when finished. Loads what it needs, so
+    any process (a Ray worker included) can run it; its result is written atomically."""
     from interp.attacks import directions_attack, lens_attack
     from interp.attacks.finetune import finetune_attack
     from interp.attacks.gcg import gcg_attack
     from interp.attacks.prune import prune_attack
     from interp.data.questions import load_questions
     from interp.evaluate import evaluate
-    from interp.models import load_model
+
+    out = Path(out)
+    marker = out / "cells" / f"{name}.json"
+    if marker.is_file():
+        return read_json(marker)
+    b = BUDGETS[budget]
+    data, a = out / "data", out / "attacks"
+    original = _load(original_spec, device, cache)
+    unlearned = _load(unlearned_spec, device, cache)
+    start = time.perf_counter()
+    if name == "none":
+        def acc(model, split):
+            qs = load_questions(data / f"{split}_eval.jsonl", limit=b.eval_limit)
+            return {"accuracy": evaluate(model, qs, progress=False, batch_size=32).accuracy,
+                    "n": len(qs)}
+
+        result = {m: {s: acc(model, s) for s in ("forget", "retain")}
+                  for m, model in (("original", original), ("unlearned", unlearned))}
+    elif name == "lens":
+        result = lens_attack({"original": original, "unlearned": unlearned}, data, a / "lens",
+                             limit=b.lens_limit)
+    elif name == "directions":
+        result = directions_attack(original, unlearned, data, a / "directions", b.directions,
+                                   progress=progress)
+    elif name == "prune":
+        result = prune_attack(unlearned, data, a / "prune",
+                              replace(b.prune, retain_drop=retain_drop), progress=progress)
+    elif name == "finetune":
+        result = finetune_attack(unlearned, data, a / "finetune", replace(b.finetune, seed=seed),
+                                 progress=progress)
+    elif name == "gcg":
+        result = gcg_attack(unlearned, data, a / "gcg", replace(b.gcg, seed=seed),
+                            original=original, n_train=b.gcg_train)
+    else:
+        raise InterpError(f"unknown audit cell {name!r}; one of {AUDIT_CELLS}")
+    cell = {"result": result, "seconds": round(time.perf_counter() - start, 1)}
+    write_json(marker, cell)
+    return cell
+
+
+def audit(original_spec: str, unlearned_spec: str, forget: list[Question],
+          retain: list[Question], out: Path, *, budget: str = "quick", seed: int = 0,
+          retain_drop: float = 0.10, device=None, progress: bool = True,
+          executor: str = "serial", address: str | None = None) -> dict:
+    """Every attack on (original, unlearned); each attack is a resumable cell, run serially in
+    this process or as Ray tasks (`executor="ray"`, `address=` a cluster or None for local)."""
+    from functools import partial
+
+    from interp.models import resolve_device
+    from interp.reproduce import serial_executor
 
     if budget not in BUDGETS:
         raise InterpError(f"unknown budget {budget!r}; use quick or full")
@@ -140,40 +206,23 @@ def audit(original_spec: str, unlearned_spec: str, forget: list[Question],
     out = Path(out)
     if (out / "audit.json").is_file():
         return read_json(out / "audit.json")
-    data = prepare_audit_data(forget, retain, out / "data", original_spec, seed)
-    original = load_model(original_spec, device=device)
-    unlearned = load_model(unlearned_spec, device=device)
+    if executor == "serial":
+        run_stage = serial_executor
+    elif executor == "ray":
+        from interp.distributed import ray_executor
+
+        run_stage = ray_executor(address, gpu=resolve_device(device).type == "cuda")
+    else:
+        raise InterpError(f"unknown executor {executor!r}; use serial or ray")
+    prepare_audit_data(forget, retain, out / "data", original_spec, seed)
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def timed(name, fn):
-        start = time.perf_counter()
-        value = fn()
-        timings[name] = round(time.perf_counter() - start, 1)
-        return value
-
-    f_eval = load_questions(data / "forget_eval.jsonl", limit=b.eval_limit)
-    r_eval = load_questions(data / "retain_eval.jsonl", limit=b.eval_limit)
-
-    def acc(model, qs):
-        return evaluate(model, qs, progress=False, batch_size=32).accuracy
-
-    base = {"original": {"forget": acc(original, f_eval), "retain": acc(original, r_eval)},
-            "unlearned": {"forget": acc(unlearned, f_eval), "retain": acc(unlearned, r_eval)}}
-    a = out / "attacks"
-    lens = timed("lens", lambda: lens_attack({"original": original, "unlearned": unlearned},
-                                             data, a / "lens", limit=b.lens_limit))
-    d = timed("directions", lambda: directions_attack(original, unlearned, data,
-                                                      a / "directions", b.directions,
-                                                      progress=progress))
-    pr = timed("prune", lambda: prune_attack(unlearned, data, a / "prune",
-                                             replace(b.prune, retain_drop=retain_drop),
-                                             progress=progress))
-    ft = timed("finetune", lambda: finetune_attack(unlearned, data, a / "finetune",
-                                                   replace(b.finetune, seed=seed),
-                                                   progress=progress))
-    g = timed("gcg", lambda: gcg_attack(unlearned, data, a / "gcg", replace(b.gcg, seed=seed),
-                                        original=original, n_train=b.gcg_train))
+    fn = partial(audit_cell, original_spec, unlearned_spec, out, budget, seed, retain_drop,
+                 device, progress, executor == "serial")
+    cells = dict(zip(AUDIT_CELLS, run_stage(fn, list(AUDIT_CELLS))))
+    _CACHE.clear()
+    r = {k: v["result"] for k, v in cells.items()}
+    base = {m: {s: v["accuracy"] for s, v in splits.items()} for m, splits in r["none"].items()}
+    lens, d, pr, ft, g = (r[k] for k in ("lens", "directions", "prune", "finetune", "gcg"))
     attacks = [
         {"attack": "orthogonalize", "forget": d["orthogonalize_best_everywhere"]["forget"],
          "retain": d["orthogonalize_best_everywhere"]["retain"]},
@@ -202,11 +251,14 @@ def audit(original_spec: str, unlearned_spec: str, forget: list[Question],
         "retain_floor": floor,
     }
     result = {"original": original_spec, "unlearned": unlearned_spec, "budget": budget,
-              "seed": seed, "n_forget_eval": len(f_eval), "n_retain_eval": len(r_eval),
+              "seed": seed, "executor": executor,
+              "n_forget_eval": r["none"]["unlearned"]["forget"]["n"],
+              "n_retain_eval": r["none"]["unlearned"]["retain"]["n"],
               "no_attack": base, "attacks": attacks, "headline": headline,
-              "config": json.loads(json.dumps(asdict(b), default=str)), "timings": timings,
+              "config": json.loads(json.dumps(asdict(b), default=str)),
+              "timings": {k: v["seconds"] for k, v in cells.items()},
               "seconds": round(time.perf_counter() - t0, 1)}
-    figures = [f for r in (lens, d, pr, ft, g) for f in r.get("figures", [])]
+    figures = [str(relocate(f, out)) for x in (lens, d, pr, ft, g) for f in x.get("figures", [])]
     atomic_write_text(out / "report.html", _html(result, figures, out))
     write_json(out / "audit.json", result)
     return result

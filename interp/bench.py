@@ -240,8 +240,7 @@ def bench_lm_eval(ctx: Context) -> BenchResult:
     qs = ctx.questions
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "questions.jsonl"
-        data.write_text("".join(json.dumps({"question": q.question, "choices": list(q.choices),
-                                            "answer": q.answer}) + "\n" for q in qs))
+        data.write_text("".join(json.dumps(lm_eval_doc(q)) + "\n" for q in qs))
         (Path(tmp) / "interp_bench.yaml").write_text(lm_eval_task(data))
         lm = HFLM(pretrained=ctx.hf_model(), tokenizer=ctx.tokenizer, batch_size=ctx.batch_size)
         tm = TaskManager(include_path=tmp)
@@ -263,9 +262,15 @@ def bench_lm_eval(ctx: Context) -> BenchResult:
                    ours_s=_spread(ours_t), peer_s=_spread(peer_t), same_predictions=agree)
 
 
-LM_EVAL_TEXT = ("The following are multiple choice questions (with answers) about general "
-                "knowledge.\n\n{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\n"
+LM_EVAL_TEXT = ("The following are multiple choice questions (with answers) about "
+                "{{subject}}.\n\n{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\n"
                 "C. {{choices[2]}}\nD. {{choices[3]}}\nAnswer:")
+
+
+def lm_eval_doc(q) -> dict:
+    """One question as the harness task reads it (the subject as our prompt names it)."""
+    return {"question": q.question, "choices": list(q.choices), "answer": q.answer,
+            "subject": q.subject or "general knowledge"}
 
 
 def lm_eval_task(path: Path) -> str:

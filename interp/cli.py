@@ -257,7 +257,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     forget = load_source(args.forget, subject=args.subject, limit=args.limit)
     retain = load_source(args.retain, limit=args.limit)
     r = audit(args.original, args.unlearned, forget, retain, Path(args.out), budget=args.budget,
-              seed=args.seed, retain_drop=args.retain_drop, device=args.device)
+              seed=args.seed, retain_drop=args.retain_drop, device=args.device,
+              executor=args.executor, address=args.address)
     h = r["headline"]
     print(f"forget accuracy: original {h['original_forget']:.3f}, unlearned "
           f"{h['unlearned_forget']:.3f}")
@@ -433,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an attack counts if retain accuracy stays within this of the unlearned")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
+    p.add_argument("--executor", choices=["serial", "ray"], default="serial",
+                   help="ray: every attack is a Ray task (pip install -e '.[ray]')")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("bench", help="speed against lm-eval, transformers and nanoGCG (ratios)")

@@ -30,7 +30,8 @@ from interp.directions import DirectionsConfig
 from interp.errors import InterpError
 from interp.gcg import GCGConfig
 from interp.lora import LoRAConfig
-from interp.store import read_json, write_json
+from interp.reproduce_figures import cross_model_figures
+from interp.store import read_json, relocate, write_json
 
 METHODS = ("rmu", "npo", "dpo")
 
@@ -305,7 +306,8 @@ def summarize(p: ReproducePreset, out: Path, results: dict, seed: int,
     timings = timings_from_log(out)
     summary = {"preset": p.name, "seed": seed, "rows": rows, "timings": timings,
                "models": models}
-    figs = collect_figures({k: v for k, v in results.items() if k != "data"}, out / "figures")
+    figs = collect_figures({k: v for k, v in results.items() if k != "data"}, out)
+    figs += cross_model_figures(p.methods, results, out / "figures")
     if figures_dir is not None:
         Path(figures_dir).mkdir(parents=True, exist_ok=True)
         for f in figs:
@@ -456,13 +458,15 @@ def table_markdown(table: list[dict], preset: str, seed: int, timings: dict) -> 
     return "\n".join(lines) + "\n"
 
 
-def collect_figures(results: dict, folder: Path) -> list[Path]:
-    """Copy every attack's figures into one folder, named by model and attack."""
+def collect_figures(results: dict, out: Path) -> list[Path]:
+    """Copy every attack's figures into `out/figures`, named by model and attack (the results
+    may have been written before the run folder moved: paths are read relative to it)."""
+    folder = out / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     copied = []
     for key, r in results.items():
         for f in r.get("figures", []):
-            src = Path(f)
+            src = relocate(f, out)
             if src.is_file():
                 dst = folder / f"{key.replace('/', '_')}_{src.name}"
                 shutil.copy(src, dst)

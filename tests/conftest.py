@@ -149,3 +149,22 @@ def smoke_run(smoke_protected, tmp_path_factory):
     summary = reproduce("smoke", run, device="cpu", progress=False,
                         figures_dir=run / "readme-figures")
     return run, summary
+
+
+@pytest.fixture(scope="session")
+def smoke_audit(smoke_run, tmp_path_factory):
+    """`audit` (quick budget, serial) on the smoke run's original and NPO models:
+    (run folder, audit folder, forget, retain, result)."""
+    import json
+
+    from interp.audit import audit
+    from interp.data.questions import load_questions
+
+    run, _ = smoke_run
+    forget = load_questions(run / "data" / "forget_eval.jsonl")
+    retain = load_questions(run / "data" / "retain_eval.jsonl")
+    original = json.loads((run / "data" / "manifest.json").read_text())["model"]
+    folder = tmp_path_factory.mktemp("audit")
+    result = audit(original, str(run / "models" / "npo"), forget, retain, folder,
+                   budget="quick", progress=False)
+    return run, folder, forget, retain, result

@@ -125,6 +125,8 @@ CLI_CASES = [
     ("audit: too few questions", ["audit", "--original", M, "--unlearned", M, "--forget",
                                   "{d}/ok.jsonl", "--retain", "{d}/ok.jsonl", "--out",
                                   "{d}/audit"], "at least 4"),
+    ("bench: unknown benchmark", ["bench", "nonsense", "--out", "{d}/bench.json"],
+     "unknown benchmark"),
 ]
 
 

@@ -77,3 +77,14 @@ def test_a_killed_worker_costs_only_its_cell(smoke_protected, local_ray, tmp_pat
     thread.join(timeout=1)
     assert killed, "no worker was killed: the grid finished first"
     assert result["rows"] == reference["rows"]
+
+
+def test_audit_on_ray_equals_the_serial_audit(smoke_audit, local_ray, tmp_path):
+    from interp.audit import audit
+
+    _, _, forget, retain, serial = smoke_audit
+    distributed = audit(serial["original"], serial["unlearned"], forget, retain,
+                        tmp_path / "audit", budget="quick", progress=False, executor="ray")
+    assert distributed["executor"] == "ray"
+    for key in ("no_attack", "attacks", "headline", "n_forget_eval", "n_retain_eval"):
+        assert distributed[key] == serial[key], key

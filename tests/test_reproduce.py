@@ -135,24 +135,37 @@ def test_notebook_runs(path, smoke_run, tmp_path, monkeypatch):
     assert any(tmp_path.glob("*.html"))
 
 
-def test_audit_on_two_models_of_the_run(smoke_run, tmp_path):
-    from interp.audit import audit
-
-    run, _ = smoke_run
-    forget = load_questions(run / "data" / "forget_eval.jsonl")
-    retain = load_questions(run / "data" / "retain_eval.jsonl")
-    manifest = json.loads((run / "data" / "manifest.json").read_text())
-    r = audit(manifest["model"], str(run / "models" / "npo"), forget, retain, tmp_path / "audit",
-              budget="quick", progress=False)
+def test_audit_on_two_models_of_the_run(smoke_audit):
+    _, folder, forget, _, r = smoke_audit
     h = r["headline"]
     assert h["original_forget"] > h["unlearned_forget"]
     best = max((a for a in r["attacks"] if a["retain"] is None
                 or a["retain"] >= h["retain_floor"]), key=lambda a: a["forget"])
     assert h["recoverable_forget"] == best["forget"] and h["best_attack"] == best["attack"]
-    assert (tmp_path / "audit" / "report.html").read_text().count("<tr>") >= 5
+    assert (folder / "report.html").read_text().count("<tr>") >= 5
     # the unrelated finetuning data of an audit names no forget answer
     from interp.attacks.finetune import unrelated_samples
 
     answers = {q.choices[q.answer] for q in forget}
-    for text in unrelated_samples(tmp_path / "audit" / "data", 50, seed=0):
+    for text in unrelated_samples(folder / "data", 50, seed=0):
         assert not any(f" {a} " in f" {text} " for a in answers if len(a) > 3)
+
+
+def test_an_interrupted_audit_reruns_only_its_missing_attack(smoke_audit, tmp_path):
+    import shutil
+
+    from interp.audit import audit
+
+    run, folder, forget, retain, first = smoke_audit
+    copy = tmp_path / "audit"
+    shutil.copytree(folder, copy)
+    (copy / "audit.json").unlink()           # as if killed before the end, during GCG
+    (copy / "cells" / "gcg.json").unlink()
+    shutil.rmtree(copy / "attacks" / "gcg")
+    kept = {f.name: f.stat().st_mtime_ns for f in (copy / "cells").iterdir()}
+    again = audit(first["original"], first["unlearned"], forget, retain, copy, budget="quick",
+                  progress=False)
+    assert {f.name: f.stat().st_mtime_ns for f in (copy / "cells").iterdir()
+            if f.name != "gcg.json"} == kept
+    assert (copy / "cells" / "gcg.json").is_file()
+    assert again["attacks"] == first["attacks"] and again["headline"] == first["headline"]
