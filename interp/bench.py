@@ -166,9 +166,15 @@ def plain():
         m(t, attention_mask=mk, return_type=None)
 plain()
 t0 = time.perf_counter(); plain(); t_plain = time.perf_counter() - t0
+import gc, pathlib
+gc.collect()
+pathlib.Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to now
 t0 = time.perf_counter(); diff_in_means_prompts(m, ids[:half], ids[half:], cfg)
 t_dirs = time.perf_counter() - t0
-RESULT = {"n": $n, "plain_s": t_plain, "directions_s": t_dirs}
+hwm = [l for l in pathlib.Path("/proc/self/status").read_text().splitlines()
+       if l.startswith("VmHWM")][0]
+RESULT = {"n": $n, "plain_s": t_plain, "directions_s": t_dirs,
+          "directions_peak_rss_mb": int(hwm.split()[1]) / 1024}
 """
 
 
@@ -187,9 +193,10 @@ def bench_directions(ctx: Context) -> list[BenchResult]:
                            r["plain_s"], "seconds (ratio: forward / directions)",
                            r["plain_s"] / r["directions_s"], 1 / 1.2, n=1000))
     small, big = runs[(3.0, 100)], runs[(3.0, 1000)]
-    out.append(_result("directions-memory-n1000-vs-n100", big["peak_rss_mb"],
-                       small["peak_rss_mb"], "MB peak RSS (ratio: N=100 / N=1000)",
-                       small["peak_rss_mb"] / big["peak_rss_mb"], 1 / 1.1, runs={
+    key = "directions_peak_rss_mb"  # peak while computing directions (model loaded before)
+    out.append(_result("directions-memory-n1000-vs-n100", big[key], small[key],
+                       "MB peak RSS while computing (ratio: N=100 / N=1000)",
+                       small[key] / big[key], 1 / 1.1, runs={
                            f"{k[0]}-{k[1]}": v for k, v in runs.items()}))
     return out
 
@@ -303,7 +310,8 @@ secs = time.perf_counter() - t0
 print(json.dumps({"seconds": secs, "losses": res.losses, "best_loss": res.best_loss}))
 """
 
-NANOGCG_REQS = ["nanogcg==0.3.0", "transformers==4.47.1", "torch==2.13.0", "gguf", "numpy<3"]
+NANOGCG_REQS = ["nanogcg==0.3.0", "transformers==4.47.1", "torch==2.13.0", "gguf", "numpy<3",
+                "accelerate"]  # transformers 4.47 loads GGUF files only with accelerate
 
 
 def nanogcg_python() -> Path | None:
@@ -312,14 +320,16 @@ def nanogcg_python() -> Path | None:
 
     venv = cache_root() / "nanogcg-venv"
     py = venv / "bin" / "python"
-    if (venv / ".ok").is_file():
+    stamp = venv / ".ok"
+    if stamp.is_file() and stamp.read_text() == " ".join(NANOGCG_REQS):
         return py
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    if not py.is_file():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     proc = subprocess.run([str(py), "-m", "pip", "install", "-q", *NANOGCG_REQS],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         return None
-    (venv / ".ok").write_text("ok")
+    stamp.write_text(" ".join(NANOGCG_REQS))
     return py
 
 

@@ -245,6 +245,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     print((Path(args.out) / "table.md").read_text())
     print(f"{len(r['rows'])} rows -> {Path(args.out) / 'results.json'}; "
           f"{time.perf_counter() - start:.0f} s this run")
+    if r.get("peak_rss_mb") is not None:
+        print(f"peak memory of the processes that computed cells: {r['peak_rss_mb']:.0f} MB")
     return 0
 
 

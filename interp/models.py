@@ -306,7 +306,15 @@ def load_model(
     trust_remote_code: bool = False,
     n_devices: int = 1,
 ) -> HookedTransformer:
-    """Load a model as a HookedTransformer (see the module docstring for the specs)."""
+    """Load a model as a HookedTransformer (see the module docstring for the specs); its linear
+    weights are stored the way the forward pass reads them (`interp.layout`)."""
+    from interp.layout import linear_layout
+
+    return linear_layout(_load_model(spec, device=device, dtype=dtype, tokenizer=tokenizer,
+                                     trust_remote_code=trust_remote_code, n_devices=n_devices))
+
+
+def _load_model(spec, *, device, dtype, tokenizer, trust_remote_code, n_devices):
     if n_devices < 1:
         raise InterpError(f"n_devices must be at least 1, got {n_devices}")
     if n_devices > 1 and torch.cuda.device_count() < n_devices:

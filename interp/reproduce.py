@@ -138,9 +138,19 @@ def done_marker(out: Path, p: ReproducePreset, cell: Cell) -> Path:
 def _log(out: Path, cell: Cell, ran: bool, seconds: float, seed: int, config) -> None:
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": cell.stage, "cell": cell.name,
              "ran": ran, "seconds": seconds, "seed": seed,
-             "config": json.loads(json.dumps(config, default=str)) if config else None}
+             "config": json.loads(json.dumps(config, default=str)) if config else None,
+             "process_peak_rss_mb": round(peak_rss_mb())}
     with open(out / "run.log", "a") as fh:  # one line per write; results themselves are atomic
         fh.write(json.dumps(entry) + "\n")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def timings_from_log(out: Path) -> dict[str, float]:
@@ -159,6 +169,20 @@ def timings_from_log(out: Path) -> dict[str, float]:
     for stage, seconds in last.values():
         out_t[stage] = round(out_t.get(stage, 0.0) + seconds, 1)
     return out_t
+
+
+def peak_from_log(out: Path) -> float | None:
+    """The largest process peak memory (MB) any computing cell logged (None before logging)."""
+    path = out / "run.log"
+    peaks = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if e.get("ran", True) and e.get("process_peak_rss_mb") is not None:
+            peaks.append(e["process_peak_rss_mb"])
+    return max(peaks) if peaks else None
 
 
 def _free() -> None:
@@ -305,7 +329,7 @@ def summarize(p: ReproducePreset, out: Path, results: dict, seed: int,
     table = make_table(rows, results, p.methods, fmt)
     timings = timings_from_log(out)
     summary = {"preset": p.name, "seed": seed, "rows": rows, "timings": timings,
-               "models": models}
+               "peak_rss_mb": peak_from_log(out), "models": models}
     figs = collect_figures({k: v for k, v in results.items() if k != "data"}, out)
     figs += cross_model_figures(p.methods, results, out / "figures")
     if figures_dir is not None:

@@ -49,15 +49,16 @@ def test_snip_equals_finite_differences(tiny_model):
         flat_scores = scores[name].reshape(-1)
         for idx in (int(flat_scores.argmax()), 7):
             p = params[name]
-            w = p.detach().reshape(-1)[idx].item()
+            at = tuple(int(i) for i in torch.unravel_index(torch.tensor(idx), p.shape))
+            w = p.detach()[at].item()
             total = 0.0
             for batch in batches:
                 with torch.no_grad():
-                    p.view(-1)[idx] = w + eps
+                    p[at] = w + eps
                     up = lm_loss(model, batch).item()
-                    p.view(-1)[idx] = w - eps
+                    p[at] = w - eps
                     down = lm_loss(model, batch).item()
-                    p.view(-1)[idx] = w
+                    p[at] = w
                 total += abs((up - down) / (2 * eps))
             expected = abs(w) * total
             assert flat_scores[idx].item() == pytest.approx(expected, rel=1e-4, abs=1e-9), name

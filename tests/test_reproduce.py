@@ -40,8 +40,13 @@ def test_results_schema_and_coverage(smoke_run):
     pngs = list((run / "readme-figures").glob("*.png"))
     names = " ".join(p.name for p in pngs)
     for key in ("lens", "ablation_sweep", "finetune", "gcg", "grid", "neuron_jaccard",
-                "direction_cosine"):
+                "direction_cosine", "all_ablation_sweep", "all_finetune", "all_gcg_loss"):
         assert key in names, key
+    # the run computed in this process: its logged peak is this process's peak at that time
+    import resource
+
+    now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert 100 < data["peak_rss_mb"] <= now + 1  # the log rounds to whole MB
 
 
 def _row(rows, **kw):
