@@ -197,8 +197,8 @@ def audit(original_spec: str, unlearned_spec: str, forget: list[Question],
     this process or as Ray tasks (`executor="ray"`, `address=` a cluster or None for local)."""
     from functools import partial
 
+    from interp.distributed import stage_runner
     from interp.models import resolve_device
-    from interp.reproduce import serial_executor
 
     if budget not in BUDGETS:
         raise InterpError(f"unknown budget {budget!r}; use quick or full")
@@ -206,14 +206,7 @@ def audit(original_spec: str, unlearned_spec: str, forget: list[Question],
     out = Path(out)
     if (out / "audit.json").is_file():
         return read_json(out / "audit.json")
-    if executor == "serial":
-        run_stage = serial_executor
-    elif executor == "ray":
-        from interp.distributed import ray_executor
-
-        run_stage = ray_executor(address, gpu=resolve_device(device).type == "cuda")
-    else:
-        raise InterpError(f"unknown executor {executor!r}; use serial or ray")
+    run_stage = stage_runner(executor, address, gpu=resolve_device(device).type == "cuda")
     prepare_audit_data(forget, retain, out / "data", original_spec, seed)
     t0 = time.perf_counter()
     fn = partial(audit_cell, original_spec, unlearned_spec, out, budget, seed, retain_drop,

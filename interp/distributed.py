@@ -39,3 +39,16 @@ def ray_executor(address: str | None = None, gpu: bool = False, num_cpus: int | 
         return ray.get([task.remote(fn, c) for c in cells])
 
     return run_stage
+
+
+def serial_executor(fn: Callable, cells: list) -> list:
+    return [fn(c) for c in cells]
+
+
+def stage_runner(executor: str, address: str | None = None, gpu: bool = False) -> Callable:
+    """`run_stage(fn, cells)` for `--executor`: serial in this process, or Ray tasks."""
+    if executor == "serial":
+        return serial_executor
+    if executor == "ray":
+        return ray_executor(address, gpu=gpu)
+    raise InterpError(f"unknown executor {executor!r}; use serial or ray")

@@ -27,6 +27,7 @@ from interp.attacks.activation import DirectionsAttackConfig
 from interp.attacks.finetune import FinetuneConfig
 from interp.attacks.prune import PruneAttackConfig
 from interp.directions import DirectionsConfig
+from interp.distributed import stage_runner
 from interp.errors import InterpError
 from interp.gcg import GCGConfig
 from interp.lora import LoRAConfig
@@ -153,18 +154,23 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
+def _log_entries(out: Path) -> list[dict]:
+    """run.log's entries of cells that actually computed (a line cut by a crash is skipped)."""
+    path = out / "run.log"
+    entries = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if e.get("ran", True):
+            entries.append(e)
+    return entries
+
+
 def timings_from_log(out: Path) -> dict[str, float]:
     """Seconds per stage: the last run of each cell that actually computed, summed."""
-    path = out / "run.log"
-    last: dict[str, tuple[str, float]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                e = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-            if e.get("ran", True):
-                last[e["cell"]] = (e["stage"], e["seconds"])
+    last = {e["cell"]: (e["stage"], e["seconds"]) for e in _log_entries(out)}
     out_t: dict[str, float] = {}
     for stage, seconds in last.values():
         out_t[stage] = round(out_t.get(stage, 0.0) + seconds, 1)
@@ -173,15 +179,8 @@ def timings_from_log(out: Path) -> dict[str, float]:
 
 def peak_from_log(out: Path) -> float | None:
     """The largest process peak memory (MB) any computing cell logged (None before logging)."""
-    path = out / "run.log"
-    peaks = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if e.get("ran", True) and e.get("process_peak_rss_mb") is not None:
-            peaks.append(e["process_peak_rss_mb"])
+    peaks = [e["process_peak_rss_mb"] for e in _log_entries(out)
+             if e.get("process_peak_rss_mb") is not None]
     return max(peaks) if peaks else None
 
 
@@ -283,10 +282,6 @@ def build_data(p: ReproducePreset, data: Path, seed: int, device, progress: bool
                            progress=progress)
 
 
-def serial_executor(fn, cells: list[Cell]) -> list[dict]:
-    return [fn(c) for c in cells]
-
-
 def reproduce(preset: str | ReproducePreset, out: Path, *, seed: int = 0, device=None,
               figures_dir: Path | None = None, progress: bool = True,
               executor: str = "serial", address: str | None = None,
@@ -301,14 +296,7 @@ def reproduce(preset: str | ReproducePreset, out: Path, *, seed: int = 0, device
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fn = partial(run_cell, p, out, seed=seed, device=device, progress=progress)
-    if executor == "serial":
-        run_stage = serial_executor
-    elif executor == "ray":
-        from interp.distributed import ray_executor
-
-        run_stage = ray_executor(address, gpu=p.name == "paper")
-    else:
-        raise InterpError(f"unknown executor {executor!r}; use serial or ray")
+    run_stage = stage_runner(executor, address, gpu=p.name == "paper")
     results: dict[str, dict] = {}
     for stage in plan(p):
         for cell, result in zip(stage, run_stage(fn, stage)):
