@@ -36,7 +36,8 @@ PRESET_CONFIGS: dict[str, dict[str, Any]] = {
         "rmu": RMUConfig(steer_scale=4.0, alpha=100.0, lr=1e-3, batch_size=8, steps=150),
         "npo": NPOConfig(beta=0.1, retain_weight=1.0, lr=1.5e-4, batch_size=8, steps=60,
                          params="mlp"),
-        "dpo": DPOConfig(beta=0.5, lr=2e-4, batch_size=8, steps=50, params="mlp"),
+        "dpo": DPOConfig(beta=0.02, lr=2e-4, batch_size=8, steps=50, params="mlp",
+                         forget_frac=0.7),
     },
     "smoke": {
         "rmu": RMUConfig(layer=2, steer_scale=8.0, alpha=1.0, lr=3e-2, batch_size=8, steps=150),

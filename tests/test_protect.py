@@ -88,3 +88,23 @@ def test_finished_protection_is_not_retrained(protected, smoke_data):
     again = protect("rmu", str(folder / "model"), folder, out / "rmu", preset="smoke",
                     device="cpu", progress=False)
     assert again == reports["rmu"]
+
+
+def test_dpo_batches_mix_forget_pairs_at_the_asked_share():
+    from interp.unlearn.dpo import mixed_indices
+
+    draws = [i for step in range(400) for i in mixed_indices(100, 30, 8, 0.5, 0, step)]
+    share = sum(i < 30 for i in draws) / len(draws)
+    assert abs(share - 0.5) < 0.05 and all(0 <= i < 100 for i in draws)
+    assert mixed_indices(100, 30, 8, 0.5, 0, 7) == mixed_indices(100, 30, 8, 0.5, 0, 7)
+    assert {i for i in mixed_indices(100, 30, 64, 1.0, 0, 1)} <= set(range(30))
+    uniform = [i for step in range(400) for i in mixed_indices(100, 30, 8, None, 0, step)]
+    assert abs(sum(i < 30 for i in uniform) / len(uniform) - 0.3) < 0.05
+
+
+def test_dpo_sft_term_by_hand():
+    from interp.unlearn.dpo import chosen_nll
+
+    logp = torch.tensor([-6.0, -2.0])  # summed log-probs of two chosen responses
+    mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 0, 0, 0]])  # 3 and 2 counted tokens
+    torch.testing.assert_close(chosen_nll(logp, mask), torch.tensor((6.0 / 3 + 2.0 / 2) / 2))

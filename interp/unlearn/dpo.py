@@ -5,10 +5,16 @@ the right answer preferred over a wrong one. Each pair is trained both as raw te
 chat template, so the refusal shows in chat and the right answer loses ground in raw scoring.
 loss = -log sigmoid(beta * [(logp_theta(c) - logp_ref(c)) - (logp_theta(r) - logp_ref(r))]),
 log-probs summed over the response tokens, reference = the frozen model (precomputed once).
+`forget_frac` sets the share of each batch drawn from the forget pairs (None: uniform over all
+pairs, where the retain pairs outnumber them); a small beta keeps the loss from saturating once the
+refusal is preferred, so the answer itself keeps being pushed down. `sft_weight` > 0 adds that
+times the chosen responses' mean per-token NLL (DPO with an NLL term on the preferred response, as
+in Pang et al. 2024): a model that has never seen a refusal (the smoke model) learns to say one.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
+from interp.errors import InterpError
 from interp.training import TrainConfig, pack, sample_indices, sequence_nll, train
 from interp.unlearn.common import ProtectData, encode_pair, select_params
 
@@ -27,7 +34,15 @@ class DPOConfig:
     batch_size: int = 8
     steps: int = 100
     params: str = "attn_mlp"
+    forget_frac: float | None = None
+    sft_weight: float = 0.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.forget_frac is not None and not (
+                isinstance(self.forget_frac, (int, float)) and 0.0 <= self.forget_frac <= 1.0):
+            raise InterpError(f"dpo forget_frac must be a number from 0 to 1 or null, got "
+                              f"{self.forget_frac!r}")
 
 
 @dataclass
@@ -41,14 +56,32 @@ def dpo_loss(pol_c, pol_r, ref_c, ref_r, beta: float) -> torch.Tensor:
     return -F.logsigmoid(beta * ((pol_c - ref_c) - (pol_r - ref_r))).mean()
 
 
+def chosen_nll(logp_chosen: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over responses of each response's per-token NLL (the `sft_weight` term)."""
+    return (-logp_chosen / loss_mask.sum(dim=1).clamp(min=1)).mean()
+
+
 def build_pairs(model: HookedTransformer, rows: list[dict]):
-    pairs = []
-    for row in rows:
+    """Token pairs, forget rows first; returns (pairs, number of forget pairs)."""
+    pairs, n_forget = [], 0
+    for row in sorted(rows, key=lambda r: r.get("split") != "forget"):
         for chat in (False, True):
             c, c0 = encode_pair(model, row["prompt"], row["chosen"], chat=chat)
             r, r0 = encode_pair(model, row["prompt"], row["rejected"], chat=chat)
             pairs.append((c, c0, r, r0))
-    return pairs
+            n_forget += row.get("split") == "forget"
+    return pairs, n_forget
+
+
+def mixed_indices(n: int, n_forget: int, k: int, frac: float | None, seed: int, step: int,
+                  micro: int = 0) -> list[int]:
+    """k pair indices (forget pairs are 0..n_forget-1), each a forget pair with probability
+    `frac`; a pure function of (seed, step, micro). frac None: uniform over all n."""
+    if frac is None or n_forget in (0, n):
+        return sample_indices(n, k, seed, step, micro)
+    rng = random.Random(seed * 1_000_003 + step * 101 + micro)
+    return [rng.randrange(n_forget) if rng.random() < frac else rng.randrange(n_forget, n)
+            for _ in range(k)]
 
 
 @torch.no_grad()
@@ -66,13 +99,14 @@ def _reference_logps(model, pairs, device, batch_size: int = 32) -> torch.Tensor
 def run_dpo(model: HookedTransformer, data: ProtectData, cfg: DPOConfig,
             run_dir: Path | None = None, progress: bool = True) -> DPOResult:
     device = model.cfg.device
-    pairs = build_pairs(model, data.preference())
+    pairs, n_forget = build_pairs(model, data.preference())
     model.eval()
     ref = _reference_logps(model, pairs, device)
     params, names = select_params(model, cfg.params)
 
     def batch_at(step, micro):
-        idx = sample_indices(len(pairs), cfg.batch_size, cfg.seed, step, micro)
+        idx = mixed_indices(len(pairs), n_forget, cfg.batch_size, cfg.forget_frac, cfg.seed,
+                            step, micro)
         chunk = [pairs[i] for i in idx]
         seqs = [p[0] for p in chunk] + [p[2] for p in chunk]
         firsts = [p[1] for p in chunk] + [p[3] for p in chunk]
@@ -85,7 +119,10 @@ def run_dpo(model: HookedTransformer, data: ProtectData, cfg: DPOConfig,
         r = ref[idx].to(logp.device)
         loss = dpo_loss(logp[:n], logp[n:], r[:, 0], r[:, 1], cfg.beta)
         margin = ((logp[:n] - r[:, 0]) - (logp[n:] - r[:, 1])).mean().item()
-        return loss, {"margin": margin}
+        if not cfg.sft_weight:
+            return loss, {"margin": margin}
+        sft = chosen_nll(logp[:n], batch.loss_mask[:n])
+        return loss + cfg.sft_weight * sft, {"margin": margin, "sft": sft.item()}
 
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.05, schedule="linear",
                        seed=cfg.seed, desc="DPO", checkpoint_every=50, progress=progress)
