@@ -40,9 +40,12 @@ PRESET_CONFIGS: dict[str, dict[str, Any]] = {
                          forget_frac=0.7),
     },
     "smoke": {
-        "rmu": RMUConfig(layer=2, steer_scale=8.0, alpha=1.0, lr=3e-2, batch_size=8, steps=150),
-        "npo": NPOConfig(beta=0.1, retain_weight=3.0, lr=5e-3, batch_size=8, steps=100),
-        "dpo": DPOConfig(beta=0.1, lr=1e-2, batch_size=8, steps=60),
+        "rmu": RMUConfig(layer=3, steer_scale=8.0, alpha=100.0, lr=3e-2, batch_size=8, steps=300),
+        "npo": NPOConfig(beta=0.1, retain_weight=3.0, lr=3e-3, batch_size=8, steps=200,
+                         params="mlp"),
+        # the smoke model has never seen a refusal: an NLL term on it (sft_weight) teaches one
+        "dpo": DPOConfig(beta=0.01, lr=2e-3, batch_size=8, steps=300, params="mlp",
+                         forget_frac=0.8, sft_weight=1.0),
     },
     "paper": {
         "rmu": RMUConfig(layer=7, steer_scale=1.0, alpha=1200.0, lr=5e-5, batch_size=4,

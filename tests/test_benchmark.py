@@ -103,3 +103,18 @@ def test_smoke_benchmark(smoke_data):
         q = by_id[p["id"]]
         assert p["rejected"] == q.choices[q.answer] + "."
     assert (folder / "model" / "interp_model.json").is_file()
+
+
+def test_distractors_come_from_the_pool_when_given(bpe_tokenizer):
+    values = [v for _, v in read_bank("capitals")]
+    pool = set(values[:8])
+    builder = QuestionBuilder(bpe_tokenizer, seed=1, pools={"capitals": pool})
+    for entity, value in read_bank("capitals")[:8]:
+        q = builder.build(Fact("capitals", entity, value), fmt="cloze", phrasing=1, split="x")
+        if q is not None:
+            assert set(q.choices) <= pool and q.choices[q.answer] == value
+    # a pool with fewer than three other values falls back to the whole bank
+    small = QuestionBuilder(bpe_tokenizer, seed=1, pools={"capitals": set(values[:2])})
+    entity, value = read_bank("capitals")[0]
+    q = small.build(Fact("capitals", entity, value), fmt="cloze", phrasing=1, split="x")
+    assert q is not None and not set(q.choices) <= set(values[:2])

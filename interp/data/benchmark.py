@@ -40,6 +40,7 @@ class QuestionBuilder:
     tokenizer: object
     seed: int = 0
     max_tries: int = 50
+    pools: dict[str, set[str]] | None = None  # per relation, the values distractors come from
     _rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
@@ -58,7 +59,10 @@ class QuestionBuilder:
         pairs = read_bank(fact.relation)
         # a distractor must not be a right answer for the same entity (banks with repeats)
         right = {v for e, v in pairs if e == fact.entity} | {fact.value}
-        values = sorted({v for _, v in pairs} - right)
+        pool = {v for _, v in pairs}
+        if self.pools is not None and len(self.pools.get(fact.relation, set()) - right) >= 3:
+            pool = self.pools[fact.relation]
+        values = sorted(pool - right)
         templates = rel.cloze if fmt == "cloze" else rel.letter
         stem = render(templates[phrasing % len(templates)], fact, value=False)
         for _ in range(self.max_tries):

@@ -42,12 +42,17 @@ class BenchmarkPreset:
     train_phrasing: int = 0
     unrelated: int | None = None  # None: every bundled passage that passes the filter
     model: str = "smollm2"  # "smoke": the tiny model trained on the corpora
+    # distractors drawn from the whole bank, or only from the chosen facts' values: a model
+    # trained from scratch on the chosen facts has never seen the other values, and its prior
+    # alone would pick the one answer it has seen
+    distractors: str = "bank"  # bank | selected
 
 
 PRESETS = {
     "laptop": BenchmarkPreset("laptop"),
     "smoke": BenchmarkPreset("smoke", forget_facts=24, retain_facts_per_relation=8,
-                             eval_phrasings=(1,), unrelated=200, model="smoke"),
+                             eval_phrasings=(1,), unrelated=200, model="smoke",
+                             distractors="selected"),
 }
 
 
@@ -102,7 +107,12 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
     t0 = time.perf_counter()
     tokenizer = embedded_tokenizer()
     forget_facts, retain_facts = select_facts(preset, seed)
-    builder = QuestionBuilder(tokenizer, seed=seed)
+    pools = None
+    if preset.distractors == "selected":
+        pools = {}
+        for fact in forget_facts + retain_facts:
+            pools.setdefault(fact.relation, set()).add(fact.value)
+    builder = QuestionBuilder(tokenizer, seed=seed, pools=pools)
     sets = {
         "forget_eval": build_questions(builder, forget_facts, preset.format,
                                        preset.eval_phrasings, "forget"),
