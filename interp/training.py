@@ -230,7 +230,12 @@ def lm_loss(model, batch: TokenBatch) -> Tensor:
     return nll.mean()
 
 
+def batch_rng(seed: int, step: int, micro: int = 0) -> random.Random:
+    """The random stream of one (micro-)batch: a pure function of (seed, step, micro)."""
+    return random.Random(seed * 1_000_003 + step * 101 + micro)
+
+
 def sample_indices(n: int, k: int, seed: int, step: int, micro: int = 0) -> list[int]:
     """A batch of k indices out of n, a pure function of (seed, step, micro)."""
-    rng = random.Random(seed * 1_000_003 + step * 101 + micro)
+    rng = batch_rng(seed, step, micro)
     return [rng.randrange(n) for _ in range(k)]

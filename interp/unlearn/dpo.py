@@ -14,7 +14,6 @@ in Pang et al. 2024): a model that has never seen a refusal (the smoke model) le
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
 from interp.errors import InterpError
-from interp.training import TrainConfig, pack, sample_indices, sequence_nll, train
+from interp.training import TrainConfig, batch_rng, pack, sample_indices, sequence_nll, train
 from interp.unlearn.common import ProtectData, encode_pair, select_params
 
 
@@ -79,7 +78,7 @@ def mixed_indices(n: int, n_forget: int, k: int, frac: float | None, seed: int, 
     `frac`; a pure function of (seed, step, micro). frac None: uniform over all n."""
     if frac is None or n_forget in (0, n):
         return sample_indices(n, k, seed, step, micro)
-    rng = random.Random(seed * 1_000_003 + step * 101 + micro)
+    rng = batch_rng(seed, step, micro)
     return [rng.randrange(n_forget) if rng.random() < frac else rng.randrange(n_forget, n)
             for _ in range(k)]
 
