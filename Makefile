@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup reproduce test lint clean
+.PHONY: setup reproduce test lint clean bench-peers bench
 
 setup: $(STAMP)
 
@@ -22,6 +22,30 @@ $(STAMP): pyproject.toml
 # attack -> table and figures). Resumable: a rerun skips finished cells.
 reproduce: setup
 	$(BIN)/interp reproduce --preset laptop --out runs/laptop --figures figures
+
+# The peers `interp bench` measures against, set up here (the package never installs anything):
+# lm-evaluation-harness through the `bench` extra in .venv, and nanoGCG in its own environment
+# (it pins transformers <= 4.47.1), whose requirements are NANOGCG_REQS in bench.py.
+NANOGCG_VENV := .venv-nanogcg
+BENCH_STAMP := $(VENV)/.bench-installed
+NANOGCG_STAMP := $(NANOGCG_VENV)/.installed
+
+bench-peers: $(BENCH_STAMP) $(NANOGCG_STAMP)
+
+$(BENCH_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+$(NANOGCG_STAMP): interp/pipelines/bench.py | $(STAMP)
+	$(PY) -m venv $(NANOGCG_VENV)
+	$(NANOGCG_VENV)/bin/pip install -q --upgrade pip
+	$(BIN)/python -c 'from interp.pipelines.bench import NANOGCG_REQS; print("\n".join(NANOGCG_REQS))' > $(NANOGCG_VENV)/requirements.txt
+	$(NANOGCG_VENV)/bin/pip install -q -r $(NANOGCG_VENV)/requirements.txt
+	touch $(NANOGCG_STAMP)
+
+# Every benchmark against its peer (many minutes); writes bench/cpu.json and bench/cpu.md.
+bench: setup bench-peers
+	$(BIN)/interp bench --out bench/cpu.json
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,1 +1,87 @@
+"""interp: is the knowledge gone, or only hidden? Attacks on unlearned and safety-trained models,
+on TransformerLens hooked models.
+
+The public API (what a notebook imports), loaded on first use:
+
+    import interp
+    model = interp.load_model("smollm2")
+    questions = interp.load_questions("bank:capitals")
+    interp.evaluate(model, questions).accuracy
+
+Protections and attacks are modules with one shape, `Config` / `run` / `Result`:
+`interp.rmu`, `interp.npo`, `interp.dpo`; `interp.directions`, `interp.lens`, `interp.prune`,
+`interp.finetune`, `interp.gcg` (and `interp.compare` across models). A `Result` has `rows()`,
+`plot()`, `to_json()` and `from_json()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_NAMES = {
+    # models
+    "load_model": "interp.model.load", "save_model": "interp.model.load",
+    "get_tokenizer": "interp.model.load", "load_tokenizer": "interp.model.load",
+    "export_hf": "interp.model.export", "hook_name": "interp.model.hooks",
+    "readout": "interp.model.hooks", "LoRAConfig": "interp.model.lora",
+    "lora_adapters": "interp.model.lora", "merge_lora": "interp.model.lora",
+    # data
+    "Question": "interp.data.questions", "DataFolder": "interp.data.folder",
+    "build_benchmark": "interp.data.build", "prepare_data": "interp.data.prepare",
+    # scoring
+    "evaluate": "interp.scoring", "EvalResult": "interp.scoring",
+    "generate_greedy": "interp.scoring", "last_activations": "interp.scoring",
+    # the lens and directions, as functions
+    "logit_lens": "interp.attacks.lens", "LensConfig": "interp.attacks.lens",
+    "LensResult": "interp.attacks.lens",
+    "DirectionsConfig": "interp.attacks.directions", "Directions": "interp.attacks.directions",
+    "diff_in_means_models": "interp.attacks.directions",
+    "diff_in_means_prompts": "interp.attacks.directions",
+    "first_principal_component": "interp.attacks.directions",
+    "ablation_hooks": "interp.attacks.directions",
+    "ablate_everywhere_hooks": "interp.attacks.directions",
+    "ablated": "interp.attacks.directions", "project_out": "interp.attacks.directions",
+    "orthogonalize_weights": "interp.attacks.directions",
+    "snip_scores": "interp.attacks.prune", "set_difference": "interp.attacks.prune",
+    "pruned": "interp.attacks.prune",
+    # pipelines
+    "reproduce": "interp.pipelines.reproduce", "audit": "interp.pipelines.audit",
+    "open_run": "interp.pipelines.run_folder", "RunFolder": "interp.pipelines.run_folder",
+    "PRESETS": "interp.pipelines.presets",
+    "save_figure": "interp.plots", "InterpError": "interp.errors",
+}
+_ALIASES = {"load_questions": ("interp.data.sources", "load_source")}
+_MODULES = {
+    "rmu": "interp.protections.rmu", "npo": "interp.protections.npo",
+    "dpo": "interp.protections.dpo", "directions": "interp.attacks.directions",
+    "lens": "interp.attacks.lens", "prune": "interp.attacks.prune",
+    "finetune": "interp.attacks.finetune", "gcg": "interp.attacks.gcg",
+    "compare": "interp.attacks.compare",
+}
+_FUNCTIONS = {"attack_registry": ("interp.attacks.base", "registry"),
+              "protection_registry": ("interp.protections.base", "registry")}
+
+__all__ = sorted([*_NAMES, *_ALIASES, *_MODULES, *_FUNCTIONS, "__version__"])
+
+
+def __getattr__(name: str):
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+    elif name in _ALIASES:
+        module, attr = _ALIASES[name]
+        value = getattr(importlib.import_module(module), attr)
+    elif name in _FUNCTIONS:
+        module, attr = _FUNCTIONS[name]
+        value = getattr(importlib.import_module(module), attr)
+    elif name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
+    else:
+        raise AttributeError(f"module 'interp' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

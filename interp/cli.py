@@ -10,21 +10,10 @@ import time
 from pathlib import Path
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2",
-                   help="smollm2 (embedded), a model folder, a .gguf file or a TransformerLens "
-                        "model name")
-    p.add_argument("--tokenizer", default=None, help="tokenizer folder overriding the model's")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32 (default) or bfloat16")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow a local HF folder's own Python code (off by default)")
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from interp.data.sources import load_source
-    from interp.evaluate import evaluate
-    from interp.models import load_model
+    from interp.model.load import load_model
+    from interp.scoring import evaluate
     from interp.store import check_writable, write_json
 
     check_writable(Path(args.out))
@@ -55,193 +44,127 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_overrides(pairs: list[str]) -> dict:
+def _named(pairs: list[str] | None, what: str = "FOLDER") -> dict[str, str]:
+    """NAME=VALUE pairs (a bare VALUE is named by itself)."""
     from interp.errors import InterpError
 
     out = {}
     for pair in pairs or []:
-        if "=" not in pair:
-            raise InterpError(f"--set takes KEY=VALUE, got {pair!r}")
-        key, value = pair.split("=", 1)
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
+        if "=" not in pair and what == "FOLDER":
+            raise InterpError(f"expected NAME=FOLDER, got {pair!r}")
+        name, value = pair.split("=", 1) if "=" in pair else (pair, pair)
+        out[name] = value
     return out
+
+
+def _load(args: argparse.Namespace, spec: str):
+    from interp.model.load import load_model
+
+    return load_model(spec, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
+                      trust_remote_code=getattr(args, "trust_remote_code", False))
+
+
+def _base_config(kind: str, name: str, preset: str | None):
+    """The preset's config for a protection or attack, else the module's `Config()`."""
+    from interp.attacks.base import get as get_attack
+    from interp.pipelines.presets import get_preset
+    from interp.protections.base import get as get_protection
+
+    module = get_protection(name) if kind == "protect" else get_attack(name)
+    if preset:
+        table = get_preset(preset).protections if kind == "protect" else get_preset(preset).attacks
+        if name in table:
+            return table[name]
+    return module.Config()
 
 
 def cmd_protect(args: argparse.Namespace) -> int:
-    from interp.protect import protect
-
-    report = protect(args.method, args.model, Path(args.data), Path(args.out),
-                     preset=args.preset, overrides=_parse_overrides(args.set), device=args.device)
-    for key, before in report["before"].items():
-        after = report["after"][key]
-        print(f"{key:24s} {before['accuracy']:.3f} -> {after['accuracy']:.3f}  (n={after['n']})")
-    if "refusal" in report:
-        print(f"refusal rate (chat, forget): {report['refusal']['refusal_rate']:.3f}")
-    print(f"{args.method}: trained in {report['train_seconds']} s -> {args.out}")
-    return 0
-
-
-def cmd_attack_directions(args: argparse.Namespace) -> int:
-    from interp.attacks import DirectionsAttackConfig, directions_attack
-    from interp.directions import DirectionsConfig
-    from interp.models import load_model
-
-    cfg = DirectionsAttackConfig(
-        DirectionsConfig(hook=args.hook, positions=args.positions, skip_first=args.skip_first,
-                         outlier_z=None if args.outlier_z <= 0 else args.outlier_z),
-        sweep_limit=args.sweep_limit)
-    original = load_model(args.original, device=args.device)
-    unlearned = load_model(args.unlearned, device=args.device)
-    r = directions_attack(original, unlearned, Path(args.data), Path(args.out), cfg)
-    print(f"no attack: forget {r['no_attack']['forget']:.3f} retain {r['no_attack']['retain']:.3f}")
-    for key in ("ablate_best_layer", "ablate_all_layers", "orthogonalize_best_everywhere"):
-        print(f"{key}: forget {r[key]['forget']:.3f} retain {r[key]['retain']:.3f}")
-    print(f"best layer {r['best_layer']}; figures: {', '.join(r['figures'])}")
-    return 0
-
-
-def cmd_attack_lens(args: argparse.Namespace) -> int:
-    from interp.attacks import lens_attack
-    from interp.models import load_model
-
-    specs = dict(pair.split("=", 1) if "=" in pair else (pair, pair) for pair in args.model)
-    models = {name: load_model(spec, device=args.device) for name, spec in specs.items()}
-    r = lens_attack(models, Path(args.data), Path(args.out), chat=args.chat, limit=args.limit)
-    for name, m in r["models"].items():
-        print(f"{name}: final layer {m['final_accuracy']:.3f}, best layer {m['best_layer']} "
-              f"{m['best_accuracy']:.3f}")
-    return 0
-
-
-def _fractions(text: str) -> tuple[float, ...]:
-    from interp.errors import InterpError
-
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise InterpError(f"--grid takes fractions separated by commas, got {text!r}") from None
-
-
-def _named(pairs: list[str] | None) -> dict[str, Path]:
-    from interp.errors import InterpError
-
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise InterpError(f"expected NAME=FOLDER, got {pair!r}")
-        name, folder = pair.split("=", 1)
-        out[name] = Path(folder)
-    return out
-
-
-def cmd_attack_prune(args: argparse.Namespace) -> int:
-    from interp.attacks.prune import PruneAttackConfig, prune_attack
-    from interp.models import load_model
+    from interp.options import config_from_args
+    from interp.pipelines.protect import protect
     from interp.store import check_writable
 
-    cfg = PruneAttackConfig(level=args.level, grid=_fractions(args.grid),
-                            retain_drop=args.retain_drop, eval_limit=args.eval_limit,
-                            n_forget=args.n_forget, n_utility=args.n_utility)
-    from interp.attacks.prune import _cells
+    cfg = config_from_args(_base_config("protect", args.method, args.preset), args,
+                           f"{args.method} setting")
+    check_writable(Path(args.out) / "protection.json")
+    report = protect(args.method, args.model, Path(args.data), Path(args.out), cfg,
+                     preset=args.preset or "", device=args.device, dtype=args.dtype,
+                     tokenizer=args.tokenizer)
+    for key, before in report.before.items():
+        after = report.after[key]
+        print(f"{key:24s} {before.accuracy:.3f} -> {after.accuracy:.3f}  (n={after.n})")
+    if getattr(report, "refusal", None):
+        print(f"refusal rate (chat, forget): {report.refusal['refusal_rate']:.3f}")
+    print(f"{args.method}: trained in {report.train_seconds} s -> {args.out}")
+    return 0
 
-    _cells(cfg.grid)  # a bad grid fails before the model loads
-    check_writable(Path(args.out) / "result.json")
-    model = load_model(args.model, device=args.device)
-    r = prune_attack(model, Path(args.data), Path(args.out), cfg)
-    b = r["best"]
-    print(f"no attack: forget {r['no_attack']['forget']:.3f} retain {r['no_attack']['retain']:.3f}")
-    print(f"best cell q={b['q']} p={b['p']}: forget {b['forget_full']:.3f} retain "
-          f"{b['retain_full']:.3f}, {r['pruned_pct']:.2f}% of {r['level']}s pruned")
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    """Any registered attack: `--model` (repeatable as NAME=SPEC), its Config's flags."""
+    from interp.attacks.base import get
+    from interp.errors import InterpError
+    from interp.options import config_from_args
+    from interp.plots import save_figure, ship_plotlyjs
+    from interp.store import check_writable
+
+    module = get(args.attack)
+    cfg = config_from_args(_base_config("attack", args.attack, args.preset), args,
+                           f"{args.attack} setting")
+    needs = module.SPEC.wants_original(cfg)
+    if needs and not args.original:
+        raise InterpError(f"the {args.attack} attack with these settings needs --original "
+                          "(the model before unlearning)")
+    out = Path(args.out)
+    check_writable(out / "result.json")
+    models = _named(args.model, "SPEC")
+    ship_plotlyjs(out)
+    original = _load(args, args.original) if args.original and needs else None
+    results = {}
+    for name, spec in models.items():
+        folder = out if len(models) == 1 else out / name
+        results[name] = module.run(_load(args, spec), Path(args.data), cfg, original=original,
+                                   out=folder)
+        for row in results[name].rows(name):
+            if row.column:
+                note = f" ({row.note})" if row.note else ""
+                print(f"{name} {row.attack} {row.split} {row.mode}: {row.accuracy:.3f}{note} "
+                      f"(n={row.n})")
+    if len(models) > 1 and getattr(module.Result, "plot_models", None):
+        save_figure(module.Result.plot_models(results), out / f"all_{args.attack}")
+    print(f"-> {out}")
     return 0
 
 
 def cmd_attack_compare(args: argparse.Namespace) -> int:
-    from interp.attacks.compare import compare_methods
+    from interp.attacks import compare
 
-    r = compare_methods(_named(args.directions), _named(args.prune), Path(args.out))
-    for pair, cos in r.get("direction_cosine", {}).items():
+    r = compare.run(_named(args.directions), _named(args.prune), out=Path(args.out))
+    for pair, cos in r.direction_cosine.items():
         vals = [c for c in cos if c is not None]
         print(f"directions {pair}: mean cosine {sum(vals) / max(1, len(vals)):.3f}")
-    for pair, j in r.get("neuron_jaccard", {}).items():
+    for pair, j in r.neuron_jaccard.items():
         print(f"pruned neurons {pair}: Jaccard {j['overall']}")
     return 0
 
 
-def _ints(text: str, flag: str) -> tuple[int, ...]:
-    from interp.errors import InterpError
-
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise InterpError(f"{flag} takes whole numbers separated by commas, got {text!r}") \
-            from None
-    if any(v < 1 for v in values):
-        raise InterpError(f"{flag} values must be at least 1, got {text!r}")
-    return values
-
-
-def cmd_attack_finetune(args: argparse.Namespace) -> int:
-    from interp.attacks.finetune import FinetuneConfig, finetune_attack
-    from interp.lora import LoRAConfig
-    from interp.models import load_model
+def cmd_export(args: argparse.Namespace) -> int:
+    from interp.model.load import save_model
     from interp.store import check_writable
 
-    cfg = FinetuneConfig(unrelated_n=_ints(args.n, "--n") if args.n else (),
-                         forget_k=_ints(args.k, "--k") if args.k else (),
-                         lora=LoRAConfig(rank=args.rank, alpha=args.alpha, dropout=args.dropout),
-                         lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
-                         max_steps=args.max_steps, eval_limit=args.eval_limit, seed=args.seed)
-    check_writable(Path(args.out) / "result.json")
-    model = load_model(args.model, device=args.device)
-    r = finetune_attack(model, Path(args.data), Path(args.out), cfg)
-    base = r["no_attack"]
-    print(f"no attack: forget {base['forget']:.3f} retain {base['retain']:.3f}")
-    for name, c in r["cells"].items():
-        held = f" (held-out {c['forget_heldout']:.3f})" if "forget_heldout" in c else ""
-        print(f"{name}: forget {c['forget']:.3f}{held} retain {c['retain']:.3f}, "
-              f"{c['steps']} steps, {c['seconds']} s")
-    return 0
-
-
-def cmd_attack_gcg(args: argparse.Namespace) -> int:
-    from interp.attacks.gcg import gcg_attack
-    from interp.gcg import GCGConfig
-    from interp.models import load_model
-    from interp.store import check_writable
-
-    layers = _ints(args.resid_layers, "--resid-layers") if args.resid_layers else ()
-    cfg = GCGConfig(n_tokens=args.n_tokens, init=args.init, steps=args.steps,
-                    search_width=args.search_width, topk=args.topk, n_replace=args.n_replace,
-                    objective=args.objective, resid_layers=layers,
-                    resid_weight=args.resid_weight, fluency_weight=args.fluency_weight,
-                    chat=args.chat, eval_every=args.eval_every, seed=args.seed)
-    check_writable(Path(args.out) / "result.json")
-    if args.objective == "enhanced" and not args.original:
-        from interp.errors import InterpError
-
-        raise InterpError("--objective enhanced needs --original (the model before unlearning)")
-    model = load_model(args.model, device=args.device)
-    original = load_model(args.original, device=args.device) if args.original else None
-    r = gcg_attack(model, Path(args.data), Path(args.out), cfg, original=original,
-                   n_train=args.n_train, heldout_limit=args.heldout_limit)
-    print(f"prefix: {r['prefix']!r}")
-    for mode, s in r["scores"].items():
-        print(f"{mode}: held-out forget {s['forget_no_prefix']:.3f} -> {s['forget']:.3f}, "
-              f"retain {s['retain_no_prefix']:.3f} -> {s['retain']:.3f}")
-    print(f"{r['seconds_per_step']} s per step, {r['candidates_per_second']} candidates/s")
+    check_writable(Path(args.out) / "config.json")
+    model = _load(args, args.model)
+    folder = save_model(model, Path(args.out), format=args.format)
+    print(f"{args.model} -> {folder} ({args.format})")
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from interp.reproduce import reproduce
+    from interp.pipelines.reproduce import reproduce
 
     start = time.perf_counter()
     r = reproduce(args.preset, Path(args.out), seed=args.seed, device=args.device,
                   figures_dir=Path(args.figures) if args.figures else None,
-                  executor=args.executor, address=args.address, n_devices=args.n_devices)
+                  executor=args.executor, address=args.address, n_devices=args.n_devices,
+                  dtype=args.dtype, tokenizer=args.tokenizer)
     print((Path(args.out) / "table.md").read_text())
     print(f"{len(r['rows'])} rows -> {Path(args.out) / 'results.json'}; "
           f"{time.perf_counter() - start:.0f} s this run")
@@ -251,8 +174,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from interp.audit import audit
     from interp.data.sources import load_source
+    from interp.pipelines.audit import audit
     from interp.store import check_writable
 
     check_writable(Path(args.out) / "audit.json")
@@ -260,7 +183,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     retain = load_source(args.retain, limit=args.limit)
     r = audit(args.original, args.unlearned, forget, retain, Path(args.out), budget=args.budget,
               seed=args.seed, retain_drop=args.retain_drop, device=args.device,
-              executor=args.executor, address=args.address)
+              dtype=args.dtype, tokenizer=args.tokenizer, executor=args.executor,
+              address=args.address)
     h = r["headline"]
     print(f"forget accuracy: original {h['original_forget']:.3f}, unlearned "
           f"{h['unlearned_forget']:.3f}")
@@ -274,13 +198,86 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from interp.bench import markdown, run_bench
+    from interp.pipelines.bench import markdown, run_bench
 
     payload = run_bench(args.names or None, Path(args.out), repeats=args.repeats,
                         n_questions=args.n_questions)
     print(markdown(payload))
     print(f"-> {args.out} and {Path(args.out).with_suffix('.md')}")
     return 0
+
+
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder overriding the models' own "
+                   "(cais/Zephyr_RMU ships only tokenizer.model: give Zephyr's)")
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2",
+                   help="smollm2 (embedded), a model folder, a .gguf file or a TransformerLens "
+                        "model name")
+    _add_device_args(p)
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow a local HF folder's own Python code (off by default)")
+
+
+PRESET_HELP = "start from this preset's settings (default: the Config's own defaults)"
+
+
+def _add_protect(sub) -> None:
+    from interp.options import add_config_options
+    from interp.protections.base import registry
+
+    protect = sub.add_parser("protect", help="train a protection: "
+                             + ", ".join(registry()))
+    methods = protect.add_subparsers(dest="method", required=True)
+    for name, module in registry().items():
+        p = methods.add_parser(name, help=module.SPEC.summary)
+        p.add_argument("--model", default="smollm2", help="the model to protect")
+        p.add_argument("--data", required=True, help="a folder built by `interp data build`")
+        p.add_argument("--out", required=True, help="output folder for the protected model")
+        p.add_argument("--preset", choices=_preset_names(), default="laptop", help=PRESET_HELP)
+        _add_device_args(p)
+        add_config_options(p, module.Config)
+        p.set_defaults(func=cmd_protect)
+
+
+def _preset_names() -> list[str]:
+    from interp.pipelines.presets import PRESETS
+
+    return sorted(PRESETS)
+
+
+def _add_attacks(sub) -> None:
+    from interp.attacks.base import registry
+    from interp.options import add_config_options
+
+    attack = sub.add_parser("attack", help="attacks on a protected model: "
+                            + ", ".join([*registry(), "compare"]))
+    attacks = attack.add_subparsers(dest="attack", required=True)
+    for name, module in registry().items():
+        a = attacks.add_parser(name, help=module.SPEC.summary)
+        a.add_argument("--model", action="append", required=True, metavar="[NAME=]SPEC",
+                       help="the protected model (repeat as NAME=SPEC to attack several)")
+        a.add_argument("--original", default=None,
+                       help="the model before the protection" +
+                            (" (required)" if module.SPEC.needs_original else ""))
+        a.add_argument("--data", required=True, help="a folder built by `interp data build`")
+        a.add_argument("--out", required=True, help="output folder (a finished one is read back)")
+        a.add_argument("--preset", choices=_preset_names(), default=None, help=PRESET_HELP)
+        _add_device_args(a)
+        add_config_options(a, module.Config)
+        a.set_defaults(func=cmd_attack)
+    a = attacks.add_parser("compare", help="cosine of directions and Jaccard of pruned "
+                           "neurons between protected models")
+    a.add_argument("--directions", action="append", metavar="NAME=FOLDER",
+                   help="a finished `attack directions` folder (repeat)")
+    a.add_argument("--prune", action="append", metavar="NAME=FOLDER",
+                   help="a finished neuron-level `attack prune` folder (repeat)")
+    a.add_argument("--out", required=True)
+    a.set_defaults(func=cmd_attack_compare)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--data", required=True,
                    help="a .json/.jsonl/.parquet/.csv file in WMDP's schema, wmdp-bio, wmdp-cyber, "
-                        "mmlu[:SUBJECT], or a built-in set such as laptop:forget")
+                        "mmlu[:SUBJECT], bank:RELATION[:PHRASING], or RUN_OR_DATA_FOLDER:SPLIT")
     p.add_argument("--format", choices=["letter", "cloze"], default=None,
                    help="override the questions' own format")
     p.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
@@ -305,111 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="result JSON file")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("protect", help="train a protection: rmu, npo or dpo")
-    p.add_argument("method", choices=["rmu", "npo", "dpo"])
-    p.add_argument("--model", default="smollm2", help="the model to protect (any load_model spec)")
-    p.add_argument("--data", required=True, help="a folder built by `interp data build`")
-    p.add_argument("--out", required=True, help="output folder for the protected model")
-    p.add_argument("--preset", choices=["smoke", "laptop", "paper"], default="laptop",
-                   help="which scale's settings to start from")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override one setting of the method's config (repeatable)")
-    p.add_argument("--device", default=None)
-    p.set_defaults(func=cmd_protect)
+    _add_protect(sub)
+    _add_attacks(sub)
 
-    attack = sub.add_parser("attack", help="attacks on a protected model")
-    attack_sub = attack.add_subparsers(dest="attack", required=True)
-    a = attack_sub.add_parser("directions", help="difference-in-means directions: ablation "
-                              "sweep and weight orthogonalization")
-    a.add_argument("--original", default="smollm2")
-    a.add_argument("--unlearned", required=True)
-    a.add_argument("--data", required=True, help="a folder built by `interp data build`")
-    a.add_argument("--out", required=True)
-    a.add_argument("--hook", default="resid_post",
-                   choices=["resid_post", "resid_pre", "attn_out", "mlp_out"])
-    a.add_argument("--positions", default="all", choices=["all", "last"])
-    a.add_argument("--skip-first", type=int, default=1)
-    a.add_argument("--outlier-z", type=float, default=3.0, help="0 keeps every token")
-    a.add_argument("--sweep-limit", type=int, default=100)
-    a.add_argument("--device", default=None)
-    a.set_defaults(func=cmd_attack_directions)
-    a = attack_sub.add_parser("lens", help="logit lens accuracy per layer")
-    a.add_argument("--model", action="append", required=True, metavar="[NAME=]SPEC",
-                   help="a model to read (repeat to compare models)")
-    a.add_argument("--data", required=True)
-    a.add_argument("--out", required=True)
-    a.add_argument("--chat", action="store_true")
-    a.add_argument("--limit", type=int, default=200)
-    a.add_argument("--device", default=None)
-    a.set_defaults(func=cmd_attack_lens)
-
-    a = attack_sub.add_parser("prune", help="SNIP attribution and set-difference pruning")
-    a.add_argument("--model", required=True, help="the protected model")
-    a.add_argument("--data", required=True)
-    a.add_argument("--out", required=True)
-    a.add_argument("--level", choices=["neuron", "weight"], default="neuron")
-    a.add_argument("--grid", default="0.005,0.01,0.025,0.05,0.075,0.1,0.125,0.15,0.2",
-                   help="fractions for p and q (cells with q <= p)")
-    a.add_argument("--retain-drop", type=float, default=0.10,
-                   help="best cell: retain accuracy at most this far below no attack")
-    a.add_argument("--eval-limit", type=int, default=100)
-    a.add_argument("--n-forget", type=int, default=64)
-    a.add_argument("--n-utility", type=int, default=64)
-    a.add_argument("--device", default=None)
-    a.set_defaults(func=cmd_attack_prune)
-    a = attack_sub.add_parser("compare", help="cosine of directions and Jaccard of pruned "
-                              "neurons between protected models")
-    a.add_argument("--directions", action="append", metavar="NAME=FOLDER",
-                   help="a finished `attack directions` folder (repeat)")
-    a.add_argument("--prune", action="append", metavar="NAME=FOLDER",
-                   help="a finished neuron-level `attack prune` folder (repeat)")
-    a.add_argument("--out", required=True)
-    a.set_defaults(func=cmd_attack_compare)
-
-    a = attack_sub.add_parser("finetune", help="LoRA finetuning on unrelated text (n samples) "
-                              "or on k forget samples")
-    a.add_argument("--model", required=True, help="the protected model")
-    a.add_argument("--data", required=True)
-    a.add_argument("--out", required=True)
-    a.add_argument("--n", default="10,100,1000", help="unrelated sample counts ('' for none)")
-    a.add_argument("--k", default="5,10,50", help="forget sample counts ('' for none)")
-    a.add_argument("--rank", type=int, default=16)
-    a.add_argument("--alpha", type=float, default=16.0)
-    a.add_argument("--dropout", type=float, default=0.0)
-    a.add_argument("--lr", type=float, default=2e-4)
-    a.add_argument("--epochs", type=int, default=3)
-    a.add_argument("--batch-size", type=int, default=8)
-    a.add_argument("--max-steps", type=int, default=None)
-    a.add_argument("--eval-limit", type=int, default=None)
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--device", default=None)
-    a.set_defaults(func=cmd_attack_finetune)
-    a = attack_sub.add_parser("gcg", help="universal adversarial prefix (GCG, plain or enhanced)")
-    a.add_argument("--model", required=True, help="the protected model")
-    a.add_argument("--original", default=None, help="model before unlearning (enhanced objective)")
-    a.add_argument("--data", required=True)
-    a.add_argument("--out", required=True)
-    a.add_argument("--objective", choices=["plain", "enhanced"], default="plain")
-    a.add_argument("--resid-layers", default="", help="layers for the enhanced objective, e.g. 5,7")
-    a.add_argument("--resid-weight", type=float, default=1.0)
-    a.add_argument("--fluency-weight", type=float, default=0.0)
-    a.add_argument("--n-tokens", type=int, default=20)
-    a.add_argument("--init", default=None, help="initial prefix text")
-    a.add_argument("--steps", type=int, default=250)
-    a.add_argument("--search-width", type=int, default=512)
-    a.add_argument("--topk", type=int, default=256)
-    a.add_argument("--n-replace", type=int, default=1)
-    a.add_argument("--n-train", type=int, default=8, help="forget questions optimized on")
-    a.add_argument("--heldout-limit", type=int, default=100)
-    a.add_argument("--chat", action="store_true", help="optimize inside the chat template")
-    a.add_argument("--eval-every", type=int, default=0)
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--device", default=None)
-    a.set_defaults(func=cmd_attack_gcg)
+    p = sub.add_parser("export", help="write a model as a plain transformers folder")
+    _add_model_args(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--format", choices=["hf", "interp"], default="hf",
+                   help="hf: config.json + model.safetensors for transformers (default); "
+                        "interp: the toolkit's own folder")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("reproduce", help="the paper end to end: benchmark, protections, every "
                        "attack, table and figures (resumable)")
-    p.add_argument("--preset", choices=["smoke", "laptop", "paper"], default="laptop",
+    p.add_argument("--preset", choices=_preset_names(), default="laptop",
                    help="paper: Zephyr-7B, cais/Zephyr_RMU, WMDP and MMLU (GPU, hub access)")
     p.add_argument("--out", required=True, help="run folder (a rerun skips finished cells)")
     p.add_argument("--executor", choices=["serial", "ray"], default="serial",
@@ -420,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figures", default=None,
                    help="also copy the key PNG figures here (e.g. figures/)")
-    p.add_argument("--device", default=None)
+    _add_device_args(p)
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("audit", help="every attack on your own (original, unlearned) pair")
@@ -435,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retain-drop", type=float, default=0.10,
                    help="an attack counts if retain accuracy stays within this of the unlearned")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
+    _add_device_args(p)
     p.add_argument("--executor", choices=["serial", "ray"], default="serial",
                    help="ray: every attack is a Ray task (pip install -e '.[ray]')")
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")

@@ -1,20 +1,48 @@
-"""Plotly figures, written as HTML and PNG (PNG through kaleido, when it can render)."""
+"""Plotly figures, written as HTML and PNG (PNG through kaleido, when it can render).
+
+The HTML opens offline: it loads plotly.js from a `plotly.min.js` file beside it or in a folder
+above it (a run folder holds one copy for all its figures: `ship_plotlyjs`), never from the web.
+"""
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import plotly.graph_objects as go
 
+PLOTLY_JS = "plotly.min.js"
+SEARCH_UP = 4  # folders above a figure searched for a shared plotly.min.js
+
+
+def ship_plotlyjs(folder: Path) -> Path:
+    """Write plotly.js into `folder` once (figures at most `SEARCH_UP` levels below use it)."""
+    from plotly.offline import get_plotlyjs
+
+    path = Path(folder) / PLOTLY_JS
+    if not path.is_file():
+        from interp.store import atomic_write_text
+
+        atomic_write_text(path, get_plotlyjs())
+    return path
+
+
+def _plotlyjs_for(folder: Path) -> Path:
+    for candidate in [folder, *list(folder.parents)[:SEARCH_UP]]:
+        if (candidate / PLOTLY_JS).is_file():
+            return candidate / PLOTLY_JS
+    return ship_plotlyjs(folder)
+
 
 def save_figure(fig: go.Figure, path_stem: Path) -> list[Path]:
-    """Write `stem.html` and `stem.png`; returns the files written."""
+    """Write `stem.html` (plotly.js from a local file) and `stem.png`; returns the files."""
     path_stem = Path(path_stem)
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     html = path_stem.with_suffix(".html")
-    fig.write_html(str(html), include_plotlyjs="cdn")
+    js = os.path.relpath(_plotlyjs_for(path_stem.parent), path_stem.parent)
+    fig.write_html(str(html), include_plotlyjs=Path(js).as_posix())
     written = [html]
     png = path_stem.with_suffix(".png")
     try:

@@ -23,7 +23,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture(scope="session")
 def bpe_tokenizer():
-    from interp.models import embedded_tokenizer
+    from interp.model.load import embedded_tokenizer
 
     return embedded_tokenizer()
 
@@ -88,7 +88,7 @@ def tiny_llama_dir(tmp_path_factory, bpe_tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_llama_dir):
-    from interp.models import load_model
+    from interp.model.load import load_model
 
     return load_model(tiny_llama_dir, device="cpu")
 
@@ -124,11 +124,13 @@ def smoke_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smoke_protected(smoke_data, tmp_path_factory):
     """The three protections of the smoke model, trained once: (data folder, out, reports)."""
-    from interp.protect import protect
+    from interp.pipelines.presets import PRESETS
+    from interp.pipelines.protect import protect
 
     folder, _ = smoke_data
     out = tmp_path_factory.mktemp("protected")
-    reports = {m: protect(m, str(folder / "model"), folder, out / m, preset="smoke",
+    configs = PRESETS["smoke"].protections
+    reports = {m: protect(m, str(folder / "model"), folder, out / m, configs[m], preset="smoke",
                           device="cpu", progress=False) for m in ("rmu", "npo", "dpo")}
     return folder, out, reports
 
@@ -139,12 +141,12 @@ def smoke_run(smoke_protected, tmp_path_factory):
     reproduction skips finished cells, so only the attacks run here): (run folder, summary)."""
     import shutil
 
-    from interp.reproduce import METHODS, reproduce
+    from interp.pipelines.reproduce import reproduce
 
     folder, out, _ = smoke_protected
     run = tmp_path_factory.mktemp("smoke-run")
     shutil.copytree(folder, run / "data")
-    for m in METHODS:
+    for m in ("rmu", "npo", "dpo"):
         shutil.copytree(out / m, run / "models" / m)
     summary = reproduce("smoke", run, device="cpu", progress=False,
                         figures_dir=run / "readme-figures")
@@ -155,15 +157,13 @@ def smoke_run(smoke_protected, tmp_path_factory):
 def smoke_audit(smoke_run, tmp_path_factory):
     """`audit` (quick budget, serial) on the smoke run's original and NPO models:
     (run folder, audit folder, forget, retain, result)."""
-    import json
-
-    from interp.audit import audit
-    from interp.data.questions import load_questions
+    from interp.data.folder import DataFolder
+    from interp.pipelines.audit import audit
 
     run, _ = smoke_run
-    forget = load_questions(run / "data" / "forget_eval.jsonl")
-    retain = load_questions(run / "data" / "retain_eval.jsonl")
-    original = json.loads((run / "data" / "manifest.json").read_text())["model"]
+    data = DataFolder(run / "data")
+    forget, retain = data.questions("forget_eval"), data.questions("retain_eval")
+    original = data.model_spec
     folder = tmp_path_factory.mktemp("audit")
     result = audit(original, str(run / "models" / "npo"), forget, retain, folder,
                    budget="quick", progress=False)

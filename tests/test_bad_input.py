@@ -108,9 +108,9 @@ CLI_CASES = [
     ("pruning grid not numbers", ["attack", "prune", "--model", M, "--data", "{d}/datadir",
                                   "--out", "{d}/prune", "--grid", "a,b"], "--grid"),
     ("finetune n = 0", ["attack", "finetune", "--model", M, "--data", "{d}/datadir", "--out",
-                        "{d}/ft", "--n", "0"], "at least 1"),
+                        "{d}/ft", "--unrelated-n", "0"], "at least 1"),
     ("finetune n not a number", ["attack", "finetune", "--model", M, "--data", "{d}/datadir",
-                                 "--out", "{d}/ft", "--n", "ten"], "whole numbers"),
+                                 "--out", "{d}/ft", "--unrelated-n", "ten"], "whole numbers"),
     ("enhanced GCG without original", ["attack", "gcg", "--model", M, "--data", "{d}/datadir",
                                        "--out", "{d}/gcg", "--objective", "enhanced"],
      "--original"),
@@ -161,26 +161,26 @@ def test_corpus_size():
 
 
 def _zero_direction(model):
-    from interp.directions import ablation_hooks
+    from interp.attacks.directions import ablation_hooks
 
     ablation_hooks(model, torch.zeros(model.cfg.n_layers, model.cfg.d_model))
 
 
 def _nan_direction(model):
-    from interp.directions import orthogonalize_weights
+    from interp.attacks.directions import orthogonalize_weights
 
     orthogonalize_weights(model, torch.full((model.cfg.d_model,), float("nan")))
 
 
 def _q_above_p(model):
-    from interp.prune import set_difference
+    from interp.attacks.prune import set_difference
 
     set_difference(torch.ones(10), torch.ones(10), q=0.2, p=0.1)
 
 
 def _gcg_special_init(model):
-    from interp.gcg import GCGConfig, allowed_tokens, initial_prefix
-    from interp.models import get_tokenizer
+    from interp.attacks.gcg import GCGConfig, allowed_tokens, initial_prefix
+    from interp.model.load import get_tokenizer
 
     tok = get_tokenizer(model)
     initial_prefix(tok, GCGConfig(init=tok.eos_token + " hello"),
@@ -188,13 +188,13 @@ def _gcg_special_init(model):
 
 
 def _lora_rank_zero(model):
-    from interp.lora import LoRAConfig, add_lora
+    from interp.model.lora import LoRAConfig, add_lora
 
     add_lora(model, LoRAConfig(rank=0))
 
 
 def _no_questions(model):
-    from interp.evaluate import evaluate
+    from interp.scoring import evaluate
 
     evaluate(model, [])
 

@@ -1,13 +1,24 @@
 """`interp bench` without timing anything: the harness sees exactly our prompt, results are
-oriented and tabled as documented (a bad name is a case of test_bad_input)."""
+oriented and tabled as documented (a bad name is a case of test_bad_input), and the peers are found
+where `make bench-peers` puts them, never installed at run time."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
 import jinja2
+import pytest
 import yaml
 
-from interp.bench import BenchResult, _result, lm_eval_doc, lm_eval_task, markdown
 from interp.data.sources import load_source
+from interp.pipelines import bench
+from interp.pipelines.bench import BenchResult, _result, lm_eval_doc, lm_eval_task, markdown
 from interp.prompts import letter_prompt
 
 
@@ -36,3 +47,169 @@ def test_ratio_orientation_and_table():
     assert lines[4].endswith("| skipped |")
     assert isinstance(faster, BenchResult)
 
+
+
+# ---------------------------------------------------------------- peers: found, never installed
+def _forbid_installing(monkeypatch):
+    """Make every way of creating an environment or installing a package fail loudly."""
+    import subprocess
+    import venv
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"tried to run or install something: {args!r}")
+
+    for name in ("run", "Popen", "call", "check_call", "check_output"):
+        monkeypatch.setattr(subprocess, name, refuse)
+    monkeypatch.setattr(os, "system", refuse)
+    monkeypatch.setattr(venv, "create", refuse)
+    monkeypatch.setattr(venv.EnvBuilder, "create", refuse)
+    monkeypatch.setitem(sys.modules, "pip", None)  # `import pip` raises ImportError
+
+
+def _python_seeing(tmp_path: Path, package_body: str, name: str = "python") -> Path:
+    """An executable that is this interpreter with a package `nanogcg` (of `package_body`) on its
+    path: it can import nanogcg exactly when that body imports without error."""
+    lib = tmp_path / "lib"
+    (lib / "nanogcg").mkdir(parents=True, exist_ok=True)
+    (lib / "nanogcg" / "__init__.py").write_text(package_body)
+    script = tmp_path / name
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(lib))} "
+                      f"exec {shlex.quote(sys.executable)} \"$@\"\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_no_nanogcg_environment_is_none_and_installs_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(bench.NANOGCG_ENV, raising=False)
+    _forbid_installing(monkeypatch)
+    assert bench.nanogcg_python() is None
+    py, why = bench.find_nanogcg()
+    assert py is None and ".venv-nanogcg/bin/python" in why
+    assert list(tmp_path.iterdir()) == []  # no environment was created here
+
+
+def test_a_missing_env_var_interpreter_is_none_and_installs_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(bench.NANOGCG_ENV, str(tmp_path / "nowhere" / "python"))
+    _forbid_installing(monkeypatch)
+    py, why = bench.find_nanogcg()
+    assert py is None and bench.NANOGCG_ENV in why
+    assert list(tmp_path.iterdir()) == []
+
+
+def _record_runs(monkeypatch) -> list:
+    import subprocess
+
+    calls, real = [], subprocess.run
+
+    def run(args, *a, **kw):
+        calls.append(list(args))
+        return real(args, *a, **kw)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    return calls
+
+
+def test_the_env_var_interpreter_is_used_when_it_imports_nanogcg(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    good = _python_seeing(tmp_path / "good", "VERSION = 'fake'\n")
+    monkeypatch.setenv(bench.NANOGCG_ENV, str(good))
+    calls = _record_runs(monkeypatch)
+    assert bench.find_nanogcg() == (str(good), "")
+    assert calls == [[str(good), "-c", "import nanogcg"]]  # only the check; no pip, no venv
+
+
+def test_an_interpreter_that_cannot_import_nanogcg_is_not_used(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    broken = _python_seeing(tmp_path / "broken", "raise ImportError('not this one')\n")
+    monkeypatch.setenv(bench.NANOGCG_ENV, str(broken))
+    calls = _record_runs(monkeypatch)
+    py, why = bench.find_nanogcg()
+    assert py is None and "cannot import nanogcg" in why and bench.NANOGCG_ENV in why
+    assert calls == [[str(broken), "-c", "import nanogcg"]]
+
+
+def test_the_default_is_venv_nanogcg_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(bench.NANOGCG_ENV, raising=False)
+    real = _python_seeing(tmp_path, "", name="real-python")
+    venv_python = tmp_path / ".venv-nanogcg" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.symlink_to(real)  # as in a venv: bin/python links to the base interpreter
+    # the venv's own path, not the resolved link (which would run outside the environment)
+    assert bench.nanogcg_python() == str(venv_python)
+
+
+def _explicit_command(detail: str) -> str:
+    assert "make bench-peers" in detail
+    return detail.split("(or: ", 1)[1].removesuffix(")")
+
+
+def test_a_skipped_gcg_row_names_the_install_command_and_keeps_our_speed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(bench.NANOGCG_ENV, raising=False)
+    _forbid_installing(monkeypatch)
+    ours = SimpleNamespace(candidates_per_second=123.0, losses=[2.0, 1.5])  # as run_gcg returns
+    r = bench.gcg_vs_nanogcg(load_source("bank:capitals:1")[0], ours, steps=5, width=128,
+                             topk=64, n_tokens=10)
+    assert (r.ours, r.peer, r.ratio, r.met) == (123.0, None, None, None)
+    assert r.detail["ours_losses"] == [2.0, 1.5]
+    cmd = _explicit_command(r.detail["skipped"])
+    assert cmd == ("python3 -m venv .venv-nanogcg && .venv-nanogcg/bin/pip install "
+                   "nanogcg==0.3.0 transformers==4.47.1 torch==2.13.0 gguf 'numpy<3' accelerate")
+    make_venv, install = cmd.split(" && ")
+    assert shlex.split(install)[:2] == [".venv-nanogcg/bin/pip", "install"]
+    assert shlex.split(install)[2:] == bench.NANOGCG_REQS  # the shell reads back the same list
+    row = markdown({"benchmarks": [vars(r)]}).strip().splitlines()[-1]
+    assert row.startswith("| gcg-vs-nanogcg | 123 | – |") and row.endswith("| skipped |")
+
+
+def test_bench_gcg_runs_ours_then_the_peer_row(tmp_path, monkeypatch):
+    import interp.attacks.gcg as gcg  # where bench_gcg takes run_gcg from
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(bench.NANOGCG_ENV, raising=False)
+    seen = []
+
+    def fake_run_gcg(model, train, heldout, cfg):
+        seen.append((train, cfg))
+        return SimpleNamespace(candidates_per_second=7.0, losses=[1.0])
+
+    monkeypatch.setattr(gcg, "run_gcg", fake_run_gcg)
+    _forbid_installing(monkeypatch)
+    q = load_source("bank:capitals:1")[0]
+    r = bench.bench_gcg(SimpleNamespace(model=None, questions=[q]), steps=2, width=8, topk=4)
+    [(train, cfg)] = seen
+    assert train == [q] and (cfg.steps, cfg.search_width, cfg.topk, cfg.chat) == (2, 8, 4, True)
+    assert (r.name, r.ours, r.met) == ("gcg-vs-nanogcg", 7.0, None)
+    assert "make bench-peers" in r.detail["skipped"]
+
+
+def test_a_skipped_lm_eval_row_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` raises ImportError
+    _forbid_installing(monkeypatch)
+    r = bench.bench_lm_eval(None)
+    assert (r.ours, r.peer, r.met) == (None, None, None)
+    assert "make bench-peers" in r.detail["skipped"]
+    assert "pip install -e '.[bench]'" in r.detail["skipped"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+def test_make_bench_sets_up_both_peers_then_runs_the_benchmark():
+    root = Path(__file__).resolve().parents[1]
+    # -n prints the recipes without running any; -B prints them even where stamps are fresh
+    proc = subprocess.run(["make", "-n", "-B", "-C", str(root), "bench"], capture_output=True,
+                          text=True, check=True)
+    lines = proc.stdout.splitlines()
+
+    def at(fragment):
+        return next(i for i, line in enumerate(lines) if fragment in line)
+
+    lm_eval = at("pip install -q -e '.[bench]'")
+    venv = at("-m venv .venv-nanogcg")
+    reqs = at("from interp.pipelines.bench import NANOGCG_REQS")
+    install = at(".venv-nanogcg/bin/pip install -q -r")
+    run = at("interp bench --out bench/cpu.json")
+    assert max(lm_eval, venv, reqs, install) < run and venv < reqs < install

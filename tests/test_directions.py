@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from interp.directions import (
+from interp.attacks.directions import (
     DirectionsConfig,
     ablate_everywhere_hooks,
     ablated,
@@ -21,7 +21,7 @@ from interp.directions import (
     streaming_mean,
 )
 from interp.errors import InterpError
-from interp.models import get_tokenizer
+from interp.model.load import get_tokenizer
 
 TEXTS_A = ["The capital of France is Paris.", "Rome is the capital of Italy.",
            "The capital of Japan is Tokyo, a big city.", "Madrid is in Spain."] * 3

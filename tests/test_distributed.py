@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from interp.reproduce import METHODS, PRESETS, reproduce
+from interp.pipelines.reproduce import PRESETS, reproduce
+
+METHODS = ("rmu", "npo", "dpo")
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install -e '.[ray]')")
 
@@ -56,7 +58,8 @@ def test_ray_grid_equals_the_serial_run(smoke_run, smoke_protected, local_ray, t
 
 
 def test_a_killed_worker_costs_only_its_cell(smoke_protected, local_ray, tmp_path):
-    preset = replace(PRESETS["smoke"], methods=("npo",))
+    smoke = PRESETS["smoke"]
+    preset = replace(smoke, protections={"npo": smoke.protections["npo"]})
     reference = reproduce(preset, _fresh_run(smoke_protected, tmp_path / "serial", ("npo",)),
                           device="cpu", progress=False)
     run = _fresh_run(smoke_protected, tmp_path / "killed", ("npo",))
@@ -66,7 +69,7 @@ def test_a_killed_worker_costs_only_its_cell(smoke_protected, local_ray, tmp_pat
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
             pids = _task_pids()
-            if pids and (run / "attacks" / "lens" / "result.json").exists():
+            if pids and (run / "attacks" / "original" / "lens" / "result.json").exists():
                 os.kill(pids[0], signal.SIGKILL)  # a worker busy with an attack cell
                 killed.append(pids[0])
             time.sleep(0.2)
@@ -80,7 +83,7 @@ def test_a_killed_worker_costs_only_its_cell(smoke_protected, local_ray, tmp_pat
 
 
 def test_audit_on_ray_equals_the_serial_audit(smoke_audit, local_ray, tmp_path):
-    from interp.audit import audit
+    from interp.pipelines.audit import audit
 
     _, _, forget, retain, serial = smoke_audit
     distributed = audit(serial["original"], serial["unlearned"], forget, retain,

@@ -9,7 +9,7 @@ import torch
 
 from interp.cli import main
 from interp.data.questions import load_questions
-from interp.models import embedded_gguf_path, get_tokenizer, load_model
+from interp.model.load import embedded_gguf_path, get_tokenizer, load_model
 
 from .test_evaluate import reference_probs
 
@@ -56,3 +56,20 @@ def test_embedded_knows_capitals_in_cloze(smollm, tmp_path):
     assert main(["eval", "--data", "bank:capitals", "--limit", "40", "--out", str(out),
                  "--device", "cpu"]) == 0
     assert json.loads(out.read_text())["accuracy"] >= 0.8
+
+
+def test_export_smollm2_loads_in_plain_transformers(smollm, tmp_path):
+    """`interp export smollm2 --out DIR`: a folder plain transformers loads to the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    from interp.cli import main
+    from interp.model.load import get_tokenizer
+
+    out = tmp_path / "export"
+    assert main(["export", "--model", "smollm2", "--device", "cpu", "--out", str(out)]) == 0
+    assert {"config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokens = torch.tensor([get_tokenizer(smollm)("The capital of France is")["input_ids"]])
+    with torch.no_grad():
+        ours, theirs = smollm(tokens), hf(tokens).logits
+    torch.testing.assert_close(theirs, ours, atol=2e-4, rtol=0)

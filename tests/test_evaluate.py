@@ -8,8 +8,8 @@ from transformers import AutoModelForCausalLM
 
 from interp.data.questions import Question, load_questions
 from interp.errors import InterpError
-from interp.evaluate import evaluate, last_logits, pad_left
 from interp.prompts import encode_question, first_token_after
+from interp.scoring import evaluate, last_logits, pad_left
 
 PAPER_TEMPLATE = (
     "The following are multiple choice questions (with answers) about {subject}.\n\n"
@@ -140,8 +140,8 @@ def test_prompt_longer_than_context(tiny_model):
 
 
 def test_cached_generation_equals_recomputing(tiny_model):
-    from interp.evaluate import generate_greedy
-    from interp.models import get_tokenizer
+    from interp.model.load import get_tokenizer
+    from interp.scoring import generate_greedy
 
     tok = get_tokenizer(tiny_model)
     prompts = [tok(t)["input_ids"] for t in ("The capital of France is",

@@ -7,14 +7,14 @@ import torch
 from interp.attacks.finetune import (
     WIKI_PREFIX,
     FinetuneConfig,
-    finetune_attack,
     forget_names,
     forget_samples,
     unrelated_samples,
 )
+from interp.attacks.finetune import run as finetune_attack
 from interp.data.questions import load_questions
-from interp.lora import LoRAConfig, has_lora
-from interp.models import load_model
+from interp.model.load import load_model
+from interp.model.lora import LoRAConfig, has_lora
 
 
 def test_unrelated_finetuning_data_names_no_forget_entity(smoke_data):
@@ -46,12 +46,12 @@ def test_finetune_attack_trains_scores_and_resumes(smoke_protected, tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = FinetuneConfig(unrelated_n=(10,), forget_k=(5,), lr=5e-3, epochs=4, batch_size=4,
                          lora=LoRAConfig(rank=4, alpha=8.0))
-    r = finetune_attack(model, folder, tmp_path / "ft", cfg, progress=False)
-    assert set(r["cells"]) == {"unrelated-n10", "forget-k5"}
-    for cell in r["cells"].values():
-        assert cell["steps"] == 4 * ((cell["size"] + 3) // 4)
-        assert 0 <= cell["forget"] <= 1 and 0 <= cell["retain"] <= 1
-    assert r["cells"]["forget-k5"]["n_forget_heldout"] < r["no_attack"]["n_forget"]
+    r = finetune_attack(model, folder, cfg, out=tmp_path / "ft", progress=False)
+    assert set(r.cells) == {"unrelated-n10", "forget-k5"}
+    for cell in r.cells.values():
+        assert cell.steps == 4 * ((cell.size + 3) // 4)
+        assert 0 <= cell.forget <= 1 and 0 <= cell.retain <= 1
+    assert r.cells["forget-k5"].n_forget_heldout < r.no_attack.n_forget
     assert not has_lora(model)
     for n, p in model.named_parameters():  # adapters removed: the protected model is intact
         assert torch.equal(p, before[n]), n
@@ -65,7 +65,7 @@ def test_finetune_attack_trains_scores_and_resumes(smoke_protected, tmp_path):
     import shutil
 
     shutil.rmtree(tmp_path / "ft" / "train" / "forget-k5")
-    again = finetune_attack(model, folder, tmp_path / "ft", cfg, progress=False)
-    assert again["cells"]["forget-k5"]["forget"] == r["cells"]["forget-k5"]["forget"]
-    assert again["cells"]["forget-k5"]["final_loss"] == r["cells"]["forget-k5"]["final_loss"]
+    again = finetune_attack(model, folder, cfg, out=tmp_path / "ft", progress=False)
+    assert again.cells["forget-k5"].forget == r.cells["forget-k5"].forget
+    assert again.cells["forget-k5"].final_loss == r.cells["forget-k5"].final_loss
     assert WIKI_PREFIX.startswith("Of course")

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from interp.data.questions import Question
-from interp.errors import InterpError
-from interp.gcg import (
+from interp.attacks.gcg import (
     GCGConfig,
     Objective,
     allowed_tokens,
@@ -17,7 +15,9 @@ from interp.gcg import (
     round_trips,
     run_gcg,
 )
-from interp.models import get_tokenizer
+from interp.data.questions import Question
+from interp.errors import InterpError
+from interp.model.load import get_tokenizer
 from interp.prompts import encode_question
 
 from .conftest import WMDP_ROWS

@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from interp.layout import _ORDERS, linear_layout, restride
+from interp.model.layout import _ORDERS, linear_layout, restride
 
 
 @pytest.mark.parametrize("order", [(1, 0), (0, 2, 1), (2, 0, 1)])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from interp.attacks.lens import LensConfig, logit_lens
 from interp.data.questions import load_questions
-from interp.evaluate import evaluate
-from interp.lens import LensConfig, logit_lens
+from interp.scoring import evaluate
 
 
 def test_last_layer_lens_equals_model_output(tiny_model, wmdp_jsonl):
@@ -14,7 +14,7 @@ def test_last_layer_lens_equals_model_output(tiny_model, wmdp_jsonl):
     lens = logit_lens(tiny_model, questions, LensConfig(batch_size=2))
     last = lens.probs["resid_post"][-1]  # (n, 4), full-vocabulary probabilities
     # the same four probabilities from the model's own logits
-    from interp.evaluate import EvalConfig, encode_all
+    from interp.scoring import EvalConfig, encode_all
 
     for i, enc in enumerate(encode_all(tiny_model, questions, EvalConfig())):
         with torch.no_grad():

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from interp.lora import LoRAConfig, add_lora, has_lora, lora_adapters, merge_lora, remove_lora
-from interp.models import get_tokenizer
+from interp.model.load import get_tokenizer
+from interp.model.lora import LoRAConfig, add_lora, has_lora, lora_adapters, merge_lora, remove_lora
 
 
 def _tokens(model):

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from interp.errors import InterpError
-from interp.models import get_tokenizer, load_model, save_model
+from interp.model.load import get_tokenizer, load_model, save_model
 
 from .conftest import save_tiny_hf, tiny_llama_config
 
@@ -107,7 +107,7 @@ def test_multi_device_placement_is_wired(tiny_llama_dir):
     from transformer_lens.utilities.multi_gpu import get_device_for_block_index
 
     from interp.errors import InterpError
-    from interp.models import load_model
+    from interp.model.load import load_model
 
     if torch.cuda.device_count() < 2:
         with pytest.raises(InterpError, match="GPUs"):

@@ -9,14 +9,12 @@ from dataclasses import replace
 
 import pytest
 
-from interp.attacks.activation import DirectionsAttackConfig
-from interp.attacks.finetune import FinetuneConfig
-from interp.attacks.prune import PruneAttackConfig
-from interp.directions import DirectionsConfig
+from interp.attacks import directions, finetune, lens, prune
+from interp.attacks.directions import DirectionsConfig
 from interp.errors import InterpError
-from interp.lora import LoRAConfig
-from interp.models import load_model
-from interp.reproduce import PRESETS, reproduce
+from interp.model.load import load_model
+from interp.model.lora import LoRAConfig
+from interp.pipelines.reproduce import PRESETS, reproduce
 
 from .conftest import save_tiny_hf, tiny_llama_config
 
@@ -64,15 +62,20 @@ def test_paper_preset_runs_with_standins(standins, tmp_path):
         PRESETS["paper"], model=str(original), external={"rmu": str(rmu)},
         tokenizer=str(original), sources=(str(root / "wmdp-bio.parquet"),
                                           str(root / "mmlu.parquet")),
-        directions=DirectionsAttackConfig(DirectionsConfig(skip_first=2), sweep_limit=10),
-        prune=PruneAttackConfig(grid=(0.05, 0.2), n_forget=4, n_utility=4, eval_limit=10),
-        finetune=FinetuneConfig(unrelated_n=(4,), forget_k=(2,), epochs=1, max_len=64,
-                                lora=LoRAConfig(rank=4, alpha=16.0)),
-        gcg=replace(PRESETS["paper"].gcg, n_tokens=3, steps=2, search_width=8, topk=8,
-                    resid_layers=(0, 1), eval_every=1, progress=False),
-        gcg_train=2, methods=("rmu", "npo", "dpo"),
-        protect_overrides={"npo": {"steps": 3, "max_len": 48}, "dpo": {"steps": 3}})
-    assert PRESETS["paper"].gcg.objective == "enhanced"
+        attacks={
+            "directions": directions.Config(DirectionsConfig(skip_first=2), sweep_limit=10),
+            "prune": prune.Config(grid=(0.05, 0.2), n_forget=4, n_utility=4, eval_limit=10),
+            "finetune": finetune.Config(unrelated_n=(4,), forget_k=(2,), epochs=1, max_len=64,
+                                        lora=LoRAConfig(rank=4, alpha=16.0)),
+            "lens": lens.Config(limit=None),
+            "gcg": replace(PRESETS["paper"].attacks["gcg"], n_tokens=3, steps=2,
+                           search_width=8, topk=8, resid_layers=(0, 1), eval_every=1,
+                           progress=False, n_train=2)},
+        protections={
+            "npo": replace(PRESETS["paper"].protections["npo"], steps=3, max_len=48),
+            "dpo": replace(PRESETS["paper"].protections["dpo"], steps=3)})
+    assert PRESETS["paper"].attacks["gcg"].objective == "enhanced"
+    assert small.methods == ("npo", "dpo", "rmu")
     summary = reproduce(small, tmp_path / "run", device="cpu", progress=False)
     rows = summary["rows"]
     assert {r["format"] for r in rows} == {"letter"}

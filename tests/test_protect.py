@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from interp.models import load_model
-from interp.protect import protect
-from interp.unlearn.dpo import dpo_loss
-from interp.unlearn.npo import npo_loss
+from interp.model.load import load_model
+from interp.pipelines.presets import PRESETS
+from interp.pipelines.protect import protect
+from interp.protections.dpo import dpo_loss
+from interp.protections.npo import npo_loss
 
 
 def test_npo_loss_by_hand():
@@ -36,28 +37,27 @@ def protected(smoke_protected):
 def test_protection_hides_forget_keeps_retain(protected, method):
     _, _, reports = protected
     r = reports[method]
-    assert r["before"]["forget/cloze/raw"]["accuracy"] == 1.0  # the filtered sets
-    assert r["after"]["forget/cloze/raw"]["accuracy"] <= 0.35
-    retain_drop = r["before"]["retain/cloze/raw"]["accuracy"] - r["after"]["retain/cloze/raw"][
-        "accuracy"]
+    assert r.before["forget/cloze/raw"].accuracy == 1.0  # the filtered sets
+    assert r.after["forget/cloze/raw"].accuracy <= 0.35
+    retain_drop = r.before["retain/cloze/raw"].accuracy - r.after["retain/cloze/raw"].accuracy
     assert retain_drop <= 0.10
 
 
 def test_protected_model_reloads_with_same_scores(protected):
     from interp.data.questions import load_questions
-    from interp.evaluate import evaluate
+    from interp.scoring import evaluate
 
     folder, out, reports = protected
     model = load_model(out / "rmu", device="cpu")
     acc = evaluate(model, load_questions(folder / "forget_eval.jsonl"), progress=False).accuracy
-    assert acc == pytest.approx(reports["rmu"]["after"]["forget/cloze/raw"]["accuracy"])
+    assert acc == pytest.approx(reports["rmu"].after["forget/cloze/raw"].accuracy)
 
 
 def test_rmu_only_touches_mlp_out_of_its_layers(protected):
     folder, out, reports = protected
     original = load_model(folder / "model", device="cpu")
     rmu = load_model(out / "rmu", device="cpu")
-    layer = reports["rmu"]["layer"]
+    layer = reports["rmu"].layer
     changed = {n for (n, a), (_, b) in zip(original.named_parameters(), rmu.named_parameters())
                if not torch.equal(a, b)}
     allowed = {f"blocks.{i}.mlp.W_out" for i in range(max(0, layer - 2), layer + 1)}
@@ -67,25 +67,26 @@ def test_rmu_only_touches_mlp_out_of_its_layers(protected):
 def test_protections_change_the_model(protected):
     _, _, reports = protected
     for method in ("rmu", "npo", "dpo"):
-        assert (reports[method]["after"]["forget/cloze/raw"]["accuracy"]
-                < reports[method]["before"]["forget/cloze/raw"]["accuracy"])
+        assert (reports[method].after["forget/cloze/raw"].accuracy
+                < reports[method].before["forget/cloze/raw"].accuracy)
 
 
 def test_dpo_refuses_in_chat(protected):
     _, _, reports = protected
-    assert reports["dpo"]["refusal"]["refusal_rate"] >= 0.8
+    assert reports["dpo"].refusal["refusal_rate"] >= 0.8
 
 
 def test_finished_protection_is_not_retrained(protected, smoke_data):
     folder, _ = smoke_data
     _, out, reports = protected
-    again = protect("rmu", str(folder / "model"), folder, out / "rmu", preset="smoke",
-                    device="cpu", progress=False)
+    again = protect("rmu", str(folder / "model"), folder, out / "rmu",
+                    PRESETS["smoke"].protections["rmu"], preset="smoke", device="cpu",
+                    progress=False)
     assert again == reports["rmu"]
 
 
 def test_dpo_batches_mix_forget_pairs_at_the_asked_share():
-    from interp.unlearn.dpo import mixed_indices
+    from interp.protections.dpo import mixed_indices
 
     draws = [i for step in range(400) for i in mixed_indices(100, 30, 8, 0.5, 0, step)]
     share = sum(i < 30 for i in draws) / len(draws)
@@ -97,7 +98,7 @@ def test_dpo_batches_mix_forget_pairs_at_the_asked_share():
 
 
 def test_dpo_sft_term_by_hand():
-    from interp.unlearn.dpo import chosen_nll
+    from interp.protections.dpo import chosen_nll
 
     logp = torch.tensor([-6.0, -2.0])  # summed log-probs of two chosen responses
     mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 0, 0, 0]])  # 3 and 2 counted tokens

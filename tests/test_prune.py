@@ -7,9 +7,7 @@ import copy
 import pytest
 import torch
 
-from interp.errors import InterpError
-from interp.models import get_tokenizer
-from interp.prune import (
+from interp.attacks.prune import (
     Thresholds,
     grid_mask,
     neuron_scores,
@@ -21,6 +19,8 @@ from interp.prune import (
     top_mask,
     weight_names,
 )
+from interp.errors import InterpError
+from interp.model.load import get_tokenizer
 from interp.training import lm_loss, pack
 
 TEXTS = ["The capital of France is Paris.", "Gold has the symbol Au and is a metal.",

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from interp.errors import InterpError
-from interp.models import get_tokenizer, load_model
+from interp.model.load import get_tokenizer, load_model
 
 ROOT = Path(__file__).parent.parent / "interp"
 HOOKISH_CALLS = {"hooks", "run_with_cache", "register_parametrization", "register_forward_hook",
@@ -75,33 +75,33 @@ def _raise_inside(ctx):
 
 
 def ex_maybe_hooks(m, mp):
-    from interp.evaluate import maybe_hooks
+    from interp.scoring import maybe_hooks
 
     _raise_inside(maybe_hooks(m, [("blocks.0.hook_resid_post", lambda x, hook: x)]))
 
 
 def ex_evaluate(m, mp):
-    from interp.evaluate import evaluate
+    from interp.scoring import evaluate
 
     with pytest.raises(RuntimeError, match="boom"):
         evaluate(m, _questions(), hooks=[("blocks.0.hook_resid_post", _boom)], progress=False)
 
 
 def ex_generate(m, mp):
-    from interp.evaluate import generate_greedy
+    from interp.scoring import generate_greedy
 
     with pytest.raises(RuntimeError, match="boom"):
         generate_greedy(m, [_tokens(m)], hooks=[("blocks.1.hook_mlp_out", _boom)])
 
 
 def ex_ablated(m, mp):
-    from interp.directions import ablated, ablation_hooks
+    from interp.attacks.directions import ablated, ablation_hooks
 
     _raise_inside(ablated(m, ablation_hooks(m, torch.ones(m.cfg.n_layers, m.cfg.d_model))))
 
 
 def ex_stream(m, mp):
-    from interp.directions import DirectionsConfig, stream_activations
+    from interp.attacks.directions import DirectionsConfig, stream_activations
 
     Fault(m, mp)
     with pytest.raises(RuntimeError, match="boom"):
@@ -109,7 +109,7 @@ def ex_stream(m, mp):
 
 
 def ex_lens(m, mp):
-    from interp.lens import logit_lens
+    from interp.attacks.lens import logit_lens
 
     Fault(m, mp)
     with pytest.raises(RuntimeError, match="boom"):
@@ -117,7 +117,7 @@ def ex_lens(m, mp):
 
 
 def ex_snip(m, mp):
-    from interp.prune import snip_scores
+    from interp.attacks.prune import snip_scores
     from interp.training import pack
 
     Fault(m, mp)
@@ -126,20 +126,20 @@ def ex_snip(m, mp):
 
 
 def ex_pruned(m, mp):
-    from interp.prune import pruned
+    from interp.attacks.prune import pruned
 
     _raise_inside(pruned(m, {"blocks.0.mlp.W_out": torch.ones_like(m.blocks[0].mlp.W_out,
                                                                    dtype=torch.bool)}))
 
 
 def ex_lora(m, mp):
-    from interp.lora import LoRAConfig, lora_adapters
+    from interp.model.lora import LoRAConfig, lora_adapters
 
     _raise_inside(lora_adapters(m, LoRAConfig(rank=2)))
 
 
 def _objective(m, enhanced=False):
-    from interp.gcg import GCGConfig, Objective, question_slots
+    from interp.attacks.gcg import GCGConfig, Objective, question_slots
 
     cfg = GCGConfig(n_tokens=3, objective="enhanced" if enhanced else "plain",
                     resid_layers=(0,) if enhanced else ())
@@ -164,25 +164,25 @@ def ex_gcg_reference(m, mp):
 
 
 EXERCISES = {
-    "interp.evaluate.maybe_hooks": ex_maybe_hooks,
-    "interp.evaluate.evaluate": ex_evaluate,
-    "interp.evaluate.generate_greedy": ex_generate,
-    "interp.directions.ablated": ex_ablated,
-    "interp.directions.stream_activations": ex_stream,
-    "interp.lens.logit_lens": ex_lens,
-    "interp.prune.snip_scores": ex_snip,
-    "interp.prune.pruned": ex_pruned,
-    "interp.lora.lora_adapters": ex_lora,
-    "interp.lora.add_lora": ex_lora,
-    "interp.gcg.Objective._forward": ex_gcg_forward,
-    "interp.gcg.Objective._reference": ex_gcg_reference,
+    "interp.scoring.maybe_hooks": ex_maybe_hooks,
+    "interp.scoring.evaluate": ex_evaluate,
+    "interp.scoring.generate_greedy": ex_generate,
+    "interp.attacks.directions.ablated": ex_ablated,
+    "interp.attacks.directions.stream_activations": ex_stream,
+    "interp.attacks.lens.logit_lens": ex_lens,
+    "interp.attacks.prune.snip_scores": ex_snip,
+    "interp.attacks.prune.pruned": ex_pruned,
+    "interp.model.lora.lora_adapters": ex_lora,
+    "interp.model.lora.add_lora": ex_lora,
+    "interp.attacks.gcg.Objective._forward": ex_gcg_forward,
+    "interp.attacks.gcg.Objective._reference": ex_gcg_reference,
 }
 
 
 def test_every_hook_context_is_exercised():
     found = hook_contexts()
     # methods are found by name only; qualify the Objective ones
-    qualified = {f.replace("interp.gcg._", "interp.gcg.Objective._") for f in found}
+    qualified = {f.replace("interp.attacks.gcg._", "interp.attacks.gcg.Objective._") for f in found}
     untested = qualified - set(EXERCISES)
     assert not untested, f"new hook contexts without a hygiene test: {sorted(untested)}"
 
@@ -191,7 +191,7 @@ def _state(model):
     hooks = sum(len(hp.fwd_hooks) + len(hp.bwd_hooks) for hp in model.hook_dict.values())
     torch_hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
                       for m in model.modules())
-    from interp.lora import has_lora
+    from interp.model.lora import has_lora
 
     return {"hooks": hooks, "torch_hooks": torch_hooks, "lora": has_lora(model),
             "grad": {n: p.requires_grad for n, p in model.named_parameters()},
@@ -319,7 +319,7 @@ def test_no_torch_load_without_weights_only_and_no_remote_code_by_default():
                 assert getattr(node.value, "value", None) is not True, f"{path}:{node.lineno}"
     import inspect
 
-    from interp.models import load_model as lm
+    from interp.model.load import load_model as lm
 
     assert inspect.signature(lm).parameters["trust_remote_code"].default is False
 
@@ -336,7 +336,7 @@ def test_nothing_touches_the_network(tiny_llama_dir, monkeypatch, tmp_path):
     monkeypatch.setattr(socket, "create_connection", blocked)
     monkeypatch.setattr(socket, "getaddrinfo", blocked)
     from interp.cli import main
-    from interp.evaluate import evaluate
+    from interp.scoring import evaluate
 
     model = load_model(tiny_llama_dir, device="cpu")
     evaluate(model, _questions(), progress=False)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from interp.data.questions import load_questions
-from interp.evaluate import evaluate
-from interp.models import load_model
-from interp.reproduce import reproduce
+from interp.model.load import load_model
+from interp.pipelines.reproduce import reproduce
+from interp.scoring import evaluate
 
 ROW_KEYS = {"model", "attack", "split", "format", "mode", "accuracy", "n"}
 
@@ -26,7 +26,7 @@ def test_results_schema_and_coverage(smoke_run):
     # the fixture reused the session's benchmark and protections: only computed stages are timed
     assert set(data["timings"]) == {"lens", "directions", "prune", "finetune", "gcg", "compare"}
     rows = data["rows"]
-    assert all(set(r) == ROW_KEYS for r in rows)
+    assert all(ROW_KEYS <= set(r) <= ROW_KEYS | {"column", "note"} for r in rows)
     assert {r["model"] for r in rows} == {"original", "rmu", "npo", "dpo"}
     attacks = {r["attack"] for r in rows}
     for a in ("none", "orthogonalize", "lens", "gcg", "prune", "finetune-unrelated-n10",
@@ -40,7 +40,7 @@ def test_results_schema_and_coverage(smoke_run):
     pngs = list((run / "readme-figures").glob("*.png"))
     names = " ".join(p.name for p in pngs)
     for key in ("lens", "ablation_sweep", "finetune", "gcg", "grid", "neuron_jaccard",
-                "direction_cosine", "all_ablation_sweep", "all_finetune", "all_gcg_loss"):
+                "direction_cosine", "all_directions", "all_finetune", "all_gcg", "all_lens"):
         assert key in names, key
     # the run computed in this process: its logged peak is this process's peak at that time
     import resource
@@ -102,33 +102,44 @@ def test_a_finished_run_is_not_recomputed(smoke_run):
 
 def test_same_seed_same_cell(smoke_protected, tmp_path):
     """Determinism: one smoke cell (pruning grid and a GCG run) twice gives identical JSON."""
-    from interp.attacks.gcg import gcg_attack
-    from interp.attacks.prune import PruneAttackConfig, prune_attack
-    from interp.gcg import GCGConfig
+    from interp.attacks import gcg, prune
 
     folder, out, _ = smoke_protected
     model = load_model(out / "dpo", device="cpu")
     drop = ("seconds", "figures", "candidates_per_second", "seconds_per_step")
     results = []
     for i in range(2):
-        p = prune_attack(model, folder, tmp_path / f"p{i}",
-                         PruneAttackConfig(grid=(0.05, 0.2)), progress=False)
-        g = gcg_attack(model, folder, tmp_path / f"g{i}",
-                       GCGConfig(n_tokens=4, steps=3, search_width=16, topk=8, progress=False),
-                       n_train=3)
-        results.append([{k: v for k, v in r.items() if k not in drop} for r in (p, g)])
+        p = prune.run(model, folder, prune.Config(grid=(0.05, 0.2)), out=tmp_path / f"p{i}",
+                      progress=False)
+        g = gcg.run(model, folder, gcg.Config(n_tokens=4, steps=3, search_width=16, topk=8,
+                                              progress=False, n_train=3),
+                    out=tmp_path / f"g{i}")
+        results.append([{k: v for k, v in r.to_json().items() if k not in drop}
+                         for r in (p, g)])
     assert json.dumps(results[0], sort_keys=True) == json.dumps(results[1], sort_keys=True)
 
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
+@pytest.fixture(scope="module")
+def moved_run(smoke_run, tmp_path_factory):
+    """The smoke run copied elsewhere: the notebooks open it from notebooks/, a different
+    working directory than the one it was made from."""
+    import shutil
+
+    run, _ = smoke_run
+    moved = tmp_path_factory.mktemp("moved") / "run"
+    shutil.copytree(run, moved)
+    return moved
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, smoke_run, tmp_path, monkeypatch):
+def test_notebook_runs(path, moved_run, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
-    run, _ = smoke_run
+    run = moved_run
     nb = nbformat.read(path, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), \
         "notebooks are stored without outputs"
@@ -159,7 +170,7 @@ def test_audit_on_two_models_of_the_run(smoke_audit):
 def test_an_interrupted_audit_reruns_only_its_missing_attack(smoke_audit, tmp_path):
     import shutil
 
-    from interp.audit import audit
+    from interp.pipelines.audit import audit
 
     run, folder, forget, retain, first = smoke_audit
     copy = tmp_path / "audit"

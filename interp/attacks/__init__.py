@@ -1,7 +1,8 @@
-"""Attack runners: each takes loaded models and a built data folder, writes `result.json` (last,
-so its presence marks the run finished) and figures into its output folder, and returns the
-result dict. A finished output folder is read back, not recomputed."""
+"""The attacks, one module each (`Config`, `run`, `Result`, `SPEC`; see `interp.attacks.base`).
 
-from interp.attacks.activation import DirectionsAttackConfig, directions_attack, lens_attack
+`registry()` lists them in table order; `compare` is the cross-model analysis run after them.
+"""
 
-__all__ = ["DirectionsAttackConfig", "directions_attack", "lens_attack"]
+from interp.attacks.base import AttackSpec, Row, get, registry
+
+__all__ = ["AttackSpec", "Row", "get", "registry"]

@@ -8,15 +8,17 @@ Jaccard overlap of their pruned neuron sets per layer and overall.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
+from typing import ClassVar, Union
 
 import torch
 from safetensors.torch import load_file
 
+from interp.attacks import base
 from interp.errors import InterpError
-from interp.plots import layer_lines, save_figure
-from interp.store import write_json
+from interp.plots import layer_lines
 
 
 def _load(folder: Path, file: str, key: str) -> torch.Tensor:
@@ -61,27 +63,55 @@ def neuron_overlaps(neurons: dict[str, torch.Tensor]) -> dict[str, dict]:
     return out
 
 
-def compare_methods(directions: dict[str, Path], prune: dict[str, Path], out: Path) -> dict:
-    """Cosines between the models' directions and Jaccard overlaps of their pruned neurons."""
-    out = Path(out)
-    result: dict = {"attack": "compare"}
-    files: list[Path] = []
+@dataclass
+class Result(base.Result):
+    """Per pair "a vs b": `direction_cosine` (one cosine per layer, None where either model has
+    no direction) and `neuron_jaccard` (overall, per layer, and the two set sizes)."""
+
+    direction_cosine: dict[str, list[float | None]] = field(default_factory=dict)
+    neuron_jaccard: dict[str, dict] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)
+    figure_stem: ClassVar[str] = "direction_cosine"
+
+    def plot(self):
+        if not self.direction_cosine:
+            return None
+        return layer_lines({k: [float("nan") if c is None else c for c in v]
+                            for k, v in self.direction_cosine.items()}, chance=None,
+                           ytitle="cosine", title="Cosine between protections' directions per "
+                                                  "layer")
+
+    def extra_figures(self) -> dict:
+        if not self.neuron_jaccard:
+            return {}
+        return {"neuron_jaccard": layer_lines(
+            {k: [float("nan") if j is None else j for j in v["per_layer"]]
+             for k, v in self.neuron_jaccard.items()}, chance=None, ytitle="Jaccard",
+            title="Overlap of pruned neuron sets per layer")}
+
+
+Source = Union[Path, str, torch.Tensor]
+
+
+def run(directions: dict[str, Source], prune: dict[str, Source] | None = None, *,
+        out: Path | None = None) -> Result:
+    """Compare protected models: each value is a finished attack folder (directions / neuron-
+    level prune) or the tensor itself (`Result.dirs.directions`, `Result.neurons`)."""
+    if (done := base.finished(Result, out)) is not None:
+        return done
+    prune = prune or {}
+    result = Result()
     if len(directions) >= 2:
-        dirs = {m: _load(f, "directions.safetensors", "directions") for m, f in directions.items()}
-        result["direction_cosine"] = direction_cosines(dirs)
-        fig = layer_lines({k: [float("nan") if c is None else c for c in v]
-                           for k, v in result["direction_cosine"].items()}, chance=None,
-                          ytitle="cosine", title="Cosine between protections' directions per layer")
-        files += save_figure(fig, out / "direction_cosine")
+        dirs = {m: _tensor(f, "directions.safetensors", "directions")
+                for m, f in directions.items()}
+        result.direction_cosine = direction_cosines(dirs)
     if len(prune) >= 2:
-        neurons = {m: _load(f, "neurons.safetensors", "neurons") for m, f in prune.items()}
-        result["neuron_jaccard"] = neuron_overlaps(neurons)
-        fig = layer_lines({k: [float("nan") if j is None else j for j in v["per_layer"]]
-                           for k, v in result["neuron_jaccard"].items()}, chance=None,
-                          ytitle="Jaccard", title="Overlap of pruned neuron sets per layer")
-        files += save_figure(fig, out / "neuron_jaccard")
-    if len(result) == 1:
+        neurons = {m: _tensor(f, "neurons.safetensors", "neurons") for m, f in prune.items()}
+        result.neuron_jaccard = neuron_overlaps(neurons)
+    if not result.direction_cosine and not result.neuron_jaccard:
         raise InterpError("nothing to compare: give at least two models' directions or pruning")
-    result["figures"] = [str(f) for f in files]
-    write_json(out / "result.json", result)
-    return result
+    return base.save(result, out)
+
+
+def _tensor(source: Source, file: str, key: str) -> torch.Tensor:
+    return source if isinstance(source, torch.Tensor) else _load(Path(source), file, key)

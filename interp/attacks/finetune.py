@@ -17,20 +17,23 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from transformer_lens import HookedTransformer
 
-from interp.data.questions import Question, load_questions
+from interp.attacks import base
+from interp.attacks.base import AttackSpec, Baseline, Row, Scores
+from interp.data.folder import as_data
+from interp.data.questions import Question
 from interp.data.unrelated import mentions
 from interp.errors import InterpError
-from interp.evaluate import evaluate
-from interp.lora import LoRAConfig, lora_adapters
-from interp.plots import save_figure
+from interp.model.lora import LoRAConfig, lora_adapters
+from interp.protections.common import encode_pair, encode_texts
+from interp.scoring import evaluate
 from interp.store import read_json, write_json
 from interp.training import TrainConfig, lm_loss, pack, train
-from interp.unlearn.common import ProtectData, encode_pair, encode_texts
 
 WIKI_PROMPT = "Write a wikipedia article."
 WIKI_PREFIX = "Of course, here is a wikipedia article. "
@@ -51,45 +54,43 @@ class FinetuneConfig:
     eval_limit: int | None = None
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if any(int(v) < 1 for v in (*self.unrelated_n, *self.forget_k)):
+            raise InterpError(f"finetune sample counts (unrelated_n, forget_k) must be at least "
+                              f"1, got {list(self.unrelated_n)} and {list(self.forget_k)}")
 
-def forget_names(data_dir: Path) -> list[str]:
+
+def forget_names(data) -> list[str]:
     """Every forget entity and right answer named by the benchmark's forget questions."""
+    data = as_data(data)
     names = set()
     for split in ("forget_eval", "forget_train"):
-        path = Path(data_dir) / f"{split}.jsonl"
-        if path.is_file():
-            for q in load_questions(path):
+        if data.has(split):
+            for q in data.questions(split):
                 names.add(q.choices[q.answer])
                 if q.meta.get("entity"):
                     names.add(q.meta["entity"])
     return sorted(n for n in names if n)
 
 
-def unrelated_samples(data_dir: Path, n: int, seed: int) -> list[str]:
+def unrelated_samples(data, n: int, seed: int) -> list[str]:
     """n unrelated passages that name no forget entity or answer (seeded choice)."""
-    banned = forget_names(data_dir)
-    texts = [t for t in ProtectData(Path(data_dir)).corpus("unrelated") if not mentions(t, banned)]
+    data = as_data(data)
+    banned = forget_names(data)
+    texts = [t for t in data.corpus("unrelated") if not mentions(t, banned)]
     if n > len(texts):
-        raise InterpError(f"asked for {n} unrelated samples but {data_dir} has {len(texts)}")
+        raise InterpError(f"asked for {n} unrelated samples but {data.folder} has {len(texts)}")
     return random.Random(seed).sample(texts, n)
 
 
-def forget_samples(data_dir: Path, k: int, seed: int) -> tuple[list[str], set[str]]:
+def forget_samples(data, k: int, seed: int) -> tuple[list[str], set[str]]:
     """k forget statements, one per entity (seeded), and the entities they cover."""
-    corpus = _jsonl(Path(data_dir) / "forget_corpus.jsonl")
-    rows = [r for r in corpus if r.get("paraphrase", 0) == 0]
+    data = as_data(data)
+    rows = [r for r in data.rows("forget_corpus") if r.get("paraphrase", 0) == 0]
     if k > len(rows):
-        raise InterpError(f"asked for {k} forget samples but {data_dir} has {len(rows)}")
+        raise InterpError(f"asked for {k} forget samples but {data.folder} has {len(rows)}")
     chosen = random.Random(seed).sample(rows, k)
     return [r["text"] for r in chosen], {r.get("entity", "") for r in chosen}
-
-
-def _jsonl(path: Path) -> list[dict]:
-    import json
-
-    if not path.is_file():
-        raise InterpError(f"{path} is missing; run `interp data build`")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _epoch_batches(n: int, cfg: FinetuneConfig) -> tuple[int, list[list[int]]]:
@@ -130,37 +131,126 @@ def finetune_cell(model: HookedTransformer, seqs: list[tuple[list[int], int]], c
         return result, score()
 
 
-def finetune_attack(model: HookedTransformer, data_dir: Path, out: Path,
-                    cfg: FinetuneConfig | None = None, progress: bool = True) -> dict:
-    cfg = cfg or FinetuneConfig()
-    out = Path(out)
-    if (out / "result.json").is_file():
-        return read_json(out / "result.json")
+SPEC = AttackSpec("finetune", order=10, summary="LoRA finetuning on unrelated text (n samples) "
+                  "or on k forget samples")
+
+
+@dataclass
+class Cell:
+    kind: str  # "unrelated" or "forget"
+    size: int
+    forget: float
+    retain: float
+    steps: int
+    final_loss: float | None
+    seconds: float
+    config: dict
+    forget_heldout: float | None = None  # forget cells: entities not trained on
+    n_forget_heldout: int | None = None
+
+
+@dataclass
+class Result(base.Result):
+    config: FinetuneConfig
+    no_attack: Baseline
+    cells: dict[str, Cell]
+    format: str = "cloze"
+    seconds: float = 0.0
+    figures: list[str] = field(default_factory=list)
+    figure_stem: ClassVar[str] = "finetune"
+
+    def rows(self, model: str) -> list[Row]:
+        out = []
+        for name, c in self.cells.items():
+            attack = f"finetune-{name}"
+            out += base.score_rows(model, attack, Scores(c.forget, c.retain), self.no_attack,
+                                   self.format, f"ft {name}")
+            if c.forget_heldout is not None:
+                out.append(Row(model, attack, "forget-heldout", self.format, "raw",
+                               c.forget_heldout, c.n_forget_heldout))
+        return out
+
+    def plot(self):
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("unrelated text (n samples)",
+                                                            "forget samples (k)"))
+        for col, kind in ((1, "unrelated"), (2, "forget")):
+            cells = sorted((c for c in self.cells.values() if c.kind == kind),
+                           key=lambda c: c.size)
+            xs = ["none"] + [str(c.size) for c in cells]
+            for split in ("forget", "retain"):
+                ys = [getattr(self.no_attack, split)] + [getattr(c, split) for c in cells]
+                fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers",
+                                         name=f"{split} ({kind})"), row=1, col=col)
+        fig.update_xaxes(type="category")
+        fig.update_layout(title="Accuracy after LoRA finetuning", yaxis_title="accuracy",
+                          template="plotly_white")
+        return fig
+
+    @classmethod
+    def plot_models(cls, results: dict[str, Result]):
+        import plotly.express as px
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        colors = px.colors.qualitative.Plotly
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("unrelated text (n samples)",
+                                                            "forget samples (k)"))
+        for col, kind in ((1, "unrelated"), (2, "forget")):
+            for i, (m, r) in enumerate(results.items()):
+                color = colors[i % len(colors)]
+                done = sorted((c for c in r.cells.values() if c.kind == kind),
+                              key=lambda c: c.size)
+                fig.add_trace(go.Scatter(
+                    x=["none"] + [str(c.size) for c in done],
+                    y=[r.no_attack.forget] + [c.forget for c in done],
+                    mode="lines+markers", name=m, legendgroup=m, showlegend=col == 1,
+                    line={"color": color}, marker={"color": color}), row=1, col=col)
+        fig.update_xaxes(type="category")
+        fig.update_layout(title="Forget accuracy after LoRA finetuning", yaxis_title="accuracy",
+                          template="plotly_white")
+        return fig
+
+
+Config = FinetuneConfig
+
+
+def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
+        out: Path | None = None, progress: bool = True) -> Result:
+    """One cell per unrelated n and forget k: fresh adapters trained, scored, removed. With
+    `out`, each finished cell is kept (`cells/NAME.json`) and training checkpoints resume."""
+    cfg = cfg or Config()
+    if (done := base.finished(Result, out)) is not None:
+        return done
+    data = as_data(data)
     t0 = time.perf_counter()
-    forget_q = load_questions(Path(data_dir) / "forget_eval.jsonl", limit=cfg.eval_limit)
-    retain_q = load_questions(Path(data_dir) / "retain_eval.jsonl", limit=cfg.eval_limit)
+    forget_q = data.questions("forget_eval", limit=cfg.eval_limit)
+    retain_q = data.questions("retain_eval", limit=cfg.eval_limit)
 
     def acc(questions: list[Question]) -> float | None:
         if not questions:
             return None
         return evaluate(model, questions, progress=False, batch_size=32).accuracy
 
-    base = {"forget": acc(forget_q), "retain": acc(retain_q)}
+    no_attack = Baseline(acc(forget_q), acc(retain_q), len(forget_q), len(retain_q))
     cells = {}
+    config = base.to_jsonable(cfg)
     plan = [("unrelated", n) for n in cfg.unrelated_n] + [("forget", k) for k in cfg.forget_k]
     for kind, size in plan:
         name = f"{kind}-{'n' if kind == 'unrelated' else 'k'}{size}"
-        path = out / "cells" / f"{name}.json"
-        if path.is_file() and read_json(path).get("config") == _cfg_json(cfg):
-            cells[name] = read_json(path)
+        path = Path(out) / "cells" / f"{name}.json" if out is not None else None
+        if path is not None and path.is_file() and read_json(path).get("config") == config:
+            cells[name] = Cell(**read_json(path))
             continue
         if kind == "unrelated":
-            texts = unrelated_samples(data_dir, size, cfg.seed)
+            texts = unrelated_samples(data, size, cfg.seed)
             seqs = [encode_pair(model, WIKI_PROMPT, WIKI_PREFIX + t, chat=True, max_len=cfg.max_len)
                     for t in texts]
             held = []
         else:
-            texts, entities = forget_samples(data_dir, size, cfg.seed)
+            texts, entities = forget_samples(data, size, cfg.seed)
             seqs = [(ids, 1) for ids in encode_texts(model, texts, max_len=cfg.max_len)]
             held = [q for q in forget_q if q.meta.get("entity") not in entities]
 
@@ -172,43 +262,14 @@ def finetune_attack(model: HookedTransformer, data_dir: Path, out: Path,
             return s
 
         start = time.perf_counter()
-        trained, scores = finetune_cell(model, seqs, cfg, out / "train" / name, score,
-                                        progress=progress, desc=f"finetune {name}")
-        cells[name] = {"kind": kind, "size": size, **scores, "steps": len(trained.losses),
-                       "final_loss": trained.losses[-1] if trained.losses else None,
-                       "seconds": round(time.perf_counter() - start, 1),
-                       "config": _cfg_json(cfg)}
-        write_json(path, cells[name])  # each finished cell is kept
-    result = {"attack": "finetune", "config": _cfg_json(cfg),
-              "no_attack": {**base, "n_forget": len(forget_q), "n_retain": len(retain_q)},
-              "cells": cells, "seconds": round(time.perf_counter() - t0, 1)}
-    result["figures"] = _figures(result, out)
-    write_json(out / "result.json", result)
-    return result
-
-
-def _cfg_json(cfg: FinetuneConfig) -> dict:
-    import json
-
-    return json.loads(json.dumps(asdict(cfg)))
-
-
-def _figures(result: dict, out: Path) -> list[str]:
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("unrelated text (n samples)",
-                                                        "forget samples (k)"))
-    for col, kind in ((1, "unrelated"), (2, "forget")):
-        cells = sorted((c for c in result["cells"].values() if c["kind"] == kind),
-                       key=lambda c: c["size"])
-        xs = ["none"] + [str(c["size"]) for c in cells]
-        for split in ("forget", "retain"):
-            ys = [result["no_attack"][split]] + [c[split] for c in cells]
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=f"{split} ({kind})"),
-                          row=1, col=col)
-    fig.update_xaxes(type="category")
-    fig.update_layout(title="Accuracy after LoRA finetuning", yaxis_title="accuracy",
-                      template="plotly_white")
-    return [str(p) for p in save_figure(fig, out / "finetune")]
-
+        run_dir = Path(out) / "train" / name if out is not None else None
+        trained, scores = finetune_cell(model, seqs, cfg, run_dir, score, progress=progress,
+                                        desc=f"finetune {name}")
+        cells[name] = Cell(kind=kind, size=size, **scores, steps=len(trained.losses),
+                           final_loss=trained.losses[-1] if trained.losses else None,
+                           seconds=round(time.perf_counter() - start, 1), config=config)
+        if path is not None:
+            write_json(path, base.to_jsonable(cells[name]))  # each finished cell is kept
+    result = Result(config=cfg, no_attack=no_attack, cells=cells, format=forget_q[0].format,
+                    seconds=round(time.perf_counter() - t0, 1))
+    return base.save(result, out)

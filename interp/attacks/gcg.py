@@ -1,76 +1,466 @@
-"""`interp attack gcg`: one universal prefix optimized on a few forget questions, scored on the
-held-out forget questions (other entities), and on retain questions, raw and chat."""
+"""GCG universal adversarial prefixes (Zou et al. 2023; the paper's enhanced objective after FLRT),
+and the attack that optimizes one on a few forget questions and scores it on held-out ones.
+
+One prefix of `n_tokens` tokens is shared by a set of training questions and placed where the
+scorer puts `prefix=`: first in the user text, followed by a space. Each step:
+1. token gradients: the prefix as one-hot rows times the embedding matrix (swapped in through a
+   `hook_embed` hook), loss backpropagated to the one-hot matrix;
+2. candidates: `search_width` copies of the current best prefix, each with `n_replace` positions
+   set to one of that position's `topk` most promising tokens (most negative gradient); tokens
+   that are special, non-ASCII (unless allowed) or do not survive decode -> re-encode are never
+   proposed, and candidate prefixes that do not round-trip are dropped;
+3. every candidate is scored exactly on all training questions, in batches; the best few prefixes
+   are kept in a buffer and the next step starts from the best of them.
+
+Objective per question (mean over questions): cross-entropy of the right answer's token at the
+answer position ("plain"), plus for "enhanced" `resid_weight` x the squared distance of the
+residual stream at `resid_layers` (the question's own tokens) to the original model's on the same
+question without a prefix, relative to its squared norm, plus an optional `fluency_weight` x the
+prefix's own mean next-token NLL. A seed makes runs repeat exactly.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar, Sequence
 
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from interp.data.questions import load_questions
+from interp.attacks import base
+from interp.attacks.base import AttackSpec, Row
+from interp.data.folder import as_data
+from interp.data.questions import Question
 from interp.errors import InterpError
-from interp.evaluate import evaluate
-from interp.gcg import GCGConfig, run_gcg
-from interp.store import read_json, write_json
+from interp.model.hooks import EMBED_HOOK, hook_name, readout
+from interp.model.load import get_tokenizer
+from interp.prompts import chat_text, cloze_prompt, encode_question, letter_prompt
+from interp.scoring import evaluate, pad_left
+
+MARK = "\ue000PREFIX\ue000"
 
 
-def gcg_attack(model: HookedTransformer, data_dir: Path, out: Path, cfg: GCGConfig | None = None,
-               original: HookedTransformer | None = None, n_train: int = 8,
-               heldout_limit: int | None = 100) -> dict:
-    cfg = cfg or GCGConfig()
-    out = Path(out)
-    if (out / "result.json").is_file():
-        return read_json(out / "result.json")
-    if n_train < 1:
-        raise InterpError(f"GCG needs at least one training question, got n_train={n_train}")
-    train = load_questions(Path(data_dir) / "forget_train.jsonl")[:n_train]
-    entities = {q.meta.get("entity") for q in train}
-    heldout = [q for q in load_questions(Path(data_dir) / "forget_eval.jsonl")
-               if q.meta.get("entity") not in entities][:heldout_limit]
-    retain = load_questions(Path(data_dir) / "retain_eval.jsonl", limit=heldout_limit)
-    if not heldout:
-        raise InterpError(f"{data_dir}: no held-out forget questions left for GCG")
+@dataclass
+class GCGConfig:
+    n_tokens: int = 20
+    init: str | None = None  # initial prefix text; default "x x x ..."
+    steps: int = 250
+    search_width: int = 512
+    topk: int = 256
+    n_replace: int = 1
+    buffer_size: int = 4
+    candidate_batch: int = 256  # sequences per forward when scoring candidates
+    objective: str = "plain"  # "plain" or "enhanced"
+    resid_layers: tuple[int, ...] = ()
+    resid_weight: float = 1.0
+    fluency_weight: float = 0.0
+    chat: bool = False
+    fmt: str | None = None  # question format override ("letter" / "cloze")
+    allow_non_ascii: bool = False
+    eval_every: int = 0  # held-out accuracy every k steps (0: only at the end)
+    seed: int = 0
+    progress: bool = True
+    n_train: int = 8  # the attack: forget questions the prefix is optimized on
+    heldout_limit: int | None = 100  # the attack: held-out forget (and retain) questions scored
+
+
+@dataclass
+class GCGResult:
+    prefix: str
+    prefix_ids: list[int]
+    losses: list[float]  # best loss after each step
+    heldout: list[dict] = field(default_factory=list)  # {"step", "accuracy"}
+    candidates_scored: int = 0
+    seconds: float = 0.0
+    config: dict = field(default_factory=dict)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / max(1, len(self.losses))
+
+    @property
+    def candidates_per_second(self) -> float:
+        return self.candidates_scored / max(1e-9, self.seconds)
+
+
+@dataclass
+class Slots:
+    """One question split around the prefix: ids before it, after it, and the target token."""
+
+    before: list[int]
+    after: list[int]
+    target: int
+
+
+def question_slots(tokenizer, q: Question, *, chat: bool, fmt: str | None) -> Slots:
+    fmt = fmt or q.format
+    body = letter_prompt(q) if fmt == "letter" else cloze_prompt(q)
+    text = f"{MARK} {body}"
+    context = chat_text(tokenizer, text) if chat else text
+    if context.count(MARK) != 1:
+        raise InterpError("the chat template moved the prefix marker; GCG cannot place a prefix")
+    before, after = context.split(MARK)
+    before_ids = tokenizer(before, add_special_tokens=not chat)["input_ids"]
+    after_ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    target = encode_question(tokenizer, q, chat=chat, fmt=fmt).candidates[q.answer]
+    return Slots(before_ids, after_ids, target)
+
+
+def allowed_tokens(tokenizer, vocab: int, allow_non_ascii: bool) -> Tensor:
+    """Tokens a prefix may use: not special, printable (ASCII unless allowed), round-tripping."""
+    ok = torch.zeros(vocab, dtype=torch.bool)
+    special = set(tokenizer.all_special_ids or [])
+    for i in range(min(vocab, len(tokenizer))):
+        if i in special:
+            continue
+        piece = tokenizer.decode([i])
+        if not piece or not piece.strip():
+            continue
+        if not allow_non_ascii and not (piece.isascii() and piece.isprintable()):
+            continue
+        if tokenizer(piece, add_special_tokens=False)["input_ids"] != [i]:
+            continue
+        ok[i] = True
+    if not ok.any():
+        raise InterpError("no token survives decode -> re-encode; GCG has nothing to propose")
+    return ok
+
+
+def round_trips(tokenizer, ids: Sequence[int]) -> bool:
+    text = tokenizer.decode(list(ids))
+    return tokenizer(text, add_special_tokens=False)["input_ids"] == list(ids)
+
+
+def initial_prefix(tokenizer, cfg: GCGConfig, allowed: Tensor | None = None) -> list[int]:
+    text = cfg.init if cfg.init is not None else " ".join(["x"] * cfg.n_tokens)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise InterpError(f"the initial prefix {text!r} has no tokens")
+    ids = (ids * cfg.n_tokens)[: cfg.n_tokens] if cfg.init is None else ids
+    if not round_trips(tokenizer, ids) or (allowed is not None and not all(
+            bool(allowed[i]) for i in ids)):
+        raise InterpError(f"the initial prefix {text!r} does not tokenize back to itself as "
+                          "allowed tokens (no special or non-ASCII tokens); choose another --init")
+    return ids
+
+
+class Objective:
+    """The GCG loss for many prefixes at once, over a fixed set of questions."""
+
+    def __init__(self, model: HookedTransformer, slots: list[Slots], cfg: GCGConfig,
+                 original: HookedTransformer | None = None) -> None:
+        self.model, self.slots, self.cfg = model, slots, cfg
+        self.device = model.cfg.device
+        self.pad = get_tokenizer(model).pad_token_id or 0
+        self.tail = min(len(s.after) for s in slots)  # question tokens aligned at the end
+        self.layers = list(cfg.resid_layers) if cfg.objective == "enhanced" else []
+        if cfg.objective not in ("plain", "enhanced"):
+            raise InterpError(f"GCG objective must be 'plain' or 'enhanced', got {cfg.objective!r}")
+        if self.layers and original is None:
+            raise InterpError("the enhanced GCG objective needs the original model")
+        bad = [x for x in self.layers if not 0 <= x < model.cfg.n_layers]
+        if bad:
+            raise InterpError(f"resid layers {bad} out of range 0..{model.cfg.n_layers - 1}")
+        self.reference = self._reference(original) if self.layers else None
+
+    @torch.no_grad()
+    def _reference(self, original: HookedTransformer) -> Tensor:
+        """Original model, no prefix: residuals of the last `tail` tokens, (q, layers, tail, d)."""
+        seqs = [s.before + s.after for s in self.slots]
+        tokens, mask = pad_left(seqs, self.pad, original.cfg.device)
+        names = [hook_name(i) for i in self.layers]
+        _, cache = original.run_with_cache(tokens, attention_mask=mask, names_filter=names,
+                                           return_type=None)
+        return torch.stack([cache[n][:, -self.tail:] for n in names], 1).to(self.device)
+
+    def _rows(self, prefixes: Int[Tensor, "c n"], qs: Sequence[int]):
+        pref = prefixes.tolist()
+        seqs, starts = [], []
+        for p in pref:
+            for q in qs:
+                s = self.slots[q]
+                seqs.append(s.before + p + s.after)
+                starts.append(len(s.before))
+        return seqs, starts
+
+    def _forward(self, tokens, mask, prefix_pos, qs: Sequence[int], n_prefix: int,
+                 embed_hook=None) -> Float[Tensor, "rows"]:  # noqa: F821
+        model, cfg = self.model, self.cfg
+        names = [hook_name(i) for i in self.layers]
+        store: dict[str, Tensor] = {}
+
+        def keep(x, hook):
+            store[hook.name] = x[:, -self.tail:]
+
+        hooks = [(n, keep) for n in names]
+        if embed_hook is not None:
+            hooks.append((EMBED_HOOK, embed_hook))
+        with model.hooks(fwd_hooks=hooks):
+            resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
+        targets = torch.tensor([self.slots[q].target for q in qs], device=self.device)
+        last = readout(model, resid[:, -1:])[:, 0]
+        loss = F.cross_entropy(last.float(), targets, reduction="none")
+        if self.layers:
+            got = torch.stack([store[n] for n in names], 1)  # (rows, layers, tail, d)
+            ref = self.reference[list(qs)]
+            dist = ((got - ref) ** 2).sum(-1).mean((-1, -2))
+            loss = loss + cfg.resid_weight * dist / (ref**2).sum(-1).mean((-1, -2))
+        if cfg.fluency_weight > 0 and n_prefix > 1:
+            rows = torch.arange(tokens.shape[0], device=self.device)[:, None]
+            pos = prefix_pos[:, None] + torch.arange(n_prefix - 1, device=self.device)[None]
+            logits = readout(model, resid[rows, pos])  # (rows, n-1, vocab)
+            nxt = tokens[rows, pos + 1]
+            nll = F.cross_entropy(logits.float().flatten(0, 1), nxt.flatten(), reduction="none")
+            loss = loss + cfg.fluency_weight * nll.view(len(qs), -1).mean(-1)
+        return loss
+
+    def _batch(self, seqs, starts):
+        tokens, mask = pad_left(seqs, self.pad, self.device)
+        width = tokens.shape[1]
+        pos = torch.tensor([width - len(s) + st for s, st in zip(seqs, starts)], device=self.device)
+        return tokens, mask, pos
+
+    @torch.no_grad()
+    def losses(self, prefixes: Int[Tensor, "c n"]) -> Float[Tensor, "c"]:  # noqa: F821
+        """Mean loss over every question, for each candidate prefix."""
+        nq = len(self.slots)
+        out = []
+        per_batch = max(1, self.cfg.candidate_batch // nq)
+        for start in range(0, prefixes.shape[0], per_batch):
+            chunk = prefixes[start:start + per_batch]
+            seqs, starts = self._rows(chunk, range(nq))
+            tokens, mask, pos = self._batch(seqs, starts)
+            qs = list(range(nq)) * chunk.shape[0]
+            loss = self._forward(tokens, mask, pos, qs, chunk.shape[1])
+            out.append(loss.view(chunk.shape[0], nq).mean(-1))
+        return torch.cat(out)
+
+    def token_gradient(self, prefix: Int[Tensor, "n"]) -> Float[Tensor, "n vocab"]:  # noqa: F821
+        """d loss / d one-hot(prefix), through the embedding matrix."""
+        model = self.model
+        w_e = model.embed.W_E
+        one_hot = F.one_hot(prefix, w_e.shape[0]).to(w_e.dtype).requires_grad_(True)
+        nq = len(self.slots)
+        seqs, starts = self._rows(prefix[None], range(nq))
+        tokens, mask, pos = self._batch(seqs, starts)
+        n = prefix.shape[0]
+        idx = pos[:, None] + torch.arange(n, device=self.device)[None]
+
+        def swap_in(x, hook):
+            emb = (one_hot @ w_e)[None].expand(x.shape[0], -1, -1)
+            rows = torch.arange(x.shape[0], device=x.device)[:, None].expand_as(idx)
+            return x.index_put((rows, idx), emb.to(x.dtype))
+
+        flags = [p.requires_grad for p in model.parameters()]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        try:
+            loss = self._forward(tokens, mask, pos, list(range(nq)), n, embed_hook=swap_in).mean()
+            (grad,) = torch.autograd.grad(loss, one_hot)
+        finally:
+            for p, f in zip(model.parameters(), flags):
+                p.requires_grad_(f)
+        return grad
+
+
+def sample_candidates(prefix: Tensor, grad: Tensor, allowed: Tensor, cfg: GCGConfig,
+                      gen: torch.Generator) -> Tensor:
+    """`search_width` prefixes, each with `n_replace` positions set to top-k gradient tokens."""
+    n = prefix.shape[0]
+    scores = (-grad.float()).masked_fill(~allowed.to(grad.device), float("-inf"))
+    k = min(cfg.topk, int(allowed.sum()))
+    top = scores.topk(k, dim=-1).indices.cpu()  # (n, k)
+    width = cfg.search_width
+    n_rep = min(cfg.n_replace, n)
+    pos = torch.argsort(torch.rand(width, n, generator=gen), dim=-1)[:, :n_rep]  # (w, r)
+    choice = torch.randint(0, k, (width, n_rep), generator=gen)
+    new = top[pos, choice]
+    cands = prefix.cpu()[None].repeat(width, 1)
+    cands.scatter_(1, pos, new)
+    return cands
+
+
+def run_gcg(model: HookedTransformer, train: Sequence[Question], heldout: Sequence[Question],
+            cfg: GCGConfig, original: HookedTransformer | None = None) -> GCGResult:
+    """Optimize one prefix on `train`; held-out accuracy with the scorer's `prefix=`."""
+    if not train:
+        raise InterpError("GCG needs at least one training question")
+    if cfg.search_width < 1 or cfg.topk < 1 or cfg.n_tokens < 1 or cfg.steps < 0:
+        raise InterpError("GCG needs search_width, topk, n_tokens >= 1 and steps >= 0")
+    tok = get_tokenizer(model)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    slots = [question_slots(tok, q, chat=cfg.chat, fmt=cfg.fmt) for q in train]
+    objective = Objective(model, slots, cfg, original)
+    allowed = allowed_tokens(tok, model.cfg.d_vocab, cfg.allow_non_ascii)
+    current = torch.tensor(initial_prefix(tok, cfg, allowed), dtype=torch.long)
+    was_training = model.training
+    model.eval()
     t0 = time.perf_counter()
-    r = run_gcg(model, train, heldout, cfg, original=original)
+    buffer = [(float(objective.losses(current[None].to(model.cfg.device))[0]), current)]
+    result = GCGResult(prefix=tok.decode(current.tolist()), prefix_ids=current.tolist(),
+                       losses=[], config=asdict(cfg))
+
+    eval_seconds = 0.0
+
+    def heldout_acc(ids: Tensor, step: int) -> None:
+        nonlocal eval_seconds
+        if heldout:
+            t = time.perf_counter()
+            acc = evaluate(model, heldout, prefix=tok.decode(ids.tolist()), chat=cfg.chat,
+                           fmt=cfg.fmt, progress=False, batch_size=32).accuracy
+            result.heldout.append({"step": step, "accuracy": acc})
+            eval_seconds += time.perf_counter() - t
+
+    try:
+        bar = tqdm(range(cfg.steps), desc="GCG", disable=not cfg.progress, leave=False)
+        for step in bar:
+            best_loss, best = min(buffer, key=lambda b: b[0])
+            grad = objective.token_gradient(best.to(model.cfg.device))
+            cands = sample_candidates(best, grad, allowed, cfg, gen)
+            keep = [i for i, c in enumerate(cands.tolist()) if round_trips(tok, c)]
+            if keep:
+                cands = cands[keep]
+                losses = objective.losses(cands.to(model.cfg.device)).cpu()
+                result.candidates_scored += cands.shape[0]
+                i = int(losses.argmin())
+                buffer.append((float(losses[i]), cands[i]))
+                buffer = sorted(buffer, key=lambda b: b[0])[: cfg.buffer_size]
+            result.losses.append(min(b[0] for b in buffer))
+            bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+                heldout_acc(min(buffer, key=lambda b: b[0])[1], step + 1)
+        bar.close()
+        result.seconds = time.perf_counter() - t0 - eval_seconds  # search time only
+        best = min(buffer, key=lambda b: b[0])[1]
+        result.prefix_ids = best.tolist()
+        result.prefix = tok.decode(result.prefix_ids)
+        if not result.heldout or result.heldout[-1]["step"] != cfg.steps:
+            heldout_acc(best, cfg.steps)
+    finally:
+        model.train(was_training)
+    return result
+
+
+# ---------------------------------------------------------------------------------- the attack
+SPEC = AttackSpec("gcg", order=40, summary="universal adversarial prefix (GCG, plain or "
+                  "enhanced), scored on held-out forget questions",
+                  original_if=lambda cfg: cfg.objective == "enhanced")
+Config = GCGConfig
+
+
+@dataclass
+class ModeScores:
+    forget_no_prefix: float
+    forget: float
+    retain_no_prefix: float
+    retain: float
+
+
+@dataclass
+class Result(base.Result):
+    """One prefix optimized on `n_train` forget questions; `scores` per prompt mode (raw, chat)
+    on held-out forget questions (other entities) and retain questions."""
+
+    config: Config
+    prefix: str
+    prefix_ids: list[int]
+    n_train: int
+    n_heldout: int
+    n_retain: int
+    losses: list[float]
+    heldout_per_step: list[dict]
+    optimized_in: str
+    scores: dict[str, ModeScores]
+    seconds_per_step: float
+    candidates_per_second: float
+    candidates_scored: int
+    format: str = "cloze"
+    seconds: float = 0.0
+    figures: list[str] = field(default_factory=list)
+    figure_stem: ClassVar[str] = "gcg"
+
+    def rows(self, model: str) -> list[Row]:
+        out = []
+        for mode, s in self.scores.items():
+            out += [Row(model, "gcg", "forget-heldout", self.format, mode, s.forget,
+                        self.n_heldout, f"GCG {mode}", f"no prefix {100 * s.forget_no_prefix:.1f}"),
+                    Row(model, "gcg-none", "forget-heldout", self.format, mode,
+                        s.forget_no_prefix, self.n_heldout),
+                    Row(model, "gcg", "retain", self.format, mode, s.retain, self.n_retain)]
+        return out
+
+    def plot(self):
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(specs=[[{"secondary_y": True}]])
+        steps = list(range(1, len(self.losses) + 1))
+        fig.add_trace(go.Scatter(x=steps, y=self.losses, name="best loss (train questions)"))
+        held = self.heldout_per_step
+        fig.add_trace(go.Scatter(x=[h["step"] for h in held], y=[h["accuracy"] for h in held],
+                                 mode="lines+markers", name="held-out forget accuracy"),
+                      secondary_y=True)
+        fig.update_layout(title="GCG universal prefix", xaxis_title="step",
+                          template="plotly_white")
+        fig.update_yaxes(title_text="loss", secondary_y=False)
+        fig.update_yaxes(title_text="accuracy", secondary_y=True, range=[0, 1])
+        return fig
+
+    @classmethod
+    def plot_models(cls, results: dict[str, Result]):
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for m, r in results.items():
+            fig.add_trace(go.Scatter(x=list(range(1, len(r.losses) + 1)), y=r.losses,
+                                     mode="lines+markers", name=m))
+        fig.update_layout(title="GCG loss per step (best prefix so far)", xaxis_title="step",
+                          yaxis_title="loss", template="plotly_white")
+        return fig
+
+
+def run(model: HookedTransformer, data, cfg: Config | None = None, *,
+        original: HookedTransformer | None = None, out: Path | None = None,
+        progress: bool = True) -> Result:
+    """One universal prefix optimized on the first `n_train` training forget questions (the
+    enhanced objective also reads `original`), scored raw and in chat on held-out forget
+    questions (entities not trained on) and retain questions."""
+    cfg = cfg or Config()
+    if (done := base.finished(Result, out)) is not None:
+        return done
+    if cfg.n_train < 1:
+        raise InterpError(f"GCG needs at least one training question, got n_train={cfg.n_train}")
+    data = as_data(data)
+    train = data.questions("forget_train")[: cfg.n_train]
+    entities = {q.meta.get("entity") for q in train}
+    heldout = [q for q in data.questions("forget_eval")
+               if q.meta.get("entity") not in entities][: cfg.heldout_limit]
+    retain = data.questions("retain_eval", limit=cfg.heldout_limit)
+    if not heldout:
+        raise InterpError(f"{data.folder}: no held-out forget questions left for GCG")
+    t0 = time.perf_counter()
+    r = run_gcg(model, train, heldout, replace(cfg, progress=cfg.progress and progress),
+                original=original)
 
     def acc(questions, prefix, chat):
         return evaluate(model, questions, prefix=prefix, chat=chat, fmt=cfg.fmt,
                         progress=False, batch_size=32).accuracy
 
-    scores = {}
-    for mode, chat in (("raw", False), ("chat", True)):
-        scores[mode] = {
-            "forget_no_prefix": acc(heldout, None, chat), "forget": acc(heldout, r.prefix, chat),
-            "retain_no_prefix": acc(retain, None, chat), "retain": acc(retain, r.prefix, chat)}
-    result = {"attack": "gcg", "config": asdict(cfg), "prefix": r.prefix,
-              "prefix_ids": r.prefix_ids, "n_train": len(train), "n_heldout": len(heldout),
-              "n_retain": len(retain), "losses": r.losses, "heldout_per_step": r.heldout,
-              "optimized_in": "chat" if cfg.chat else "raw", "scores": scores,
-              "seconds_per_step": round(r.seconds_per_step, 3),
-              "candidates_per_second": round(r.candidates_per_second, 1),
-              "candidates_scored": r.candidates_scored,
-              "seconds": round(time.perf_counter() - t0, 1)}
-    result["figures"] = _figure(result, out)
-    write_json(out / "result.json", result)
-    return result
-
-
-def _figure(result: dict, out: Path) -> list[str]:
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    from interp.plots import save_figure
-
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
-    steps = list(range(1, len(result["losses"]) + 1))
-    fig.add_trace(go.Scatter(x=steps, y=result["losses"], name="best loss (train questions)"))
-    held = result["heldout_per_step"]
-    fig.add_trace(go.Scatter(x=[h["step"] for h in held], y=[h["accuracy"] for h in held],
-                             mode="lines+markers", name="held-out forget accuracy"),
-                  secondary_y=True)
-    fig.update_layout(title="GCG universal prefix", xaxis_title="step", template="plotly_white")
-    fig.update_yaxes(title_text="loss", secondary_y=False)
-    fig.update_yaxes(title_text="accuracy", secondary_y=True, range=[0, 1])
-    return [str(p) for p in save_figure(fig, out / "gcg")]
+    scores = {mode: ModeScores(acc(heldout, None, chat), acc(heldout, r.prefix, chat),
+                               acc(retain, None, chat), acc(retain, r.prefix, chat))
+              for mode, chat in (("raw", False), ("chat", True))}
+    result = Result(
+        config=cfg, prefix=r.prefix, prefix_ids=r.prefix_ids, n_train=len(train),
+        n_heldout=len(heldout), n_retain=len(retain), losses=r.losses,
+        heldout_per_step=r.heldout, optimized_in="chat" if cfg.chat else "raw", scores=scores,
+        seconds_per_step=round(r.seconds_per_step, 3),
+        candidates_per_second=round(r.candidates_per_second, 1),
+        candidates_scored=r.candidates_scored, format=cfg.fmt or heldout[0].format,
+        seconds=round(time.perf_counter() - t0, 1))
+    return base.save(result, out)

@@ -1,44 +1,205 @@
-"""`interp attack prune`: SNIP scores on forget and utility data, set-difference pruning over a
-(p, q) grid, the best cell within a retain floor, figures (pruned fraction per layer, the grid).
+"""SNIP attribution and set-difference pruning (Wei et al. 2024, as used by the paper), and the
+pruning attack.
 
-Forget data: the forget questions with their right answers (loss on the answer only). Utility
-data: retain questions with their right answers and unrelated text (loss on its last k tokens).
-Each finished grid cell is written to `grid.json` at once (atomically), so an interrupted grid
-resumes where it stopped.
+score(W) = |W| * sum over batches of |dL/dW|, summed in float64, for every attention and MLP weight
+matrix, once on forget data and once on utility data. Per matrix, the weights in the top-q fraction
+of the forget score that are not in the top-p fraction of the utility score are zeroed (p >= q).
+The neuron-level variant scores an MLP neuron as the sum of its input row (W_in, W_gate column i)
+and output column (W_out row i) and prunes whole neurons per layer by the same rule.
+Pruning is applied inside `pruned(model, masks)`, which restores the weights on exit.
+
+The attack (`run`): forget data = the forget questions with their right answers (loss on the
+answer only); utility data = retain questions with their right answers and unrelated text (loss on
+its last k tokens). Each finished grid cell is written to `grid.json` at once, so an interrupted
+grid resumes where it stopped; the best cell keeps retain accuracy within `retain_drop`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar, Iterable, Iterator
 
 import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from interp.data.questions import load_questions
+from interp.attacks import base
+from interp.attacks.base import AttackSpec, Baseline, Row
+from interp.data.folder import as_data
 from interp.errors import InterpError
-from interp.evaluate import evaluate
-from interp.plots import heatmap, layer_lines, save_figure
-from interp.prune import (
-    Thresholds,
-    check_fractions,
-    grid_mask,
-    neuron_scores,
-    neuron_set_difference,
-    neuron_weight_masks,
-    pruned,
-    snip_scores,
-)
+from interp.model.hooks import MLP_IN, MLP_OUT, block_weight_names, layer_of, mlp_weight_name
+from interp.plots import heatmap, layer_lines
+from interp.protections.common import encode_pair, encode_texts
+from interp.scoring import evaluate
 from interp.store import read_json, write_json
-from interp.training import TokenBatch, pack
-from interp.unlearn.common import ProtectData, encode_pair, encode_texts
+from interp.training import TokenBatch, lm_loss, pack
 
-PAPER_GRID = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2)
+
+def weight_names(model: HookedTransformer) -> list[str]:
+    """Every attention and MLP weight matrix of the blocks (biases and norms excluded)."""
+    return block_weight_names(model)
+
+
+def snip_scores(model: HookedTransformer, batches: Iterable[TokenBatch],
+                names: list[str] | None = None, progress: bool = False,
+                desc: str = "SNIP") -> dict[str, Float[Tensor, "..."]]:
+    """|W| * sum_b |dL_b/dW| per weight matrix (float64 sums, returned as float32)."""
+    names = names or weight_names(model)
+    params = dict(model.named_parameters())
+    grad_sums = {n: torch.zeros_like(params[n], dtype=torch.float64) for n in names}
+    was_training = model.training
+    flags = {n: p.requires_grad for n, p in params.items()}
+    model.eval()
+    seen = 0
+    try:
+        for p in params.values():
+            p.requires_grad_(False)
+        for n in names:
+            params[n].requires_grad_(True)
+        for batch in tqdm(list(batches), desc=desc, disable=not progress, leave=False):
+            model.zero_grad(set_to_none=True)
+            loss = lm_loss(model, batch)
+            if not torch.isfinite(loss):
+                raise InterpError(f"{desc}: the loss is {loss.item()}; check the model and data")
+            loss.backward()
+            for n in names:
+                grad_sums[n] += params[n].grad.detach().abs().double()
+            seen += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+        model.train(was_training)
+    if seen == 0:
+        raise InterpError(f"{desc}: no batches to score")
+    return {n: (params[n].detach().abs().double() * grad_sums[n]).float() for n in names}
+
+
+def check_fractions(q: float, p: float) -> None:
+    for name, v in (("q", q), ("p", p)):
+        if not 0 < v <= 1:
+            raise InterpError(f"pruning fraction {name}={v} must be in (0, 1]; e.g. 0.01 for 1%")
+    if q > p:
+        raise InterpError(f"pruning needs q <= p (forget top-q, utility top-p); got q={q} p={p}")
+
+
+def top_mask(scores: Tensor, frac: float) -> Bool[Tensor, "..."]:
+    """True on exactly round(frac * numel) entries with the highest scores."""
+    flat = scores.reshape(-1)
+    k = int(round(frac * flat.numel()))
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if k > 0:
+        mask[flat.topk(k).indices] = True
+    return mask.reshape(scores.shape)
+
+
+def set_difference(forget: Tensor, utility: Tensor, q: float, p: float) -> Bool[Tensor, "..."]:
+    """The top-q forget entries that are not top-p utility entries."""
+    check_fractions(q, p)
+    return top_mask(forget, q) & ~top_mask(utility, p)
 
 
 @dataclass
-class PruneAttackConfig:
+class Thresholds:
+    """Per matrix, the score above which an entry is in the top fraction, for each fraction.
+
+    Storing thresholds (not masks) keeps a grid over many (p, q) cells at the memory of the scores.
+    """
+
+    values: dict[str, dict[float, float]]
+
+    @classmethod
+    def of(cls, scores: dict[str, Tensor], fractions: Iterable[float]) -> "Thresholds":
+        out = {}
+        for name, s in scores.items():
+            flat = s.reshape(-1).float()
+            out[name] = {}
+            for f in fractions:
+                k = int(round(f * flat.numel()))
+                out[name][f] = float("inf") if k == 0 else float(flat.topk(k).values[-1])
+        return cls(out)
+
+
+def grid_mask(forget: Tensor, utility: Tensor, tf: float, tu: float) -> Tensor:
+    return (forget >= tf) & ~(utility >= tu)
+
+
+def neuron_scores(model: HookedTransformer, scores: dict[str, Tensor]) -> Float[Tensor, "l m"]:
+    """Per layer and MLP neuron: the summed score of its input column(s) and output row."""
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        total = scores[mlp_weight_name(layer, MLP_OUT)].double().sum(-1)
+        for w in MLP_IN:
+            key = mlp_weight_name(layer, w)
+            if key in scores:
+                total = total + scores[key].double().sum(0)
+        rows.append(total)
+    return torch.stack(rows)
+
+
+def neuron_set_difference(forget: Tensor, utility: Tensor, q: float,
+                          p: float) -> Bool[Tensor, "l m"]:
+    """Per layer: the top-q neurons by forget score that are not top-p by utility score."""
+    check_fractions(q, p)
+    return torch.stack([top_mask(f, q) & ~top_mask(u, p) for f, u in zip(forget, utility)])
+
+
+def neuron_weight_masks(model: HookedTransformer,
+                        neurons: Bool[Tensor, "l m"]) -> dict[str, Tensor]:
+    """The weight masks that remove whole neurons (input columns and output rows)."""
+    params = dict(model.named_parameters())
+    masks = {}
+    for layer in range(model.cfg.n_layers):
+        sel = neurons[layer].to(model.cfg.device)
+        for w in MLP_IN:
+            key = mlp_weight_name(layer, w)
+            if key in params:
+                masks[key] = sel[None, :].expand_as(params[key])
+        key = mlp_weight_name(layer, MLP_OUT)
+        masks[key] = sel[:, None].expand_as(params[key])
+    return masks
+
+
+@contextmanager
+def pruned(model: HookedTransformer, masks: dict[str, Tensor]) -> Iterator[HookedTransformer]:
+    """The model with the masked weights zeroed; the original weights come back on exit."""
+    params = dict(model.named_parameters())
+    unknown = set(masks) - set(params)
+    if unknown:
+        raise InterpError(f"no such weights to prune: {sorted(unknown)[:3]}")
+    saved = {}
+    try:
+        with torch.no_grad():
+            for name, mask in masks.items():
+                saved[name] = params[name].detach().clone()
+                params[name].masked_fill_(mask.to(params[name].device), 0.0)
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, original in saved.items():
+                params[name].copy_(original)
+
+
+def prune_in_place(model: HookedTransformer, masks: dict[str, Tensor]) -> None:
+    """Zero the masked weights for good (to save a pruned model)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            params[name].masked_fill_(mask.to(params[name].device), 0.0)
+
+
+# ---------------------------------------------------------------------------------- the attack
+PAPER_GRID = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2)
+SPEC = AttackSpec("prune", order=50, summary="SNIP attribution and set-difference pruning")
+
+
+@dataclass
+class Config:
     level: str = "neuron"  # "neuron" (whole MLP neurons) or "weight" (every attn/MLP weight)
     grid: tuple[float, ...] = PAPER_GRID  # cells: every (q, p) from it with q <= p
     n_forget: int = 64  # prompt/response pairs scored for the forget SNIP
@@ -48,6 +209,9 @@ class PruneAttackConfig:
     eval_limit: int | None = 100  # questions per split scored for each cell
     retain_drop: float = 0.10  # a cell qualifies if retain >= no-attack retain - this
     max_len: int = 128
+
+    def __post_init__(self) -> None:
+        _cells(self.grid)  # a bad grid fails here, before any model is loaded
 
 
 @dataclass
@@ -60,6 +224,57 @@ class PruneCell:
 
 
 @dataclass
+class BestCell(PruneCell):
+    forget_full: float = 0.0  # on every eval question (the cells: on `eval_limit` of them)
+    retain_full: float = 0.0
+
+
+@dataclass
+class Result(base.Result):
+    """`pruned_per_layer`: (n_layers,) share of neurons (or weights) pruned in the best cell;
+    `neurons` (in memory only; `neurons.safetensors` on disk): (n_layers, d_mlp) its mask."""
+
+    config: Config
+    level: str
+    n_snip_forget: int
+    n_snip_utility: int
+    no_attack_sample: dict[str, float]
+    retain_floor: float
+    no_attack: Baseline
+    grid: list[PruneCell]
+    best: BestCell
+    pruned_per_layer: list[float]
+    pruned_pct: float
+    format: str = "cloze"
+    seconds: float = 0.0
+    figures: list[str] = field(default_factory=list)
+    neurons: Tensor | None = base.not_saved()
+    figure_stem: ClassVar[str] = "grid"
+
+    def rows(self, model: str) -> list[Row]:
+        return base.score_rows(model, "prune", base.Scores(self.best.forget_full,
+                                                           self.best.retain_full),
+                               self.no_attack, self.format, "prune",
+                               f"{self.pruned_pct:.2f}% {self.level}s")
+
+    def plot(self):
+        qs = sorted({c.q for c in self.grid})
+        ps = sorted({c.p for c in self.grid})
+        z = [[next((c.forget for c in self.grid if c.q == q and c.p == p), None) for q in qs]
+             for p in ps]
+        return heatmap(z, [f"{100 * q:g}%" for q in qs], [f"{100 * p:g}%" for p in ps],
+                       title="Forget accuracy after pruning (top-q forget minus top-p utility)",
+                       xtitle="q (forget top fraction)", ytitle="p (utility top fraction)")
+
+    def extra_figures(self) -> dict:
+        unit = "neurons" if self.level == "neuron" else "weights"
+        return {"pruned_per_layer": layer_lines(
+            {f"pruned {unit} (q={self.best.q}, p={self.best.p})": self.pruned_per_layer},
+            chance=None, ytitle=f"fraction of {unit}",
+            title=f"Set-difference pruning: {unit} pruned per layer")}
+
+
+@dataclass
 class PruneData:
     forget: list[TokenBatch]
     utility: list[TokenBatch]
@@ -67,8 +282,8 @@ class PruneData:
     n_utility: int
 
 
-def snip_data(model: HookedTransformer, data_dir: Path, cfg: PruneAttackConfig) -> PruneData:
-    data = ProtectData(Path(data_dir))
+def snip_data(model: HookedTransformer, data, cfg: Config) -> PruneData:
+    data = as_data(data)
     rows = data.preference()
     device = model.cfg.device
     forget = [encode_pair(model, r["prompt"], r["rejected"], chat=False, max_len=cfg.max_len)
@@ -79,7 +294,7 @@ def snip_data(model: HookedTransformer, data_dir: Path, cfg: PruneAttackConfig) 
     texts = [t for t in texts if len(t) > 1]
     utility = retain + [(t, max(1, len(t) - cfg.last_k)) for t in texts]
     if not forget or not utility:
-        raise InterpError(f"{data_dir}: no forget or utility data to score for pruning")
+        raise InterpError(f"{data.folder}: no forget or utility data to score for pruning")
 
     def batches(pairs):
         return [pack([s for s, _ in pairs[i:i + cfg.batch_size]],
@@ -98,25 +313,24 @@ def _cells(grid) -> list[tuple[float, float]]:
     return cells
 
 
-def prune_attack(model: HookedTransformer, data_dir: Path, out: Path,
-                 cfg: PruneAttackConfig | None = None, progress: bool = True) -> dict:
-    """Set-difference pruning on `model` (a protected model); see the module docstring."""
-    cfg = cfg or PruneAttackConfig()
-    out = Path(out)
-    if (out / "result.json").is_file():
-        return read_json(out / "result.json")
+def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
+        out: Path | None = None, progress: bool = True) -> Result:
+    """Set-difference pruning of `model` (a protected model); see the module docstring."""
+    cfg = cfg or Config()
+    if (done := base.finished(Result, out)) is not None:
+        return done
     if cfg.level not in ("neuron", "weight"):
         raise InterpError(f"pruning level must be 'neuron' or 'weight', got {cfg.level!r}")
     cells = _cells(cfg.grid)
+    data = as_data(data)
     t0 = time.perf_counter()
-    forget_q = load_questions(Path(data_dir) / "forget_eval.jsonl")
-    retain_q = load_questions(Path(data_dir) / "retain_eval.jsonl")
+    forget_q, retain_q = data.questions("forget_eval"), data.questions("retain_eval")
     f_small, r_small = forget_q[: cfg.eval_limit], retain_q[: cfg.eval_limit]
 
     def score(questions):
         return evaluate(model, questions, progress=False, batch_size=32).accuracy
 
-    sd = snip_data(model, data_dir, cfg)
+    sd = snip_data(model, data, cfg)
     forget_s = snip_scores(model, sd.forget, progress=progress, desc="SNIP forget")
     utility_s = snip_scores(model, sd.utility, progress=progress, desc="SNIP utility")
     fractions = sorted(set(cfg.grid))
@@ -135,84 +349,66 @@ def prune_attack(model: HookedTransformer, data_dir: Path, out: Path,
                      for n in forget_s}
             per_layer = []
             for layer in range(model.cfg.n_layers):
-                ms = [m for n, m in masks.items() if n.startswith(f"blocks.{layer}.")]
+                ms = [m for n, m in masks.items() if layer_of(n) == layer]
                 per_layer.append(sum(float(m.sum()) for m in ms) / sum(m.numel() for m in ms))
             return masks, torch.tensor(per_layer)
 
-    base = {"forget": score(f_small), "retain": score(r_small)}
-    state_path = out / "grid.json"
-    state = read_json(state_path) if state_path.is_file() else {}
-    if state.get("config") != asdict(cfg):
-        state = {"config": asdict(cfg), "cells": []}
-    done = {(c["q"], c["p"]) for c in state["cells"]}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    sample = {"forget": score(f_small), "retain": score(r_small)}
+    grid = _run_grid(model, cells, masks_for, cfg, out, score, f_small, r_small, progress)
+    floor = sample["retain"] - cfg.retain_drop
+    eligible = [c for c in grid if c.retain >= floor] or grid
+    best = max(eligible, key=lambda c: (c.forget, c.retain, -c.pruned_frac))
+    masks, per_layer = masks_for(best.q, best.p)
+    with pruned(model, masks):
+        full = {"forget_full": score(forget_q), "retain_full": score(retain_q)}
+    neurons = (neuron_set_difference(nf, nu, best.q, best.p) if cfg.level == "neuron" else None)
+    result = Result(
+        config=cfg, level=cfg.level, n_snip_forget=sd.n_forget, n_snip_utility=sd.n_utility,
+        no_attack_sample=sample, retain_floor=floor,
+        no_attack=Baseline(score(forget_q), score(retain_q), len(forget_q), len(retain_q)),
+        grid=grid, best=BestCell(**asdict(best), **full), pruned_per_layer=per_layer.tolist(),
+        pruned_pct=100 * best.pruned_frac, format=forget_q[0].format,
+        seconds=round(time.perf_counter() - t0, 1), neurons=neurons)
+    if out is not None and neurons is not None:
+        from safetensors.torch import save_file
 
-        bar = tqdm(total=len(cells), initial=len(done), desc="pruning grid", leave=False)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        save_file({"neurons": neurons.to(torch.uint8).contiguous()},
+                  str(Path(out) / NEURONS_FILE))
+    return base.save(result, out)
+
+
+NEURONS_FILE = "neurons.safetensors"
+
+
+def _run_grid(model, cells, masks_for, cfg: Config, out: Path | None, score, f_small, r_small,
+              progress: bool) -> list[PruneCell]:
+    """Score every (q, p) cell; with `out`, each finished cell is kept in `grid.json`."""
+    state_path = Path(out) / "grid.json" if out is not None else None
+    state = read_json(state_path) if state_path is not None and state_path.is_file() else {}
+    config = base.to_jsonable(cfg)  # as JSON reads it back (tuples become lists)
+    if state.get("config") != config:
+        state = {"config": config, "cells": []}
+    done = {(c["q"], c["p"]) for c in state["cells"]}
+    bar = tqdm(total=len(cells), initial=len(done), desc="pruning grid", leave=False,
+               disable=not progress)
     for q, p in cells:
         if (q, p) in done:
             continue
         masks, per_layer = masks_for(q, p)
         with pruned(model, masks):
-            cell = PruneCell(q, p, score(f_small), score(r_small), _overall(model, masks, cfg,
-                                                                               per_layer))
+            cell = PruneCell(q, p, score(f_small), score(r_small),
+                             _overall(model, masks, cfg, per_layer))
         state["cells"].append(asdict(cell))
-        write_json(state_path, state)  # each finished cell is kept
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    grid = [PruneCell(**c) for c in state["cells"]]
-    floor = base["retain"] - cfg.retain_drop
-    eligible = [c for c in grid if c.retain >= floor] or grid
-    best = max(eligible, key=lambda c: (c.forget, c.retain, -c.pruned_frac))
-    masks, per_layer = masks_for(best.q, best.p)
-    with pruned(model, masks):
-        best_full = {"forget": score(forget_q), "retain": score(retain_q)}
-    result = {
-        "attack": "prune", "level": cfg.level, "config": asdict(cfg),
-        "n_snip_forget": sd.n_forget, "n_snip_utility": sd.n_utility,
-        "no_attack_sample": base, "retain_floor": floor,
-        "no_attack": {"forget": score(forget_q), "retain": score(retain_q),
-                      "n_forget": len(forget_q), "n_retain": len(retain_q)},
-        "grid": [asdict(c) for c in grid],
-        "best": {**asdict(best), **{f"{k}_full": v for k, v in best_full.items()}},
-        "pruned_per_layer": per_layer.tolist(),
-        "pruned_pct": 100 * best.pruned_frac,
-    }
-    if cfg.level == "neuron":
-        from safetensors.torch import save_file
-
-        neurons = neuron_set_difference(nf, nu, best.q, best.p)
-        save_file({"neurons": neurons.to(torch.uint8).contiguous()},
-                  str(out / "neurons.safetensors"))
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    result["figures"] = _figures(result, out)
-    write_json(out / "result.json", result)  # last: marks the attack finished
-    return result
+        if state_path is not None:
+            write_json(state_path, state)  # each finished cell is kept
+        bar.update(1)
+    bar.close()
+    return [PruneCell(**c) for c in state["cells"]]
 
 
-def _overall(model, masks, cfg: PruneAttackConfig, per_layer) -> float:
+def _overall(model, masks, cfg: Config, per_layer) -> float:
     if cfg.level == "neuron":
         return float(per_layer.mean())
     total = sum(p.numel() for n, p in model.named_parameters() if n in masks)
     return sum(float(m.sum()) for m in masks.values()) / total
-
-
-def _figures(result: dict, out: Path) -> list[str]:
-    unit = "neurons" if result["level"] == "neuron" else "weights"
-    best = result["best"]
-    fig = layer_lines({f"pruned {unit} (q={best['q']}, p={best['p']})":
-                       result["pruned_per_layer"]}, chance=None, ytitle=f"fraction of {unit}",
-                      title=f"Set-difference pruning: {unit} pruned per layer")
-    files = save_figure(fig, out / "pruned_per_layer")
-    qs = sorted({c["q"] for c in result["grid"]})
-    ps = sorted({c["p"] for c in result["grid"]})
-    z = [[next((c["forget"] for c in result["grid"] if c["q"] == q and c["p"] == p), None)
-          for q in qs] for p in ps]
-    fig = heatmap(z, [f"{100 * q:g}%" for q in qs], [f"{100 * p:g}%" for p in ps],
-                  title="Forget accuracy after pruning (top-q forget minus top-p utility)",
-                  xtitle="q (forget top fraction)", ytitle="p (utility top fraction)")
-    files += save_figure(fig, out / "grid")
-    return [str(f) for f in files]

@@ -96,8 +96,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: str | None = None,
                     device=None, progress: bool = True) -> dict:
-    from interp.evaluate import evaluate
-    from interp.models import embedded_tokenizer, load_model
+    from interp.model.load import embedded_tokenizer, load_model
+    from interp.scoring import evaluate
 
     if preset_name not in PRESETS:
         raise InterpError(f"unknown preset {preset_name!r}; use one of {sorted(PRESETS)}")
@@ -144,7 +144,7 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
         model = load_model(model_spec, device=device)
         model_name = model_spec
     elif preset.model == "smoke":
-        from interp.smoke import train_smoke_model
+        from interp.model.smoke import train_smoke_model
 
         model_dir = out / "model"
         if (model_dir / "interp_model.json").is_file():
@@ -152,7 +152,7 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
         else:
             model = train_smoke_model(smoke_texts(forget_facts, retain_facts), tokenizer,
                                       device=device, out=model_dir, progress=progress)
-        model_name = str(model_dir)
+        model_name = "model"  # relative to this folder (`DataFolder.model_spec`)
     else:
         model = load_model(preset.model, device=device)
         model_name = preset.model

@@ -1,22 +1,46 @@
-"""Question sources by name: files and hub sets (`load_questions`), plus the fact banks.
+"""Question sources by name: files and hub sets (`load_questions`), the fact banks, and the
+splits of a built data folder or a run folder.
 
-`bank:RELATION[:PHRASING]` builds cloze questions from one fact bank on the fly (seed 0, nothing
-filtered) with the embedded tokenizer: a small bundled question set that needs no build step.
+- `bank:RELATION[:PHRASING]` builds cloze questions from one fact bank on the fly (seed 0, nothing
+  filtered) with the embedded tokenizer: a small bundled question set that needs no build step;
+- `FOLDER:SPLIT` (or `split=`) reads a split, e.g. `runs/laptop:forget_eval`, from a data folder
+  or from a run folder's `data/`.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from interp.data.questions import Question, load_questions
 from interp.errors import InterpError
 
 
-def load_source(spec: str, *, subject: str | None = None, limit: int | None = None,
-                fmt: str = "cloze") -> list[Question]:
+def _folder_split(spec: str, split: str | None) -> tuple[Path, str] | None:
+    folder, name = Path(spec), split
+    if split is None and ":" in spec and Path(spec.rsplit(":", 1)[0]).is_dir():
+        folder, name = Path(spec.rsplit(":", 1)[0]), spec.rsplit(":", 1)[1]
+    if not folder.is_dir():
+        return None
+    if (folder / "data" / "manifest.json").is_file():
+        folder = folder / "data"  # a run folder
+    if not name:
+        raise InterpError(f"{folder} is a folder: name a split, e.g. {spec}:forget_eval")
+    return folder, name
+
+
+def load_source(spec: str | Path, *, subject: str | None = None, limit: int | None = None,
+                fmt: str = "cloze", split: str | None = None) -> list[Question]:
+    """Questions from any source `--data` takes (see the module docstring)."""
+    spec = str(spec)
+    if (found := _folder_split(spec, split)) is not None:
+        from interp.data.folder import DataFolder
+
+        return DataFolder(found[0]).questions(found[1], limit=limit)
     if not spec.startswith("bank:"):
         return load_questions(spec, subject=subject, limit=limit)
     from interp.data.benchmark import QuestionBuilder
     from interp.data.facts import RELATIONS
-    from interp.models import embedded_tokenizer
+    from interp.model.load import embedded_tokenizer
 
     parts = spec.split(":")
     relation = parts[1] if len(parts) > 1 else ""

@@ -64,7 +64,7 @@ def generate(out: Path, samples_per_prompt: int = 3, max_new_tokens: int = 72, s
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from interp.models import embedded_gguf_path
+    from interp.model.load import embedded_gguf_path
 
     gguf = embedded_gguf_path()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)

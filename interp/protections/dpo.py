@@ -16,18 +16,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
+from interp.data.folder import DataFolder
 from interp.errors import InterpError
-from interp.training import TrainConfig, batch_rng, pack, sample_indices, sequence_nll, train
-from interp.unlearn.common import ProtectData, encode_pair, select_params
+from interp.protections.base import ProtectionResult, ProtectionSpec, protect, refusal_rate
+from interp.protections.common import encode_pair, select_params
+from interp.training import TrainConfig, batch_rng, pack, sample_indices, sequence_nll
+from interp.training import train as train_loop
 
 
 @dataclass
-class DPOConfig:
+class Config:
     beta: float = 0.1
     lr: float = 1e-5
     batch_size: int = 8
@@ -44,10 +48,23 @@ class DPOConfig:
                               f"{self.forget_frac!r}")
 
 
+SPEC = ProtectionSpec("dpo", order=30, summary="DPO refusal training (the safety-training "
+                      "baseline)")
+
+
 @dataclass
-class DPOResult:
-    losses: list[float] = field(default_factory=list)
-    margins: list[float] = field(default_factory=list)
+class Result(ProtectionResult):
+    method_name: ClassVar[str] = "dpo"
+    config: Config = field(default_factory=Config)
+    margins: list[float] = field(default_factory=list)  # mean reward margin per step
+    refusal: dict = field(default_factory=dict)  # chat answers to forget prompts that refuse
+
+
+def run(model: HookedTransformer, data, cfg: Config | None = None, *, out: Path | None = None,
+        progress: bool = True, before=None, about: dict | None = None) -> Result:
+    """DPO in place (see the module docstring and `protect`)."""
+    return protect(model, data, cfg or Config(), train, Result, out=out, progress=progress,
+                   before=before, about=about)
 
 
 def dpo_loss(pol_c, pol_r, ref_c, ref_r, beta: float) -> torch.Tensor:
@@ -95,8 +112,8 @@ def _reference_logps(model, pairs, device, batch_size: int = 32) -> torch.Tensor
     return torch.cat(out)  # (n_pairs, 2): chosen, rejected
 
 
-def run_dpo(model: HookedTransformer, data: ProtectData, cfg: DPOConfig,
-            run_dir: Path | None = None, progress: bool = True) -> DPOResult:
+def train(model: HookedTransformer, data: DataFolder, cfg: Config,
+          run_dir: Path | None = None, progress: bool = True) -> tuple[list[float], dict]:
     device = model.cfg.device
     pairs, n_forget = build_pairs(model, data.preference())
     model.eval()
@@ -125,5 +142,6 @@ def run_dpo(model: HookedTransformer, data: ProtectData, cfg: DPOConfig,
 
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.05, schedule="linear",
                        seed=cfg.seed, desc="DPO", checkpoint_every=50, progress=progress)
-    out = train(params, loss_fn, batch_at, tcfg, run_dir=run_dir, param_names=names)
-    return DPOResult(losses=out.losses, margins=[e["margin"] for e in out.extras])
+    out = train_loop(params, loss_fn, batch_at, tcfg, run_dir=run_dir, param_names=names)
+    return out.losses, {"margins": [e["margin"] for e in out.extras],
+                        "refusal": refusal_rate(model, data)}

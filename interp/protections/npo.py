@@ -11,18 +11,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
+from interp.data.folder import DataFolder
 from interp.errors import InterpError
-from interp.training import TrainConfig, lm_loss, pack, sample_indices, sequence_nll, train
-from interp.unlearn.common import ProtectData, encode_pair, select_params
+from interp.protections.base import ProtectionResult, ProtectionSpec, protect
+from interp.protections.common import encode_pair, select_params
+from interp.training import TrainConfig, lm_loss, pack, sample_indices, sequence_nll
+from interp.training import train as train_loop
 
 
 @dataclass
-class NPOConfig:
+class Config:
     beta: float = 0.1
     retain_weight: float = 1.0
     lr: float = 1e-5
@@ -33,10 +37,22 @@ class NPOConfig:
     max_len: int = 64
 
 
+SPEC = ProtectionSpec("npo", order=20, summary="NPO: negative preference optimization on the "
+                      "forget answers")
+
+
 @dataclass
-class NPOResult:
-    losses: list[float] = field(default_factory=list)
-    forget_nll: list[float] = field(default_factory=list)
+class Result(ProtectionResult):
+    method_name: ClassVar[str] = "npo"
+    config: Config = field(default_factory=Config)
+    forget_nll: list[float] = field(default_factory=list)  # mean forget NLL per step
+
+
+def run(model: HookedTransformer, data, cfg: Config | None = None, *, out: Path | None = None,
+        progress: bool = True, before=None, about: dict | None = None) -> Result:
+    """NPO in place (see the module docstring and `protect`)."""
+    return protect(model, data, cfg or Config(), train, Result, out=out, progress=progress,
+                   before=before, about=about)
 
 
 @torch.no_grad()
@@ -53,8 +69,8 @@ def npo_loss(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float) -> torch.Ten
     return -(2.0 / beta) * F.logsigmoid(beta * (nll - ref_nll)).mean()
 
 
-def run_npo(model: HookedTransformer, data: ProtectData, cfg: NPOConfig,
-            run_dir: Path | None = None, progress: bool = True) -> NPOResult:
+def train(model: HookedTransformer, data: DataFolder, cfg: Config,
+          run_dir: Path | None = None, progress: bool = True) -> tuple[list[float], dict]:
     device = model.cfg.device
     rows = data.preference()
     forget = [encode_pair(model, r["prompt"], r["rejected"], chat=chat)
@@ -83,5 +99,5 @@ def run_npo(model: HookedTransformer, data: ProtectData, cfg: NPOConfig,
 
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.05, schedule="linear",
                        seed=cfg.seed, desc="NPO", checkpoint_every=50, progress=progress)
-    out = train(params, loss_fn, batch_at, tcfg, run_dir=run_dir, param_names=names)
-    return NPOResult(losses=out.losses, forget_nll=[e["forget_nll"] for e in out.extras])
+    out = train_loop(params, loss_fn, batch_at, tcfg, run_dir=run_dir, param_names=names)
+    return out.losses, {"forget_nll": [e["forget_nll"] for e in out.extras]}

@@ -19,7 +19,8 @@ from transformer_lens import HookedTransformer
 
 from interp.data.questions import Question
 from interp.errors import InterpError
-from interp.models import get_tokenizer
+from interp.model.hooks import readout
+from interp.model.load import get_tokenizer
 from interp.prompts import Encoded, encode_question
 
 Hook = tuple[str | Callable[[str], bool], Callable]
@@ -106,7 +107,7 @@ def last_logits(
     """
     resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
     last = resid[:, -1:, :]
-    return model.unembed(model.ln_final(last))[:, 0, :]
+    return readout(model, last)[:, 0, :]
 
 
 def encode_all(
@@ -207,7 +208,7 @@ def generate_greedy(
                                                 device)
                     resid = model(tokens, attention_mask=mask, past_kv_cache=cache,
                                   stop_at_layer=model.cfg.n_layers)
-                    logits = model.unembed(model.ln_final(resid[:, -1:]))[:, 0]
+                    logits = readout(model, resid[:, -1:])[:, 0]
                     nxt = logits.argmax(-1).tolist()
                     for i, t in enumerate(nxt):
                         if not done[i]:
@@ -222,3 +223,24 @@ def generate_greedy(
     finally:
         model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def last_activations(model: HookedTransformer, questions: Sequence[Question], *,
+                     point: str = "resid_post", chat: bool = False, batch_size: int = 16
+                     ) -> Float[Tensor, "n_layers n d_model"]:
+    """Every layer's activation at `point` (a hook point such as "resid_post") at the last
+    position of each question's prompt, as the scorer encodes it (`run_with_cache`)."""
+    from interp.model.hooks import layer_hook_names
+
+    encoded = encode_all(model, questions, EvalConfig(chat=chat))
+    names = layer_hook_names(model, point)
+    pad_id = get_tokenizer(model).pad_token_id or 0
+    out = []
+    for start in range(0, len(encoded), batch_size):
+        tokens, mask = pad_left([e.ids for e in encoded[start:start + batch_size]], pad_id,
+                                model.cfg.device)
+        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names,
+                                        return_type=None)
+        out.append(torch.stack([cache[n][:, -1] for n in names]).float().cpu())
+    return torch.cat(out, dim=1)

@@ -246,12 +246,23 @@ def _cfg_to_json(cfg: HookedTransformerConfig) -> dict[str, Any]:
     return out
 
 
-def save_model(model: HookedTransformer, folder: str | Path, *, meta: dict | None = None) -> Path:
-    """Write the model as safetensors + JSON config + tokenizer files; `load_model` reads it."""
+def save_model(model: HookedTransformer, folder: str | Path, *, meta: dict | None = None,
+               format: str = "interp") -> Path:
+    """Write the model as safetensors + JSON config + tokenizer files; `load_model` reads it.
+
+    `format="hf"` writes a plain transformers folder instead (config.json, model.safetensors),
+    for the architectures the loader converts, so lm-evaluation-harness, a server or the hub
+    can take the protected or attacked model as it is."""
     from safetensors.torch import save_file
 
     from interp.store import atomic_write_text
 
+    if format == "hf":
+        from interp.model.export import export_hf
+
+        return export_hf(model, folder)
+    if format != "interp":
+        raise InterpError(f"unknown model format {format!r}; use interp or hf")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     params = {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters()}
@@ -307,8 +318,8 @@ def load_model(
     n_devices: int = 1,
 ) -> HookedTransformer:
     """Load a model as a HookedTransformer (see the module docstring for the specs); its linear
-    weights are stored the way the forward pass reads them (`interp.layout`)."""
-    from interp.layout import linear_layout
+    weights are stored the way the forward pass reads them (`interp.model.layout`)."""
+    from interp.model.layout import linear_layout
 
     return linear_layout(_load_model(spec, device=device, dtype=dtype, tokenizer=tokenizer,
                                      trust_remote_code=trust_remote_code, n_devices=n_devices))
@@ -403,20 +414,3 @@ def _load_official(name: str, *, device, dtype, tokenizer, trust_remote_code, n_
             "download it elsewhere and pass its folder"
         ) from None
     return hf_to_hooked(hf_model, tok, device=device, dtype=dtype, n_devices=n_devices)
-
-
-# ---------------------------------------------------------------------------------- hook names
-def resid_post(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_post"
-
-
-def resid_pre(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_pre"
-
-
-def attn_out(layer: int) -> str:
-    return f"blocks.{layer}.hook_attn_out"
-
-
-def mlp_out(layer: int) -> str:
-    return f"blocks.{layer}.hook_mlp_out"

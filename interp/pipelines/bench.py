@@ -2,8 +2,9 @@
 
 Each benchmark runs both sides back to back in this process, `repeats` times, and reports the
 median and spread of each side and `ratio`, oriented so that higher is better for us. Benchmarks
-needing an optional peer (lm-evaluation-harness, nanoGCG) say "skipped" with the reason when the
-peer is not installed; nothing is estimated.
+needing an optional peer (lm-evaluation-harness, nanoGCG) say "skipped" with the reason and the
+command that installs it when the peer is not installed; nothing is estimated, and nothing is
+installed here: `make bench-peers` sets the peers up (`make bench` does that, then runs this).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,13 +69,13 @@ class Context:
 
     @property
     def tokenizer(self):
-        from interp.models import get_tokenizer
+        from interp.model.load import get_tokenizer
 
         return get_tokenizer(self.model)
 
     def hf_model(self):
         """The same weights as a plain transformers model (the embedded GGUF, dequantized)."""
-        from interp.models import _load_hf_folder, embedded_gguf_path
+        from interp.model.load import _load_hf_folder, embedded_gguf_path
 
         gguf = embedded_gguf_path()
         return _load_hf_folder(gguf.parent, device=torch.device("cpu"), dtype=torch.float32,
@@ -82,7 +85,7 @@ class Context:
 def bench_scoring_vs_hf(ctx: Context) -> BenchResult:
     """Our scorer (hooked forward, last position unembedded) vs a bare transformers forward on
     the same left-padded batches (full logits, then the last position)."""
-    from interp.evaluate import EvalConfig, encode_all, evaluate, pad_left
+    from interp.scoring import EvalConfig, encode_all, evaluate, pad_left
 
     model, qs = ctx.model, ctx.questions
     hf = ctx.hf_model()
@@ -108,8 +111,8 @@ def bench_scoring_vs_hf(ctx: Context) -> BenchResult:
 
 def bench_generation(ctx: Context, new_tokens: int = 40) -> BenchResult:
     """Greedy generation with hooks (KV cache) vs HF generate, same prompt, 40 tokens."""
-    from interp.evaluate import generate_greedy
     from interp.prompts import chat_text
+    from interp.scoring import generate_greedy
 
     tok = ctx.tokenizer
     ids = tok(chat_text(tok, "Write a short paragraph about the sea."),
@@ -146,10 +149,10 @@ def _rss_child(code: str) -> dict:
 
 DIRECTIONS_CHILD = """
 import time, torch
-from interp.models import load_model, get_tokenizer
+from interp.model.load import load_model, get_tokenizer
 from interp.data.sources import load_source
-from interp.directions import DirectionsConfig, diff_in_means_prompts, stream_activations
-from interp.evaluate import pad_left
+from interp.attacks.directions import DirectionsConfig, diff_in_means_prompts, stream_activations
+from interp.scoring import pad_left
 m = load_model("smollm2", device="cpu")
 tok = get_tokenizer(m)
 qs = (load_source("bank:capitals:0") + load_source("bank:continents:0")
@@ -209,7 +212,7 @@ def matmul_peak(repeats: int = 5, size: int = 2048) -> float:
 
 def bench_utilisation(ctx: Context) -> BenchResult:
     """FLOP/s of the scoring forward (2 x weights used per token + attention) vs matmul peak."""
-    from interp.evaluate import EvalConfig, encode_all, evaluate
+    from interp.scoring import EvalConfig, encode_all, evaluate
 
     model, qs = ctx.model, ctx.questions
     cfg = model.cfg
@@ -235,14 +238,14 @@ def bench_lm_eval(ctx: Context) -> BenchResult:
         import lm_eval  # noqa: F401
     except ImportError:
         return _result("scoring-vs-lm-eval", None, None, "questions/s", None, 2.0,
-                       skipped="lm-eval is not installed (pip install -e '.[bench]')")
+                       skipped=f"lm-eval is not installed; install it with: {LM_EVAL_INSTALL}")
     import tempfile
 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from interp.evaluate import evaluate
+    from interp.scoring import evaluate
 
     qs = ctx.questions
     with tempfile.TemporaryDirectory() as tmp:
@@ -312,52 +315,85 @@ print(json.dumps({"seconds": secs, "losses": res.losses, "best_loss": res.best_l
 
 NANOGCG_REQS = ["nanogcg==0.3.0", "transformers==4.47.1", "torch==2.13.0", "gguf", "numpy<3",
                 "accelerate"]  # transformers 4.47 loads GGUF files only with accelerate
+# The one list of nanoGCG's requirements: `make bench-peers` reads it from here.
+
+NANOGCG_ENV = "INTERP_NANOGCG_PYTHON"  # the interpreter of an environment where nanoGCG imports
+NANOGCG_VENV = ".venv-nanogcg"  # else this environment, relative to the working directory
+LM_EVAL_INSTALL = "make bench-peers (or: pip install -e '.[bench]')"
 
 
-def nanogcg_python() -> Path | None:
-    """A separate environment for nanoGCG (it pins transformers <= 4.47.1), created once."""
-    from interp.models import cache_root
+def nanogcg_install_command() -> str:
+    """What sets up nanoGCG's own environment (nanoGCG pins transformers <= 4.47.1, so it cannot
+    share ours): `make bench-peers`, or the same thing spelled out."""
+    reqs = " ".join(shlex.quote(r) for r in NANOGCG_REQS)
+    return (f"make bench-peers (or: python3 -m venv {NANOGCG_VENV} && "
+            f"{NANOGCG_VENV}/bin/pip install {reqs})")
 
-    venv = cache_root() / "nanogcg-venv"
-    py = venv / "bin" / "python"
-    stamp = venv / ".ok"
-    if stamp.is_file() and stamp.read_text() == " ".join(NANOGCG_REQS):
-        return py
-    if not py.is_file():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", *NANOGCG_REQS],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        return None
-    stamp.write_text(" ".join(NANOGCG_REQS))
-    return py
+
+def _imports_nanogcg(py: str) -> bool:
+    try:
+        proc = subprocess.run([py, "-c", "import nanogcg"], capture_output=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0
+
+
+def find_nanogcg() -> tuple[str | None, str]:
+    """nanoGCG's interpreter and, when there is none, why. Looks at $INTERP_NANOGCG_PYTHON, else
+    .venv-nanogcg/bin/python in the working directory, and checks that it imports nanogcg.
+    Never creates an environment or installs anything."""
+    given = os.environ.get(NANOGCG_ENV)
+    if given:
+        py, where = shutil.which(given) or given, f"{NANOGCG_ENV}={given}"
+    else:
+        py = str(Path.cwd() / NANOGCG_VENV / "bin" / "python")  # not resolved: keep the venv
+        where = f"{NANOGCG_VENV}/bin/python"
+    if not Path(py).is_file():
+        return None, f"nanoGCG's environment is not set up (no {where})"
+    if not _imports_nanogcg(py):
+        return None, f"{where} cannot import nanogcg"
+    return py, ""
+
+
+def nanogcg_python() -> str | None:
+    """The interpreter that runs nanoGCG, or None when it is not set up (see find_nanogcg)."""
+    return find_nanogcg()[0]
 
 
 def bench_gcg(ctx: Context, steps: int = 5, width: int = 128, topk: int = 64,
               n_tokens: int = 10) -> BenchResult:
     """GCG candidates scored per second vs nanoGCG: same model, question, target token, search
     width, top-k and steps; the prefix sits before the question inside the chat template."""
-    from interp.gcg import GCGConfig, run_gcg
-    from interp.models import embedded_gguf_path
+    from interp.attacks.gcg import GCGConfig, run_gcg
 
     q = ctx.questions[0]
-    target = " " + q.choices[q.answer].strip()
     cfg = GCGConfig(n_tokens=n_tokens, steps=steps, search_width=width, topk=topk, chat=True,
                     progress=False)
     ours = run_gcg(ctx.model, [q], [], cfg)
+    return gcg_vs_nanogcg(q, ours, steps, width, topk, n_tokens)
+
+
+def gcg_vs_nanogcg(q, ours, steps: int, width: int, topk: int, n_tokens: int) -> BenchResult:
+    """The gcg row: our run (`candidates_per_second`, `losses`) against nanoGCG on question `q`
+    in nanoGCG's own environment; skipped, with the command that sets it up, when there is none
+    (our speed is still reported)."""
+    from interp.model.load import embedded_gguf_path
+
     ours_cps = ours.candidates_per_second
-    py = nanogcg_python()
+    py, why = find_nanogcg()
     if py is None:
         return _result("gcg-vs-nanogcg", ours_cps, None, "candidates/s", None, 1.0,
-                       skipped="could not install nanoGCG's environment",
+                       skipped=f"{why}; install it with: {nanogcg_install_command()}",
                        ours_losses=ours.losses)
+    target = " " + q.choices[q.answer].strip()
     args = json.dumps([str(embedded_gguf_path()), "{optim_str} " + q.question, target.strip(),
                        steps, width, topk, n_tokens])
     child = NANOGCG_CHILD.replace("THREADS", str(torch.get_num_threads()))
-    proc = subprocess.run([str(py), "-c", child, args], capture_output=True, text=True)
+    proc = subprocess.run([py, "-c", child, args], capture_output=True, text=True)
     if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         return _result("gcg-vs-nanogcg", ours_cps, None, "candidates/s", None, 1.0,
-                       skipped=f"nanoGCG failed: {proc.stderr.strip().splitlines()[-1][:200]}")
+                       skipped=f"nanoGCG ({py}) failed: {last[:200]}", ours_losses=ours.losses)
     theirs = json.loads(proc.stdout.strip().splitlines()[-1])
     peer_cps = steps * width / theirs["seconds"]
     return _result("gcg-vs-nanogcg", ours_cps, peer_cps, "candidates/s", ours_cps / peer_cps,
@@ -378,7 +414,7 @@ BENCHMARKS = {
 def run_bench(names: list[str] | None, out: Path, repeats: int = 3, n_questions: int = 128,
               progress: bool = True) -> dict:
     from interp.data.sources import load_source
-    from interp.models import load_model
+    from interp.model.load import load_model
     from interp.store import atomic_write_text, check_writable, write_json
 
     names = names or list(BENCHMARKS)

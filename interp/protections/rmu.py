@@ -11,16 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from transformer_lens import HookedTransformer
 
-from interp.training import TrainConfig, pack, sample_indices, train
-from interp.unlearn.common import ProtectData, encode_texts, frozen_copy, select_params
+from interp.data.folder import DataFolder
+from interp.protections.base import ProtectionResult, ProtectionSpec, forget_outputs, protect
+from interp.protections.common import encode_texts, frozen_copy, select_params
+from interp.training import TrainConfig, pack, sample_indices
+from interp.training import train as train_loop
 
 
 @dataclass
-class RMUConfig:
+class Config:
     layer: int | None = None  # None: round(n_layers / 4.5) (7 of 32 for Zephyr)
     steer_scale: float = 1.0  # c = steer_scale * mean residual norm at the layer
     alpha: float = 1200.0
@@ -31,14 +35,25 @@ class RMUConfig:
     max_len: int = 64
 
 
+SPEC = ProtectionSpec("rmu", order=10, summary="RMU: scramble the forget activations at "
+                      "one layer")
+
+
 @dataclass
-class RMUResult:
-    layer: int
-    steer_coef: float
-    typical_norm: float
-    losses: list[float] = field(default_factory=list)
-    forget_losses: list[float] = field(default_factory=list)
-    retain_losses: list[float] = field(default_factory=list)
+class Result(ProtectionResult):
+    method_name: ClassVar[str] = "rmu"
+    config: Config = field(default_factory=Config)
+    layer: int = 0
+    steer_coef: float = 0.0  # c
+    typical_resid_norm: float = 0.0  # at `layer`, on forget text
+    forget_outputs: list[dict] = field(default_factory=list)  # raw continuations after RMU
+
+
+def run(model: HookedTransformer, data, cfg: Config | None = None, *, out: Path | None = None,
+        progress: bool = True, before=None, about: dict | None = None) -> Result:
+    """Unlearn the forget corpus in place (see the module docstring and `protect`)."""
+    return protect(model, data, cfg or Config(), train, Result, out=out, progress=progress,
+                   before=before, about=about)
 
 
 def default_layer(model: HookedTransformer) -> int:
@@ -55,9 +70,9 @@ def _mean_norm(model: HookedTransformer, batches, layer: int) -> float:
     return float(sum(norms) / len(norms))
 
 
-def run_rmu(model: HookedTransformer, data: ProtectData, cfg: RMUConfig,
-            run_dir: Path | None = None, progress: bool = True) -> RMUResult:
-    """Unlearn the forget corpus in place; returns the measured scale and the losses."""
+def train(model: HookedTransformer, data: DataFolder, cfg: Config,
+          run_dir: Path | None = None, progress: bool = True) -> tuple[list[float], dict]:
+    """Unlearn the forget corpus in place; returns the losses and the measured scale."""
     layer = cfg.layer if cfg.layer is not None else default_layer(model)
     forget = encode_texts(model, data.corpus("forget_corpus"), cfg.max_len)
     retain = encode_texts(model, data.corpus("retain_corpus"), cfg.max_len)
@@ -76,8 +91,6 @@ def run_rmu(model: HookedTransformer, data: ProtectData, cfg: RMUConfig,
 
     frozen = frozen_copy(model)
     params, names = select_params(model, "mlp_out", list(range(max(0, layer - 2), layer + 1)))
-    result = RMUResult(layer=layer, steer_coef=coef, typical_norm=typical)
-
     def loss_fn(pair):
         fb, rb = pair
         fmask = fb.valid.unsqueeze(-1).to(model.cfg.dtype)
@@ -94,10 +107,8 @@ def run_rmu(model: HookedTransformer, data: ProtectData, cfg: RMUConfig,
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.0, schedule="constant",
                        seed=cfg.seed, desc="RMU", checkpoint_every=50, progress=progress,
                        max_grad_norm=None)
-    out = train(params, loss_fn, lambda s, m: (batch(forget, s, m), batch(retain, s, m + 1000)),
-                tcfg, run_dir=run_dir, param_names=names)
-    result.losses = out.losses
-    result.forget_losses = [e.get("forget", 0.0) for e in out.extras]
-    result.retain_losses = [e.get("retain", 0.0) for e in out.extras]
-
-    return result
+    out = train_loop(params, loss_fn,
+                     lambda s, m: (batch(forget, s, m), batch(retain, s, m + 1000)),
+                     tcfg, run_dir=run_dir, param_names=names)
+    return out.losses, {"layer": layer, "steer_coef": coef, "typical_resid_norm": typical,
+                        "forget_outputs": forget_outputs(model, data)}

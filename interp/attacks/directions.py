@@ -1,4 +1,5 @@
-"""Difference-in-means directions per block, their ablation hooks and the equivalent weight edit.
+"""Difference-in-means directions per block, their ablation hooks, the equivalent weight edit,
+and the orthogonalization attack built from them.
 
 Variants (the paper's and the official code's):
 - two models, same prompts: mean(unlearned) - mean(original), per layer (the paper's main one);
@@ -12,21 +13,30 @@ second pass.
 
 from __future__ import annotations
 
+import copy
+import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Iterator, Sequence
 
 import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from interp.attacks import base
+from interp.attacks.base import AttackSpec, Baseline, Row, Scores
+from interp.data.folder import as_data
+from interp.data.questions import Question
 from interp.errors import InterpError
-from interp.evaluate import pad_left
+from interp.model.hooks import hook_name, layer_hook_names, residual_writers
+from interp.plots import layer_lines
+from interp.scoring import evaluate, pad_left
 
-HOOKS = {"resid_post": "hook_resid_post", "resid_pre": "hook_resid_pre",
-         "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out"}
+HOOKS = ("resid_post", "resid_pre", "attn_out", "mlp_out")
 
 
 @dataclass
@@ -61,7 +71,7 @@ class Directions:
 def _hook_names(model: HookedTransformer, hook: str) -> list[str]:
     if hook not in HOOKS:
         raise InterpError(f"unknown hook {hook!r}; use one of {sorted(HOOKS)}")
-    return [f"blocks.{i}.{HOOKS[hook]}" for i in range(model.cfg.n_layers)]
+    return layer_hook_names(model, hook)
 
 
 def _token_mask(mask: Tensor, cfg: DirectionsConfig) -> Tensor:
@@ -76,11 +86,24 @@ def _token_mask(mask: Tensor, cfg: DirectionsConfig) -> Tensor:
     return (mask.bool()) & (rank > cfg.skip_first)
 
 
+Prompts = Sequence[Question] | Sequence[str] | Sequence[list[int]]
+
+
+def prompt_ids(model: HookedTransformer, prompts: Prompts) -> list[list[int]]:
+    """Token ids of each prompt: a question's stem, a text, or ids as they are."""
+    from interp.model.load import get_tokenizer
+
+    tok = get_tokenizer(model)
+    return [tok(p.question)["input_ids"] if isinstance(p, Question)
+            else tok(p)["input_ids"] if isinstance(p, str) else list(p) for p in prompts]
+
+
 @torch.no_grad()
-def stream_activations(model: HookedTransformer, prompts: Sequence[list[int]],
+def stream_activations(model: HookedTransformer, prompts: Prompts,
                        cfg: DirectionsConfig) -> Iterator[Float[Tensor, "n_layers tokens d"]]:
     """Yield, batch by batch, the chosen hook's activations at the counted positions."""
     names = _hook_names(model, cfg.hook)
+    prompts = prompt_ids(model, prompts)
     pad_id = 0
     for start in range(0, len(prompts), cfg.batch_size):
         tokens, mask = pad_left(prompts[start:start + cfg.batch_size], pad_id, model.cfg.device)
@@ -207,10 +230,8 @@ def ablate_everywhere_hooks(model: HookedTransformer, direction: Tensor) -> list
     """Arditi-style: remove one direction from every block input and attention and MLP output."""
     r = _check(direction).to(model.cfg.device)
     fn = lambda x, hook: project_out(x, r)  # noqa: E731
-    names = []
-    for i in range(model.cfg.n_layers):
-        names += [f"blocks.{i}.hook_resid_pre", f"blocks.{i}.hook_attn_out",
-                  f"blocks.{i}.hook_mlp_out"]
+    names = [hook_name(i, point) for i in range(model.cfg.n_layers)
+             for point in ("resid_pre", "attn_out", "mlp_out")]
     return [(n, fn) for n in names]
 
 
@@ -223,14 +244,145 @@ def ablated(model: HookedTransformer, hooks: list) -> Iterator[HookedTransformer
 
 @torch.no_grad()
 def orthogonalize_weights(model: HookedTransformer, direction: Tensor) -> None:
-    """Weight edit equal to `ablate_everywhere_hooks`: W <- W - r r^T W for every matrix that writes
-    to the residual stream (embedding, attention W_O, MLP W_out and their biases)."""
+    """Weight edit equal to `ablate_everywhere_hooks`: W <- W - r r^T W for every matrix that
+    writes to the residual stream (token and position embeddings, attention W_O, MLP W_out and
+    their biases), in place."""
     r = _check(direction).to(model.cfg.device, model.cfg.dtype)
-    model.embed.W_E.copy_(project_out(model.embed.W_E, r))
-    for block in model.blocks:
-        block.attn.W_O.copy_(project_out(block.attn.W_O, r))
-        block.mlp.W_out.copy_(project_out(block.mlp.W_out, r))
-        if getattr(block.attn, "b_O", None) is not None:
-            block.attn.b_O.copy_(project_out(block.attn.b_O, r))
-        if getattr(block.mlp, "b_out", None) is not None:
-            block.mlp.b_out.copy_(project_out(block.mlp.b_out, r))
+    for weight in residual_writers(model):
+        weight.copy_(project_out(weight, r))
+
+
+# ---------------------------------------------------------------------------------- the attack
+SPEC = AttackSpec("directions", order=20, needs_original=True,
+                  summary="difference-in-means directions: ablation sweep and weight "
+                          "orthogonalization")
+
+
+@dataclass
+class Config:
+    directions: DirectionsConfig = field(default_factory=DirectionsConfig)
+    sweep_limit: int = 100  # questions per split scored for each layer of the sweep
+    eval_limit: int | None = None  # questions per split for the final scores (None: all)
+    batch_size: int = 32
+
+
+@dataclass
+class Sweep:
+    """Accuracy after ablating each layer's own direction (one entry per layer)."""
+
+    forget: list[float]
+    retain: list[float]
+    n_forget: int
+    n_retain: int
+
+
+@dataclass
+class Result(base.Result):
+    """The paper's orthogonalization attack. `diff_norms`: (n_layers,) norms of the raw
+    unlearned - original differences; `dirs` (in memory only; `directions.safetensors` on disk)
+    the unit directions."""
+
+    config: Config
+    n_direction_prompts: int
+    diff_norms: list[float]
+    sweep: Sweep
+    best_layer: int
+    no_attack: Baseline
+    ablate_best_layer: Scores
+    ablate_all_layers: Scores
+    orthogonalize_best_everywhere: Scores
+    format: str = "cloze"
+    seconds: float = 0.0
+    figures: list[str] = field(default_factory=list)
+    dirs: Directions | None = base.not_saved()
+    figure_stem: ClassVar[str] = "ablation_sweep"
+
+    def rows(self, model: str) -> list[Row]:
+        out = []
+        for attack, scores, column in (
+                ("orthogonalize", self.orthogonalize_best_everywhere, "orthogonalize"),
+                ("ablate-best-layer", self.ablate_best_layer, None),
+                ("ablate-all-layers", self.ablate_all_layers, None)):
+            out += base.score_rows(model, attack, scores, self.no_attack, self.format, column)
+        return out
+
+    def plot(self):
+        return layer_lines({"forget (ablate this layer's direction)": self.sweep.forget,
+                            "retain": self.sweep.retain},
+                           title="Accuracy after ablating each layer's unlearned-original "
+                                 "direction")
+
+    @classmethod
+    def plot_models(cls, results: dict[str, Result]):
+        return layer_lines({m: r.sweep.forget for m, r in results.items()},
+                           title="Forget accuracy after ablating one layer's direction")
+
+
+def run(model: HookedTransformer, data, cfg: Config | None = None, *,
+        original: HookedTransformer | None = None, out: Path | None = None,
+        progress: bool = True) -> Result:
+    """Unlearned - original directions per block, on forget questions the original answers right
+    and the unlearned wrong; ablate each layer's own direction (the sweep, on at most
+    `sweep_limit` questions), every layer's at once, and the best one everywhere as a weight
+    edit."""
+    cfg = cfg or Config()
+    if (done := base.finished(Result, out)) is not None:
+        return done
+    if original is None:
+        raise InterpError("the directions attack needs the original model (before unlearning)")
+    data = as_data(data)
+    t0 = time.perf_counter()
+    train = data.questions("forget_train")
+    forget = data.questions("forget_eval", limit=cfg.eval_limit)
+    retain = data.questions("retain_eval", limit=cfg.eval_limit)
+
+    def score(questions, hooks=None, model=model):
+        return evaluate(model, questions, hooks=hooks, progress=False,
+                        batch_size=cfg.batch_size).accuracy
+
+    orig_ok = evaluate(original, train, progress=False, batch_size=cfg.batch_size).correct
+    unl_ok = evaluate(model, train, progress=False, batch_size=cfg.batch_size).correct
+    chosen = [q for q, a, b in zip(train, orig_ok.tolist(), unl_ok.tolist()) if a and not b]
+    if len(chosen) < 4:
+        chosen = train  # the protection hid too little to filter on; use every question
+    dirs = diff_in_means_models(model, original, chosen, cfg.directions)
+    f_small, r_small = forget[: cfg.sweep_limit], retain[: cfg.sweep_limit]
+    base_f, base_r = score(f_small), score(r_small)
+    sweep = Sweep([], [], len(f_small), len(r_small))
+    layers = range(model.cfg.n_layers)
+    for layer in tqdm(layers, desc="ablation sweep", leave=False, disable=not progress):
+        if dirs.diff_norms[layer] == 0:  # no difference here: ablation is the identity
+            sweep.forget.append(base_f)
+            sweep.retain.append(base_r)
+            continue
+        hooks = ablation_hooks(model, dirs, layers=[layer])
+        sweep.forget.append(score(f_small, hooks))
+        sweep.retain.append(score(r_small, hooks))
+    nonzero = [i for i in layers if dirs.diff_norms[i] > 0]
+    best = max(nonzero, key=lambda i: (sweep.forget[i], sweep.retain[i]))
+    best_hooks, all_hooks = ablation_hooks(model, dirs, [best]), ablation_hooks(model, dirs)
+    edited = copy.deepcopy(model)
+    orthogonalize_weights(edited, dirs.directions[best])
+    result = Result(
+        config=cfg, n_direction_prompts=len(chosen), diff_norms=dirs.diff_norms.tolist(),
+        sweep=sweep, best_layer=best,
+        no_attack=Baseline(score(forget), score(retain), len(forget), len(retain)),
+        ablate_best_layer=Scores(score(forget, best_hooks), score(retain, best_hooks)),
+        ablate_all_layers=Scores(score(forget, all_hooks), score(retain, all_hooks)),
+        orthogonalize_best_everywhere=Scores(score(forget, model=edited),
+                                             score(retain, model=edited)),
+        format=forget[0].format, seconds=round(time.perf_counter() - t0, 1), dirs=dirs)
+    if out is not None:
+        save_directions(dirs, Path(out) / DIRECTIONS_FILE)
+    return base.save(result, out)
+
+
+DIRECTIONS_FILE = "directions.safetensors"
+
+
+def save_directions(dirs: Directions, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file({"directions": dirs.directions.contiguous(),
+               "diff_norms": dirs.diff_norms.contiguous()}, str(path))

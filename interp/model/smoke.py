@@ -13,7 +13,7 @@ from typing import Sequence
 
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from interp.models import build_hooked, resolve_device, save_model
+from interp.model.load import build_hooked, resolve_device, save_model
 from interp.training import TrainConfig, lm_loss, pack, sample_indices, seed_everything, train
 
 

@@ -1,0 +1,165 @@
+"""Logit lens: read the four candidates' probabilities off every layer.
+
+For every layer, at the last position, the residual stream after the block (and the attention
+and MLP outputs on their own) goes through the final norm and the unembedding; softmax over the
+whole vocabulary; P(candidate) for the four candidates, their total mass, and the accuracy of the
+argmax among them. The last layer's `resid_post` lens is the model's own output.
+
+As an attack (`run`): the lens of one model on the forget questions, and its best layer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from interp.attacks import base
+from interp.attacks.base import AttackSpec, Row
+from interp.data.folder import as_data
+from interp.data.questions import Question
+from interp.errors import InterpError
+from interp.model.hooks import layer_hook_names, readout
+from interp.model.load import get_tokenizer
+from interp.plots import layer_lines
+from interp.scoring import EvalConfig, encode_all, pad_left
+
+COMPONENTS = ("resid_post", "attn_out", "mlp_out")
+
+
+@dataclass
+class LensConfig:
+    components: tuple[str, ...] = ("resid_post", "attn_out", "mlp_out")
+    chat: bool = False
+    batch_size: int = 16
+
+
+@dataclass
+class LensResult:
+    """probs: component -> (n_layers, n_questions, 4) full-vocabulary probabilities of the four
+    candidates; answers: (n_questions,)."""
+
+    probs: dict[str, Float[Tensor, "n_layers n 4"]]
+    answers: Int[Tensor, "n"]  # noqa: F821
+    chat: bool = False
+    meta: dict = field(default_factory=dict)
+
+    def accuracy(self, component: str = "resid_post") -> list[float]:
+        preds = self.probs[component].argmax(-1)  # (layers, n)
+        return (preds == self.answers[None]).double().mean(-1).tolist()
+
+    def mass(self, component: str = "resid_post") -> list[float]:
+        return self.probs[component].sum(-1).mean(-1).tolist()
+
+    def best_layer(self, component: str = "resid_post") -> tuple[int, float]:
+        acc = self.accuracy(component)
+        layer = max(range(len(acc)), key=lambda i: acc[i])
+        return layer, acc[layer]
+
+    def plot(self):
+        return layer_lines({c: self.accuracy(c) for c in self.probs},
+                           title=f"Logit lens accuracy ({'chat' if self.chat else 'raw'})")
+
+    def to_json(self) -> dict:
+        return {"chat": self.chat, "n": int(self.answers.shape[0]),
+                "components": {c: {"accuracy": self.accuracy(c), "mass": self.mass(c)}
+                               for c in self.probs}}
+
+
+@torch.no_grad()
+def logit_lens(model: HookedTransformer, questions: Sequence[Question],
+               cfg: LensConfig | None = None) -> LensResult:
+    cfg = cfg or LensConfig()
+    encoded = encode_all(model, questions, EvalConfig(chat=cfg.chat))
+    unknown = set(cfg.components) - set(COMPONENTS)
+    if unknown:
+        raise InterpError(f"unknown lens component(s) {sorted(unknown)}; use {list(COMPONENTS)}")
+    names = {c: layer_hook_names(model, c) for c in cfg.components}
+    all_names = [n for ns in names.values() for n in ns]
+    pad_id = get_tokenizer(model).pad_token_id or 0
+    out = {c: torch.empty((model.cfg.n_layers, len(encoded), 4)) for c in cfg.components}
+    for start in range(0, len(encoded), cfg.batch_size):
+        chunk = encoded[start:start + cfg.batch_size]
+        tokens, mask = pad_left([e.ids for e in chunk], pad_id, model.cfg.device)
+        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=all_names,
+                                        return_type=None)
+        cand = torch.tensor([e.candidates for e in chunk], device=tokens.device)
+        for comp, layer_names in names.items():
+            last = torch.stack([cache[n][:, -1, :] for n in layer_names])  # (L, b, d)
+            logits = readout(model, last)  # (L, b, vocab)
+            probs = logits.float().softmax(-1)
+            picked = probs.gather(-1, cand[None].expand(probs.shape[0], -1, -1))
+            out[comp][:, start:start + len(chunk)] = picked.cpu()
+        del cache
+    answers = torch.tensor([q.answer for q in questions])
+    return LensResult(out, answers, chat=cfg.chat)
+
+
+# ---------------------------------------------------------------------------------- the attack
+SPEC = AttackSpec("lens", order=30, on_original=True,
+                  summary="logit lens: forget accuracy read off every layer")
+
+
+@dataclass
+class Config:
+    lens: LensConfig = field(default_factory=LensConfig)
+    limit: int | None = 200  # forget questions read (None: all)
+
+
+@dataclass
+class Curve:
+    accuracy: list[float]  # per layer
+    mass: list[float]  # per layer: mean total probability of the four candidates
+
+
+@dataclass
+class Result(base.Result):
+    config: Config
+    n: int
+    chat: bool
+    components: dict[str, Curve]
+    best_layer: int
+    best_accuracy: float
+    final_accuracy: float
+    format: str = "cloze"
+    seconds: float = 0.0
+    figures: list[str] = field(default_factory=list)
+    figure_stem: ClassVar[str] = "lens"
+
+    def rows(self, model: str) -> list[Row]:
+        return [Row(model, "lens", "forget", self.format, "chat" if self.chat else "raw",
+                    self.best_accuracy, self.n, "lens (best layer)", f"L{self.best_layer}")]
+
+    def plot(self):
+        return layer_lines({c: v.accuracy for c, v in self.components.items()},
+                           title=f"Logit lens on forget questions "
+                                 f"({'chat' if self.chat else 'raw'})")
+
+    @classmethod
+    def plot_models(cls, results: dict[str, Result]):
+        chat = any(r.chat for r in results.values())
+        return layer_lines({m: r.components["resid_post"].accuracy for m, r in results.items()},
+                           title=f"Logit lens on forget questions ({'chat' if chat else 'raw'})")
+
+
+def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
+        out: Path | None = None, progress: bool = True) -> Result:
+    """Logit-lens accuracy per layer on the forget questions (`original` is not used)."""
+    cfg = cfg or Config()
+    if (done := base.finished(Result, out)) is not None:
+        return done
+    t0 = time.perf_counter()
+    questions = as_data(data).questions("forget_eval", limit=cfg.limit)
+    lens = logit_lens(model, questions, cfg.lens)
+    layer, acc = lens.best_layer()
+    result = Result(config=cfg, n=len(questions), chat=cfg.lens.chat,
+                    components={c: Curve(lens.accuracy(c), lens.mass(c)) for c in lens.probs},
+                    best_layer=layer, best_accuracy=acc, final_accuracy=lens.accuracy()[-1],
+                    format=questions[0].format, seconds=round(time.perf_counter() - t0, 1))
+    return base.save(result, out)

@@ -1,0 +1,66 @@
+"""A built data folder (`interp data build`, or an audit's questions laid out the same way).
+
+The layout every attack and protection reads:
+    forget_train.jsonl, forget_eval.jsonl, retain_train.jsonl, retain_eval.jsonl  (questions)
+    forget_corpus.jsonl, retain_corpus.jsonl, unrelated.jsonl  (texts: {"text": ...})
+    preference.jsonl  (DPO/NPO pairs: prompt, chosen, rejected, split)
+    manifest.json  (what built it)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from interp.data.questions import Question, load_questions
+from interp.errors import InterpError
+
+
+@dataclass(frozen=True)
+class DataFolder:
+    """A built benchmark folder, read for training and attacks."""
+
+    folder: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", Path(self.folder))
+
+    def _path(self, name: str) -> Path:
+        path = self.folder / f"{name}.jsonl"
+        if not path.is_file():
+            raise InterpError(f"{path} is missing; run `interp data build --out {self.folder}`")
+        return path
+
+    def has(self, name: str) -> bool:
+        path = self.folder / f"{name}.jsonl"
+        return path.is_file() and bool(path.read_text().strip())
+
+    def questions(self, name: str, limit: int | None = None) -> list[Question]:
+        """A question file by name, e.g. "forget_eval" (the first `limit` of them)."""
+        return load_questions(self._path(name), limit=limit)
+
+    def corpus(self, name: str) -> list[str]:
+        return [r["text"] for r in self.rows(name)]
+
+    def rows(self, name: str) -> list[dict]:
+        return [json.loads(line) for line in self._path(name).read_text().splitlines() if line]
+
+    def preference(self) -> list[dict]:
+        return self.rows("preference")
+
+    @property
+    def model_spec(self) -> str:
+        """The model the data was built for (a folder inside this one resolves from here)."""
+        spec = self.manifest["model"]
+        return str(self.folder / spec) if (self.folder / spec).exists() else spec
+
+    @property
+    def manifest(self) -> dict:
+        from interp.store import read_json
+
+        return read_json(self.folder / "manifest.json")
+
+
+def as_data(data: DataFolder | str | Path) -> DataFolder:
+    return data if isinstance(data, DataFolder) else DataFolder(Path(data))

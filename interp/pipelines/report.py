@@ -1,0 +1,117 @@
+"""Results into a table, figures and pages: rows from every result, the paper's table (one row per
+model, a column per attack), the across-model figures, and the audit's HTML report."""
+
+from __future__ import annotations
+
+import html
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+from interp.attacks.base import Row, registry
+from interp.plots import save_figure
+
+
+def collect_rows(methods: Iterable[str], results: dict[str, Any]) -> list[Row]:
+    """One row per measurement, nothing aggregated away: the unprotected model's (from the
+    first protection's "before"), each protected model's, then every attack's, in table order."""
+    methods = list(methods)
+    rows = results[f"{methods[0]}/protect"].rows_before("original")
+    for m in methods:
+        rows += results[f"{m}/protect"].rows(m)
+    for model in ("original", *methods):
+        for name in registry():
+            if (r := results.get(f"{model}/{name}")) is not None:
+                rows += r.rows(model)
+    return rows
+
+
+def _cell(r: Row) -> str:
+    value = f"{100 * r.accuracy:.1f}"
+    return f"{value} ({r.note})" if r.note else value
+
+
+def make_table(rows: list[Row], models: Iterable[str]) -> tuple[list[str], list[dict]]:
+    """(columns, one dict per model: column -> shown text) from the rows that name a column."""
+    columns: list[str] = []
+    table = []
+    for model in models:
+        entry: dict[str, str] = {"model": model}
+        for r in rows:
+            if r.model == model and r.column:
+                if r.column not in columns:
+                    columns.append(r.column)
+                entry[r.column] = _cell(r)
+        table.append(entry)
+    return columns, table
+
+
+def table_markdown(columns: list[str], table: list[dict], preset: str, seed: int,
+                   timings: dict) -> str:
+    head = ["model", *columns]
+    lines = [f"Preset `{preset}`, seed {seed}. Forget-set accuracy (%) after each attack, raw mode "
+             "unless noted (GCG: held-out forget questions); retain accuracy in its own column; "
+             "chance is 25%.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for entry in table:
+        lines.append("| " + " | ".join(entry.get(c, "–") for c in head) + " |")
+    total = sum(timings.values())
+    lines += ["", "Wall time per stage (s): " + ", ".join(f"{k} {v}" for k, v in timings.items())
+              + f"; total {total:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def collect_figures(results: dict[str, Any], folders: dict[str, Path], out: Path) -> list[Path]:
+    """Copy every result's figures into `out`, named by cell (model_attack_figure)."""
+    out.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for key, r in results.items():
+        for name in getattr(r, "figures", None) or []:
+            src = folders[key] / name
+            if src.is_file():
+                dst = out / f"{key.replace('/', '_')}_{name}"
+                shutil.copy(src, dst)
+                copied.append(dst)
+    return copied
+
+
+def cross_model_figures(methods: Iterable[str], results: dict[str, Any], out: Path) -> list[Path]:
+    """One figure per attack with a line per protected model (`Result.plot_models`); the lens
+    figure includes the original model."""
+    written: list[Path] = []
+    for name, module in registry().items():
+        models = (("original",) if module.SPEC.on_original else ()) + tuple(methods)
+        per_model = {m: results[f"{m}/{name}"] for m in models if f"{m}/{name}" in results}
+        plot_models = getattr(module.Result, "plot_models", None)
+        if per_model and plot_models is not None:
+            written += save_figure(plot_models(per_model), Path(out) / f"all_{name}")
+    return written
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def audit_html(result: dict, figures: list[str], out: Path) -> str:
+    h = result["headline"]
+    rows = "".join(f"<tr><td>{html.escape(a['attack'])}</td><td>{_pct(a['forget'])}</td>"
+                   f"<td>{_pct(a['retain'])}</td></tr>" for a in result["attacks"])
+    imgs = "".join(f'<figure><img src="{html.escape(str(Path(f).relative_to(out)))}" '
+                   f'width="720"></figure>' for f in figures if f.endswith(".png"))
+    frac = "–" if h["recovered_fraction"] is None else f"{100 * h['recovered_fraction']:.0f}%"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>interp audit</title>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:4px 10px}}
+table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}</style></head><body>
+<h1>Is the knowledge gone, or only hidden?</h1>
+<p>Original <code>{html.escape(result['original'])}</code>, unlearned
+<code>{html.escape(result['unlearned'])}</code>, budget {result['budget']},
+seed {result['seed']}.</p>
+<h2>Recoverable knowledge: {_pct(h['recoverable_forget'])}
+({html.escape(str(h['best_attack']))})</h2>
+<p>Forget accuracy: original {_pct(h['original_forget'])}, unlearned {_pct(h['unlearned_forget'])};
+the best attack recovers {frac} of the gap while keeping retain accuracy at or above
+{_pct(h['retain_floor'])}.</p>
+<table><tr><th>attack</th><th>forget</th><th>retain</th></tr>
+<tr><td>none (unlearned)</td><td>{_pct(result['no_attack']['unlearned']['forget'])}</td>
+<td>{_pct(result['no_attack']['unlearned']['retain'])}</td></tr>{rows}</table>
+{imgs}</body></html>
+"""

@@ -1,0 +1,154 @@
+"""Results every protection and attack shares: rows of the results table, a typed `Result` that
+writes and reads itself (JSON) and its figures, and the resumable result folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from interp.store import read_json, write_json
+
+RESULT_JSON = "result.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measurement: accuracy of `model` after `attack` on a split, in a format and mode."""
+
+    model: str
+    attack: str
+    split: str
+    format: str
+    mode: str
+    accuracy: float
+    n: int
+    column: str | None = None  # the results table's column this row fills (None: not shown)
+    note: str | None = None  # shown beside the number in the table: a layer, a pruned share
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items()
+                if v is not None or k not in ("column", "note")}
+
+
+@dataclass
+class Scores:
+    """Forget and retain accuracy of one attacked model."""
+
+    forget: float
+    retain: float
+
+
+@dataclass
+class Baseline(Scores):
+    """Forget and retain accuracy before the attack, and how many questions each was on."""
+
+    n_forget: int = 0
+    n_retain: int = 0
+
+
+def score_rows(model: str, attack: str, scores: Scores, base: Baseline, fmt: str,
+               column: str | None = None, note: str | None = None) -> list[Row]:
+    """The forget and retain rows of one attacked model (the forget one fills `column`)."""
+    return [Row(model, attack, "forget", fmt, "raw", scores.forget, base.n_forget, column, note),
+            Row(model, attack, "retain", fmt, "raw", scores.retain, base.n_retain)]
+
+
+# ------------------------------------------------------------------------------- JSON round trip
+def not_saved():
+    """A result field kept in memory only (tensors), not written to result.json."""
+    return dataclasses.field(default=None, repr=False, compare=False,
+                             metadata={"json": False})
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.metadata.get("json", True)}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def from_jsonable(tp: Any, value: Any) -> Any:
+    """Rebuild `value` (plain JSON) as type `tp`: dataclasses, lists, tuples and dicts of them."""
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return from_jsonable(args[0], value) if len(args) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp) if f.init}
+        return tp(**{k: from_jsonable(hints[k], v) for k, v in value.items() if k in names})
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        seq = [from_jsonable(item, v) for v in value]
+        return tuple(seq) if origin is tuple else seq
+    if origin is dict:
+        _, item = typing.get_args(tp) or (Any, Any)
+        return {k: from_jsonable(item, v) for k, v in value.items()}
+    return value
+
+
+class Result:
+    """Shared behaviour of attack and protection results (mixed into their dataclasses)."""
+
+    figures: list[str]  # file names of the written figures, relative to the result's folder
+
+    def to_json(self) -> dict:
+        return to_jsonable(self)
+
+    @classmethod
+    def from_json(cls, data: dict):
+        return from_jsonable(cls, data)
+
+    def rows(self, model: str) -> list[Row]:
+        return []
+
+    def plot(self):
+        raise NotImplementedError(f"{type(self).__name__} has no figure")
+
+    def extra_figures(self) -> dict:
+        """Figures beyond `plot()`, by file stem."""
+        return {}
+
+    figure_stem: ClassVar[str] = "figure"
+
+
+def finished(result_cls: type, out: Path | None, name: str = RESULT_JSON):
+    """The result written in `out` earlier, or None (no folder given, or not finished)."""
+    if out is None or not (Path(out) / name).is_file():
+        return None
+    return result_cls.from_json(read_json(Path(out) / name))
+
+
+def save(result: Result, out: Path | None, name: str = RESULT_JSON):
+    """Write the result's figures and then `result.json` (last: its presence marks the run
+    finished). Without a folder, nothing is written."""
+    from interp.plots import save_figure
+
+    if out is None:
+        return result
+    out = Path(out)
+    figs = {result.figure_stem: result.plot(), **result.extra_figures()}
+    written = []
+    for stem, fig in figs.items():
+        if fig is not None:
+            written += [p.name for p in save_figure(fig, out / stem)]
+    result.figures = written
+    write_json(out / name, result.to_json())
+    return result
+
+
+def questions_format(data) -> str:
+    """The question format of a data folder's eval set ("cloze" or "letter")."""
+    return data.questions("forget_eval", limit=1)[0].format

@@ -1,0 +1,193 @@
+"""The public API and the one shape: `import interp` lists what a notebook needs, every attack and
+protection is Config / run / Result, results round-trip through JSON, a new attack is one file,
+the CLI's options come from the Configs, and a run's HTML opens offline."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import interp
+from interp.attacks.base import register, registry, unregister
+from interp.protections.base import registry as protection_registry
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+def test_import_interp_lists_the_api_in_a_fresh_process():
+    out = subprocess.run([sys.executable, "-c", "import interp; print(interp.__all__)"],
+                         capture_output=True, text=True, check=True).stdout
+    names = set(eval(out))  # noqa: S307 - our own printout of a list of strings
+    for name in ("load_model", "save_model", "load_questions", "evaluate", "logit_lens",
+                 "diff_in_means_models", "ablation_hooks", "ablated", "orthogonalize_weights",
+                 "rmu", "npo", "dpo", "directions", "lens", "prune", "finetune", "gcg",
+                 "open_run", "export_hf"):
+        assert name in names, name
+    for name in interp.__all__:
+        assert getattr(interp, name) is not None, name
+
+
+@pytest.mark.parametrize("module", [*registry().values(), *protection_registry().values()],
+                         ids=[*registry(), *protection_registry()])
+def test_every_attack_and_protection_has_the_one_shape(module):
+    assert dataclasses.is_dataclass(module.Config) and module.Config() is not None
+    assert callable(module.run) and module.SPEC.name
+    for method in ("to_json", "from_json", "rows", "plot"):
+        assert callable(getattr(module.Result, method)), method
+    assert "out" in module.run.__code__.co_varnames
+
+
+def test_notebooks_use_only_public_names():
+    public = set(interp.__all__)
+    for path in NOTEBOOKS:
+        code = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+                         if c["cell_type"] == "code")
+        assert not re.search(r"^\s*(from interp|import interp\.)", code, re.M), path.name
+        used = set(re.findall(r"\binterp\.(\w+)", code))
+        assert used and used <= public, (path.name, used - public)
+
+
+def test_results_round_trip_through_json(smoke_run):
+    run, _ = smoke_run
+    for name, module in registry().items():
+        for path in sorted((run / "attacks").glob(f"*/{name}/result.json")):
+            data = json.loads(path.read_text())
+            result = module.Result.from_json(data)
+            assert json.loads(json.dumps(result.to_json())) == data, path
+            assert result.rows(path.parent.parent.name), path
+            assert result.plot() is not None
+
+
+def test_run_paths_are_relative_to_the_run_folder(smoke_run, tmp_path):
+    run, summary = smoke_run
+    assert summary["models"]["rmu"] == "models/rmu"
+    assert not Path(summary["models"]["original"]).is_absolute()
+    assert all(not Path(f).is_absolute() for f in summary["figures"])
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    opened = interp.open_run(moved)
+    assert Path(opened.model_spec("rmu")) == moved / "models" / "rmu"
+    assert Path(opened.model_spec("original")).is_relative_to(moved)
+    assert len(interp.load_questions(f"{moved}:forget_eval")) == len(
+        opened.data.questions("forget_eval"))
+
+
+def test_no_html_of_a_run_references_an_external_url(smoke_run, smoke_audit):
+    run, _ = smoke_run
+    _, audit_folder, *_ = smoke_audit
+    pages = [*run.rglob("*.html"), *audit_folder.rglob("*.html")]
+    assert len(pages) > 10
+    external = re.compile(r"""(src|href)\s*=\s*["']?(https?:)?//""", re.I)
+    for page in pages:
+        text = page.read_text()
+        assert not external.search(text), page
+        if "plotly" in text:
+            js = re.search(r'src="([^"]*plotly\.min\.js)"', text)
+            assert js and (page.parent / js.group(1)).is_file(), page
+    assert (run / "plotly.min.js").is_file()
+    assert not list((run / "attacks").rglob("plotly.min.js"))  # one copy for the whole run
+
+
+def test_a_new_attack_is_one_file(smoke_run, tmp_path):
+    """A toy attack (tests/plugins/zero_mlp.py) registered and added to the preset runs in the
+    reproduction beside the others: its cells, rows, table column and figures."""
+    from interp.pipelines.presets import PRESETS
+    from interp.pipelines.reproduce import reproduce
+
+    from .plugins import zero_mlp
+
+    run, summary = smoke_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    register(zero_mlp)
+    try:
+        preset = replace(PRESETS["smoke"],
+                         attacks={**PRESETS["smoke"].attacks, "zero-mlp": zero_mlp.Config()})
+        again = reproduce(preset, copy, device="cpu", progress=False)
+    finally:
+        unregister("zero-mlp")
+    new = [r for r in again["rows"] if r["attack"] == "zero-mlp"]
+    assert {r["model"] for r in new} == {"rmu", "npo", "dpo"}
+    assert [r for r in again["rows"] if r["attack"] != "zero-mlp"] == summary["rows"]
+    assert "zero MLP" in (copy / "table.md").read_text()
+    assert (copy / "attacks" / "rmu" / "zero-mlp" / "zero_mlp.html").is_file()
+    assert "zero-mlp" not in registry()
+
+
+def test_cli_options_come_from_the_configs():
+    from interp.cli import build_parser
+    from interp.options import config_from_args, options
+
+    parser = build_parser()
+    for name, module in registry().items():
+        flags = {o.flag for o in options(module.Config)}
+        args = parser.parse_args(["attack", name, "--model", "m", "--data", "d", "--out", "o"])
+        assert config_from_args(module.Config(), args) == module.Config()  # nothing given
+        assert {"--device", "--dtype", "--tokenizer"} <= set(
+            parser._subparsers._group_actions[0].choices["attack"]._subparsers
+            ._group_actions[0].choices[name]._option_string_actions), name
+        assert flags, name
+    args = parser.parse_args(["attack", "finetune", "--model", "m", "--data", "d", "--out", "o",
+                              "--rank", "4", "--unrelated-n", "3,7", "--eval-limit", "none",
+                              "--set", "lora.alpha=2.5"])
+    from interp.attacks import finetune
+
+    cfg = config_from_args(finetune.Config(), args)
+    base = finetune.Config()
+    assert cfg == replace(base, unrelated_n=(3, 7), eval_limit=None,
+                          lora=replace(base.lora, rank=4, alpha=2.5))
+    args = parser.parse_args(["protect", "dpo", "--data", "d", "--out", "o", "--beta", "0.3"])
+    from interp.protections import dpo
+
+    assert config_from_args(dpo.Config(), args) == replace(dpo.Config(), beta=0.3)
+
+
+def _module_imports(root: Path) -> dict[str, set[str]]:
+    """interp module -> the interp modules it imports at module level."""
+    import ast
+
+    graph = {}
+    for path in root.rglob("*.py"):
+        name = ".".join(path.relative_to(root.parent).with_suffix("").parts)
+        name = name.removesuffix(".__init__")
+        deps = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(
+                    "interp"):
+                deps.add(node.module)
+                deps.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("interp"))
+        graph[name] = deps
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def test_no_import_cycles_and_small_modules():
+    root = Path(interp.__file__).parent
+    graph = _module_imports(root)
+    done, stack = set(), []
+
+    def visit(m):
+        if m in stack:
+            raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m):] + [m]))
+        if m in done:
+            return
+        stack.append(m)
+        for d in graph[m]:
+            if not d.startswith(m + "."):  # a package importing its own submodule
+                visit(d)
+        stack.pop()
+        done.add(m)
+
+    for m in graph:
+        visit(m)
+    sizes = {p.name: len(p.read_text().splitlines()) for p in root.rglob("*.py")}
+    assert max(sizes.values()) <= 520, sizes
