@@ -238,9 +238,10 @@ def _add_protect(sub) -> None:
         p.add_argument("--model", default="smollm2", help="the model to protect")
         p.add_argument("--data", required=True, help="a folder built by `interp data build`")
         p.add_argument("--out", required=True, help="output folder for the protected model")
-        p.add_argument("--preset", choices=_preset_names(), default="laptop", help=PRESET_HELP)
+        p.add_argument("--preset", choices=_preset_names(), default="laptop",
+                       help="start from this preset's settings (default: laptop, shown below)")
         _add_device_args(p)
-        add_config_options(p, module.Config)
+        add_config_options(p, module.Config, base=_base_config("protect", name, "laptop"))
         p.set_defaults(func=cmd_protect)
 
 

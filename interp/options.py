@@ -111,6 +111,11 @@ def add_config_options(parser: argparse.ArgumentParser, cls, base=None) -> None:
         if opt.flag in taken:
             continue
         default = get_path(base, opt.path)
+        if _base_type(opt.kind) == (bool, False):
+            group.add_argument(opt.flag, dest=opt.dest, default=argparse.SUPPRESS,
+                               action=argparse.BooleanOptionalAction,
+                               help=f"default: {_default_text(default)}")
+            continue
         group.add_argument(opt.flag, dest=opt.dest, default=argparse.SUPPRESS,
                            metavar=_metavar(opt.kind),
                            help=f"default: {_default_text(default)}")
@@ -143,8 +148,10 @@ def config_from_args(base, args: argparse.Namespace, label: str = "setting"):
     cfg = base
     for opt in options(type(base)):
         if hasattr(args, opt.dest):
-            cfg = set_path(cfg, opt.path, parse_value(getattr(args, opt.dest), opt.kind,
-                                                      opt.flag))
+            value = getattr(args, opt.dest)
+            if not isinstance(value, bool):  # --flag / --no-flag arrive parsed
+                value = parse_value(value, opt.kind, opt.flag)
+            cfg = set_path(cfg, opt.path, value)
     return apply_settings(cfg, getattr(args, "set", None) or [], label)
 
 

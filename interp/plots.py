@@ -36,6 +36,23 @@ def _plotlyjs_for(folder: Path) -> Path:
     return ship_plotlyjs(folder)
 
 
+def copy_figure(src: Path, dst: Path) -> None:
+    """Copy a written figure; an HTML copy loads plotly.js from where the copy lies."""
+    import re
+    import shutil
+
+    dst = Path(dst)
+    if Path(src).suffix != ".html":
+        shutil.copy(src, dst)
+        return
+    js = os.path.relpath(_plotlyjs_for(dst.parent), dst.parent)
+    text = re.sub(r'src="[^"]*plotly\.min\.js"', f'src="{Path(js).as_posix()}"',
+                  Path(src).read_text(encoding="utf-8"))
+    from interp.store import atomic_write_text
+
+    atomic_write_text(dst, text)
+
+
 def save_figure(fig: go.Figure, path_stem: Path) -> list[Path]:
     """Write `stem.html` (plotly.js from a local file) and `stem.png`; returns the files."""
     path_stem = Path(path_stem)
@@ -56,13 +73,27 @@ def save_figure(fig: go.Figure, path_stem: Path) -> list[Path]:
     return written
 
 
+def error_bars(ys: Sequence[float], n: int | None) -> dict | None:
+    """Plotly error bars: each accuracy's 95% Wilson interval over `n` questions."""
+    if not n:
+        return None
+    from interp.stats import wilson
+
+    cis = [wilson(y, n) for y in ys]
+    return {"type": "data", "symmetric": False, "array": [hi - y for y, (_, hi) in zip(ys, cis)],
+            "arrayminus": [y - lo for y, (lo, _) in zip(ys, cis)], "thickness": 1}
+
+
 def layer_lines(series: dict[str, Sequence[float]], *, title: str, ytitle: str = "accuracy",
-                chance: float | None = 0.25) -> go.Figure:
-    """One line per named series over layers 0..L-1."""
+                chance: float | None = 0.25, n: dict[str, int] | int | None = None
+                ) -> go.Figure:
+    """One line per named series over layers 0..L-1; with `n` (questions per point, one number
+    or one per series), each accuracy carries its 95% interval as an error bar."""
     fig = go.Figure()
     for name, ys in series.items():
+        count = n.get(name) if isinstance(n, dict) else n
         fig.add_trace(go.Scatter(x=list(range(len(ys))), y=list(ys), mode="lines+markers",
-                                 name=name))
+                                 name=name, error_y=error_bars(list(ys), count)))
     if chance is not None:
         fig.add_hline(y=chance, line_dash="dot", annotation_text="chance")
     fig.update_layout(title=title, xaxis_title="layer", yaxis_title=ytitle, template="plotly_white")

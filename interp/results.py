@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from interp.stats import wilson
 from interp.store import read_json, write_json
 
 RESULT_JSON = "result.json"
@@ -28,9 +29,15 @@ class Row:
     column: str | None = None  # the results table's column this row fills (None: not shown)
     note: str | None = None  # shown beside the number in the table: a layer, a pruned share
 
+    @property
+    def ci(self) -> tuple[float, float]:
+        """The 95% Wilson interval of `accuracy` over `n` questions."""
+        return wilson(self.accuracy, self.n)
+
     def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items()
-                if v is not None or k not in ("column", "note")}
+        row = {k: v for k, v in asdict(self).items()
+               if v is not None or k not in ("column", "note")}
+        return {**row, "ci": list(self.ci)}
 
 
 @dataclass
@@ -147,8 +154,3 @@ def save(result: Result, out: Path | None, name: str = RESULT_JSON):
     result.figures = written
     write_json(out / name, result.to_json())
     return result
-
-
-def questions_format(data) -> str:
-    """The question format of a data folder's eval set ("cloze" or "letter")."""
-    return data.questions("forget_eval", limit=1)[0].format

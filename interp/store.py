@@ -58,13 +58,3 @@ def check_writable(path: Path) -> None:
         raise InterpError(f"cannot write {path}: {probe} is not a writable folder")
     if path.is_dir():
         raise InterpError(f"cannot write {path}: it is a folder; give a file name")
-
-
-def relocate(path: str | Path, root: Path, anchor: str = "attacks") -> Path:
-    """`path` as it is inside the run folder `root` now, for a path recorded before the folder
-    was moved or copied (results record absolute paths under `root / anchor`)."""
-    parts = Path(path).parts
-    if anchor not in parts:
-        return Path(path)
-    i = len(parts) - 1 - parts[::-1].index(anchor)
-    return Path(root).joinpath(*parts[i:])

@@ -28,7 +28,13 @@ from interp.store import atomic_write_text
 
 
 def seed_everything(seed: int) -> None:
-    """One seed reaches torch, numpy and random."""
+    """One seed reaches torch, numpy and random; torch's deterministic algorithms are on.
+
+    Without them, the embedding gradient (an `index_put_` with accumulation) is summed by racing
+    threads on the CPU, so two runs with two threads trained different smoke models; with them,
+    runs at the same thread count are bitwise identical and one-thread runs are unchanged."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    torch.use_deterministic_algorithms(True, warn_only=True)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -17,9 +17,9 @@ from interp.attacks.prune import (
     set_difference,
     snip_scores,
     top_mask,
-    weight_names,
 )
 from interp.errors import InterpError
+from interp.model.hooks import block_weight_names
 from interp.model.load import get_tokenizer
 from interp.training import lm_loss, pack
 
@@ -41,7 +41,7 @@ def test_snip_equals_finite_differences(tiny_model):
     batches = _batches(model, TEXTS)
     scores = snip_scores(model, batches)
     params = dict(model.named_parameters())
-    names = weight_names(model)
+    names = block_weight_names(model)
     kinds = {n.split(".")[-1] for n in names}
     assert {"W_Q", "W_O", "W_in", "W_out"} <= kinds | {k.lstrip("_") for k in kinds}
     eps = 1e-6
@@ -89,7 +89,7 @@ def test_neuron_scores_and_masks(tiny_model):
     model = tiny_model
     d_mlp = model.cfg.d_mlp
     scores = {n: torch.rand_like(p) for n, p in model.named_parameters() if n in
-              weight_names(model)}
+              block_weight_names(model)}
     ns = neuron_scores(model, scores)
     i = 5
     by_hand = (scores["blocks.1.mlp.W_in"][:, i].sum() + scores["blocks.1.mlp.W_gate"][:, i].sum()

@@ -116,6 +116,14 @@ def ex_lens(m, mp):
         logit_lens(m, _questions())
 
 
+def ex_last_activations(m, mp):
+    from interp.scoring import last_activations
+
+    Fault(m, mp)
+    with pytest.raises(RuntimeError, match="boom"):
+        last_activations(m, _questions())
+
+
 def ex_snip(m, mp):
     from interp.attacks.prune import snip_scores
     from interp.training import pack
@@ -170,6 +178,7 @@ EXERCISES = {
     "interp.attacks.directions.ablated": ex_ablated,
     "interp.attacks.directions.stream_activations": ex_stream,
     "interp.attacks.lens.logit_lens": ex_lens,
+    "interp.scoring.last_activations": ex_last_activations,
     "interp.attacks.prune.snip_scores": ex_snip,
     "interp.attacks.prune.pruned": ex_pruned,
     "interp.model.lora.lora_adapters": ex_lora,
@@ -256,7 +265,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(smoke_protected, tmp
     base = ["--model", str(out / "rmu"), "--data", str(folder), "--device", "cpu"]
     prune = ["attack", "prune", *base, "--grid", "0.01,0.05,0.1,0.2", "--eval-limit", "20",
              "--n-forget", "16", "--n-utility", "16"]
-    ft = ["attack", "finetune", *base, "--n", "10,20", "--k", "5", "--lr", "0.005",
+    ft = ["attack", "finetune", *base, "--unrelated-n", "10,20", "--forget-k", "5", "--lr", "0.005",
           "--rank", "4", "--eval-limit", "20", "--epochs", "2"]
 
     def grid_cells(d):

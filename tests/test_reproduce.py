@@ -16,7 +16,7 @@ from interp.model.load import load_model
 from interp.pipelines.reproduce import reproduce
 from interp.scoring import evaluate
 
-ROW_KEYS = {"model", "attack", "split", "format", "mode", "accuracy", "n"}
+ROW_KEYS = {"model", "attack", "split", "format", "mode", "accuracy", "n", "ci"}
 
 
 def test_results_schema_and_coverage(smoke_run):
@@ -35,8 +35,14 @@ def test_results_schema_and_coverage(smoke_run):
     assert {r["mode"] for r in rows} == {"raw", "chat"}
     assert {r["format"] for r in rows} == {"cloze", "letter"}
     assert all(0 <= r["accuracy"] <= 1 and r["n"] > 0 for r in rows)
+    assert all(0 <= r["ci"][0] <= r["accuracy"] <= r["ci"][1] <= 1 for r in rows)
     table = (run / "table.md").read_text()
     assert all(f"| {m} |" in table for m in ("original", "rmu", "npo", "dpo"))
+    from interp.stats import wilson
+
+    orth = _row(rows, model="rmu", attack="orthogonalize", split="forget", mode="raw")
+    low, high = (100 * x for x in wilson(orth["accuracy"], orth["n"]))
+    assert f"{100 * orth['accuracy']:.1f} [{low:.1f}, {high:.1f}]" in table
     pngs = list((run / "readme-figures").glob("*.png"))
     names = " ".join(p.name for p in pngs)
     for key in ("lens", "ablation_sweep", "finetune", "gcg", "grid", "neuron_jaccard",

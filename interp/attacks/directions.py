@@ -44,7 +44,7 @@ class DirectionsConfig:
     hook: str = "resid_post"  # the block output by default
     positions: str = "all"  # "all" tokens after skipping `skip_first`, or "last"
     skip_first: int = 1
-    outlier_z: float | None = 3.0
+    outlier_z: float | None = 3.0  # None or 0: keep every token
     batch_size: int = 16
 
 
@@ -146,7 +146,7 @@ def streaming_mean(model, prompts, cfg: DirectionsConfig,
 def robust_mean(model, prompts, cfg: DirectionsConfig) -> Tensor:
     """Per-layer mean, dropping tokens whose distance to the mean has a z-score above the cut."""
     first = streaming_mean(model, prompts, cfg)
-    if cfg.outlier_z is None:
+    if cfg.outlier_z is None or cfg.outlier_z <= 0:  # none or 0: keep every token
         return first["mean"]
     stats = streaming_mean(model, prompts, cfg, center=first["mean"])
     cut = stats["dist_mean"] + cfg.outlier_z * stats["dist_std"]
@@ -301,21 +301,25 @@ class Result(base.Result):
         out = []
         for attack, scores, column in (
                 ("orthogonalize", self.orthogonalize_best_everywhere, "orthogonalize"),
-                ("ablate-best-layer", self.ablate_best_layer, None),
+                ("ablate-best-layer", self.ablate_best_layer, "ablate best layer"),
                 ("ablate-all-layers", self.ablate_all_layers, None)):
-            out += base.score_rows(model, attack, scores, self.no_attack, self.format, column)
+            note = f"L{self.best_layer}" if attack == "ablate-best-layer" else None
+            out += base.score_rows(model, attack, scores, self.no_attack, self.format, column,
+                                   note)
         return out
 
     def plot(self):
-        return layer_lines({"forget (ablate this layer's direction)": self.sweep.forget,
-                            "retain": self.sweep.retain},
+        forget = "forget (ablate this layer's direction)"
+        return layer_lines({forget: self.sweep.forget, "retain": self.sweep.retain},
                            title="Accuracy after ablating each layer's unlearned-original "
-                                 "direction")
+                                 "direction",
+                           n={forget: self.sweep.n_forget, "retain": self.sweep.n_retain})
 
     @classmethod
     def plot_models(cls, results: dict[str, Result]):
         return layer_lines({m: r.sweep.forget for m, r in results.items()},
-                           title="Forget accuracy after ablating one layer's direction")
+                           title="Forget accuracy after ablating one layer's direction",
+                           n={m: r.sweep.n_forget for m, r in results.items()})
 
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *,

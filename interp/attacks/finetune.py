@@ -30,6 +30,7 @@ from interp.data.questions import Question
 from interp.data.unrelated import mentions
 from interp.errors import InterpError
 from interp.model.lora import LoRAConfig, lora_adapters
+from interp.plots import error_bars
 from interp.protections.common import encode_pair, encode_texts
 from interp.scoring import evaluate
 from interp.store import read_json, write_json
@@ -182,8 +183,10 @@ class Result(base.Result):
             xs = ["none"] + [str(c.size) for c in cells]
             for split in ("forget", "retain"):
                 ys = [getattr(self.no_attack, split)] + [getattr(c, split) for c in cells]
+                n = getattr(self.no_attack, f"n_{split}")
                 fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers",
-                                         name=f"{split} ({kind})"), row=1, col=col)
+                                         name=f"{split} ({kind})", error_y=error_bars(ys, n)),
+                              row=1, col=col)
         fig.update_xaxes(type="category")
         fig.update_layout(title="Accuracy after LoRA finetuning", yaxis_title="accuracy",
                           template="plotly_white")
@@ -203,9 +206,10 @@ class Result(base.Result):
                 color = colors[i % len(colors)]
                 done = sorted((c for c in r.cells.values() if c.kind == kind),
                               key=lambda c: c.size)
+                ys = [r.no_attack.forget] + [c.forget for c in done]
                 fig.add_trace(go.Scatter(
-                    x=["none"] + [str(c.size) for c in done],
-                    y=[r.no_attack.forget] + [c.forget for c in done],
+                    x=["none"] + [str(c.size) for c in done], y=ys,
+                    error_y=error_bars(ys, r.no_attack.n_forget),
                     mode="lines+markers", name=m, legendgroup=m, showlegend=col == 1,
                     line={"color": color}, marker={"color": color}), row=1, col=col)
         fig.update_xaxes(type="category")

@@ -139,13 +139,14 @@ class Result(base.Result):
     def plot(self):
         return layer_lines({c: v.accuracy for c, v in self.components.items()},
                            title=f"Logit lens on forget questions "
-                                 f"({'chat' if self.chat else 'raw'})")
+                                 f"({'chat' if self.chat else 'raw'})", n=self.n)
 
     @classmethod
     def plot_models(cls, results: dict[str, Result]):
         chat = any(r.chat for r in results.values())
         return layer_lines({m: r.components["resid_post"].accuracy for m, r in results.items()},
-                           title=f"Logit lens on forget questions ({'chat' if chat else 'raw'})")
+                           title=f"Logit lens on forget questions ({'chat' if chat else 'raw'})",
+                           n={m: r.n for m, r in results.items()})
 
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,

@@ -40,16 +40,11 @@ from interp.store import read_json, write_json
 from interp.training import TokenBatch, lm_loss, pack
 
 
-def weight_names(model: HookedTransformer) -> list[str]:
-    """Every attention and MLP weight matrix of the blocks (biases and norms excluded)."""
-    return block_weight_names(model)
-
-
 def snip_scores(model: HookedTransformer, batches: Iterable[TokenBatch],
                 names: list[str] | None = None, progress: bool = False,
                 desc: str = "SNIP") -> dict[str, Float[Tensor, "..."]]:
     """|W| * sum_b |dL_b/dW| per weight matrix (float64 sums, returned as float32)."""
-    names = names or weight_names(model)
+    names = names or block_weight_names(model)
     params = dict(model.named_parameters())
     grad_sums = {n: torch.zeros_like(params[n], dtype=torch.float64) for n in names}
     was_training = model.training

@@ -14,8 +14,12 @@ from pathlib import Path
 from interp.data.questions import Question, load_questions
 from interp.errors import InterpError
 
+NAMED = ("bank:", "mmlu", "wmdp-")
+
 
 def _folder_split(spec: str, split: str | None) -> tuple[Path, str] | None:
+    if split is None and spec.startswith(NAMED):
+        return None  # a fact bank or a hub set, even beside a folder of that name
     folder, name = Path(spec), split
     if split is None and ":" in spec and Path(spec.rsplit(":", 1)[0]).is_dir():
         folder, name = Path(spec.rsplit(":", 1)[0]), spec.rsplit(":", 1)[1]

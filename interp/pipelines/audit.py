@@ -90,15 +90,11 @@ def audit_cells(budget: str) -> list[str]:
 
 
 def attack_lines(results: dict) -> list[dict]:
-    """Per attack (raw mode): its forget accuracy (on the held-out forget questions where it
-    has no other, as GCG) and the retain accuracy beside it."""
-    rows = [r for res in results.values() for r in res.rows("unlearned")
-            if r.mode == "raw" and not r.attack.endswith("none")]
+    """Per attack the table shows (its raw-mode rows that fill a column): the forget accuracy
+    (GCG's on the held-out forget questions) and the retain accuracy beside it."""
+    rows = [r for res in results.values() for r in res.rows("unlearned") if r.mode == "raw"]
     retain = {r.attack: r.accuracy for r in rows if r.split == "retain"}
-    forget = {r.attack: r for r in rows if r.split == "forget"}
-    for r in rows:
-        if r.split == "forget-heldout":
-            forget.setdefault(r.attack, r)
+    forget = {r.attack: r for r in rows if r.column and r.split in ("forget", "forget-heldout")}
     lines = []
     for attack, r in forget.items():
         label = (f"{attack} (held-out forget)" if r.split == "forget-heldout"

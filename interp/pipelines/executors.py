@@ -1,23 +1,23 @@
 """Running the reproduction grid on Ray (an optional extra: `pip install -e '.[ray]'`).
 
-Each cell of a stage becomes one Ray task asking for what it needs (one CPU; one GPU at paper
-scale). A task reads its inputs from the run folder and writes its result atomically to the same
-store, so a rerun skips finished cells whichever executor ran them, and a lost worker costs only
-its cell: Ray retries the task (`max_retries`), and the retry finds whatever the dead one finished.
+Each cell of a stage becomes one Ray task asking for what it needs (as many CPUs as the driver
+computes with threads, so its numbers equal a serial run's; one GPU at paper scale). A task reads
+its inputs from the run folder and writes its result atomically to the same store, so a rerun
+skips finished cells whichever executor ran them, and a lost worker costs only its cell: Ray
+retries the task (`max_retries`), and the retry finds whatever the dead one finished.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 from interp.errors import InterpError
 
 
-def _run_cell_task(fn: Callable, cell):
+def _run_cell_task(fn: Callable, cell, threads: int):
     import torch
 
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    torch.set_num_threads(threads)
     return fn(cell)
 
 
@@ -32,11 +32,16 @@ def ray_executor(address: str | None = None, gpu: bool = False, num_cpus: int | 
         kwargs = {"address": address} if address else {"num_cpus": num_cpus}
         ray.init(ignore_reinit_error=True, log_to_driver=False, include_dashboard=False,
                  **kwargs)
-    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=max_retries)(
+    # each task computes with as many threads as this process (and asks Ray for as many CPUs):
+    # float sums depend on the thread count, so the grid then equals the serial run bit for bit
+    import torch
+
+    threads = torch.get_num_threads()
+    task = ray.remote(num_cpus=threads, num_gpus=1 if gpu else 0, max_retries=max_retries)(
         _run_cell_task)
 
     def run_stage(fn, cells):
-        return ray.get([task.remote(fn, c) for c in cells])
+        return ray.get([task.remote(fn, c, threads) for c in cells])
 
     return run_stage
 

@@ -4,12 +4,12 @@ model, a column per attack), the across-model figures, and the audit's HTML repo
 from __future__ import annotations
 
 import html
-import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
 from interp.attacks.base import Row, registry
-from interp.plots import save_figure
+from interp.plots import copy_figure, save_figure
+from interp.stats import overlaps
 
 
 def collect_rows(methods: Iterable[str], results: dict[str, Any]) -> list[Row]:
@@ -26,13 +26,31 @@ def collect_rows(methods: Iterable[str], results: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def _cell(r: Row) -> str:
-    value = f"{100 * r.accuracy:.1f}"
+OVERLAP = "≈"  # marks an attack whose interval overlaps the no-attack interval
+
+
+def _cell(r: Row, mark: bool = False) -> str:
+    low, high = r.ci
+    value = f"{100 * r.accuracy:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+    if mark:
+        value += f" {OVERLAP}"
     return f"{value} ({r.note})" if r.note else value
 
 
+def baseline_row(rows: list[Row], r: Row) -> Row | None:
+    """The no-attack row an attack's row is compared with: same model, split, format and mode
+    (an attack scored on its own questions, as GCG's held-out ones, has its own `-none` row)."""
+    for attack in (f"{r.attack}-none", "none"):
+        for b in rows:
+            if (b.model, b.attack, b.split, b.format, b.mode) == (
+                    r.model, attack, r.split, r.format, r.mode):
+                return b
+    return None
+
+
 def make_table(rows: list[Row], models: Iterable[str]) -> tuple[list[str], list[dict]]:
-    """(columns, one dict per model: column -> shown text) from the rows that name a column."""
+    """(columns, one dict per model: column -> shown text) from the rows that name a column;
+    each number with its 95% interval, marked when it overlaps the no-attack interval."""
     columns: list[str] = []
     table = []
     for model in models:
@@ -41,7 +59,8 @@ def make_table(rows: list[Row], models: Iterable[str]) -> tuple[list[str], list[
             if r.model == model and r.column:
                 if r.column not in columns:
                     columns.append(r.column)
-                entry[r.column] = _cell(r)
+                base = baseline_row(rows, r) if r.attack != "none" else None
+                entry[r.column] = _cell(r, base is not None and overlaps(r.ci, base.ci))
         table.append(entry)
     return columns, table
 
@@ -51,7 +70,10 @@ def table_markdown(columns: list[str], table: list[dict], preset: str, seed: int
     head = ["model", *columns]
     lines = [f"Preset `{preset}`, seed {seed}. Forget-set accuracy (%) after each attack, raw mode "
              "unless noted (GCG: held-out forget questions); retain accuracy in its own column; "
-             "chance is 25%.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             "chance is 25%. In brackets the 95% Wilson interval; "
+             f"{OVERLAP} marks an attack whose interval overlaps the no-attack one (no "
+             "difference shown).", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
     for entry in table:
         lines.append("| " + " | ".join(entry.get(c, "–") for c in head) + " |")
     total = sum(timings.values())
@@ -69,7 +91,7 @@ def collect_figures(results: dict[str, Any], folders: dict[str, Path], out: Path
             src = folders[key] / name
             if src.is_file():
                 dst = out / f"{key.replace('/', '_')}_{name}"
-                shutil.copy(src, dst)
+                copy_figure(src, dst)
                 copied.append(dst)
     return copied
 

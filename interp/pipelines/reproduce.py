@@ -182,10 +182,10 @@ def run_cell(p: Preset, out: Path, cell: Cell, seed: int = 0, device=None,
     load = partial(load_model, device=device, dtype=p.dtype, tokenizer=p.tokenizer,
                    n_devices=p.n_devices)
     start = time.perf_counter()
-    result, config = _compute(p, out, cell, seed, device, progress, load)
+    _, config = _compute(p, out, cell, seed, device, progress, load)
     _log(out, cell, True, round(time.perf_counter() - start, 1), seed, config)
     gc.collect()
-    return result
+    return read_cell(p, out, cell)  # as written: the same whichever process computed it
 
 
 def _compute(p: Preset, out: Path, cell: Cell, seed: int, device, progress: bool, load):
