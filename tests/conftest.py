@@ -80,6 +80,24 @@ def tiny_llama_config(vocab: int):
                        max_position_embeddings=256, tie_word_embeddings=False)
 
 
+def tiny_configs(vocab: int) -> dict:
+    """Tiny random configs of every architecture the loader converts."""
+    from transformers import GemmaConfig, GPT2Config, GPTNeoXConfig, MistralConfig, Qwen2Config
+
+    small = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, max_position_embeddings=256)
+    return {
+        "llama": tiny_llama_config(vocab),
+        "mistral": MistralConfig(**small, num_key_value_heads=2, sliding_window=None),
+        "qwen2": Qwen2Config(**small, num_key_value_heads=2, tie_word_embeddings=False),
+        "gemma": GemmaConfig(**small, num_key_value_heads=1, head_dim=16),
+        "gpt2": GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256),
+        "gpt_neox": GPTNeoXConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4,
+                                  max_position_embeddings=256, rotary_pct=0.25),
+    }
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, bpe_tokenizer) -> Path:
     folder = tmp_path_factory.mktemp("tiny-llama")

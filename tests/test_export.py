@@ -12,25 +12,16 @@ from interp.errors import InterpError
 from interp.model.export import export_hf, to_hf_state_dict
 from interp.model.load import get_tokenizer, load_model
 
-from .conftest import save_tiny_hf, tiny_llama_config
+from .conftest import save_tiny_hf, tiny_configs
 
 TEXTS = ["The capital of France is Paris, and the capital of Spain is",
          "A. first B. second C. third D. fourth Answer:",
          "hello"]
 
 
-def _configs(vocab: int):
-    from transformers import GemmaConfig, GPT2Config, MistralConfig, Qwen2Config
-
-    small = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, max_position_embeddings=256)
-    return {
-        "llama": tiny_llama_config(vocab),
-        "mistral": MistralConfig(**small, num_key_value_heads=2, sliding_window=None),
-        "qwen2": Qwen2Config(**small, num_key_value_heads=2, tie_word_embeddings=False),
-        "gemma": GemmaConfig(**small, num_key_value_heads=1, head_dim=16),
-        "gpt2": GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256),
-    }
+def _configs(vocab: int) -> dict:
+    """The architectures the export writes (GPT-NeoX: loaded, not exported)."""
+    return {k: v for k, v in tiny_configs(vocab).items() if k != "gpt_neox"}
 
 
 def _hooked_logits(model, text: str) -> torch.Tensor:

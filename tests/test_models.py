@@ -9,32 +9,14 @@ from transformers import AutoModelForCausalLM
 from interp.errors import InterpError
 from interp.model.load import get_tokenizer, load_model, save_model
 
-from .conftest import save_tiny_hf, tiny_llama_config
-
-
-def _configs(vocab: int):
-    from transformers import GemmaConfig, GPT2Config, GPTNeoXConfig, MistralConfig, Qwen2Config
-
-    small = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, max_position_embeddings=256)
-    return {
-        "llama": tiny_llama_config(vocab),
-        "mistral": MistralConfig(**small, num_key_value_heads=2, sliding_window=None),
-        "qwen2": Qwen2Config(**small, num_key_value_heads=2, tie_word_embeddings=False),
-        "gemma": GemmaConfig(**small, num_key_value_heads=1, head_dim=16),
-        "gpt2": GPT2Config(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=256),
-        "gpt_neox": GPTNeoXConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
-                                  num_hidden_layers=2, num_attention_heads=4,
-                                  max_position_embeddings=256, rotary_pct=0.25),
-    }
-
+from .conftest import save_tiny_hf, tiny_configs
 
 TEXT = "The capital of France is Paris, and the capital of Spain is"
 
 
 @pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gemma", "gpt2", "gpt_neox"])
 def test_hooked_logprobs_match_hf(arch, tmp_path, bpe_tokenizer):
-    folder = save_tiny_hf(tmp_path / arch, _configs(len(bpe_tokenizer))[arch], bpe_tokenizer)
+    folder = save_tiny_hf(tmp_path / arch, tiny_configs(len(bpe_tokenizer))[arch], bpe_tokenizer)
     hooked = load_model(folder, device="cpu")
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
     ids = bpe_tokenizer(TEXT, return_tensors="pt").input_ids
