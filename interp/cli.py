@@ -39,7 +39,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     from interp.data.build import build_benchmark
 
     manifest = build_benchmark(args.preset, Path(args.out), seed=args.seed, model_spec=args.model,
-                               device=args.device)
+                               device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
     print(json.dumps(manifest["counts"], indent=1))
     return 0
 
@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--model", default=None,
                    help="model whose right answers are kept (default: the preset's)")
-    b.add_argument("--device", default=None)
+    _add_device_args(b)
     b.set_defaults(func=cmd_data_build)
     return parser
 

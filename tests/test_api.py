@@ -191,3 +191,24 @@ def test_no_import_cycles_and_small_modules():
         visit(m)
     sizes = {p.name: len(p.read_text().splitlines()) for p in root.rglob("*.py")}
     assert max(sizes.values()) <= 520, sizes
+
+
+def test_every_subcommand_that_loads_a_model_takes_device_dtype_tokenizer():
+    from interp.cli import build_parser
+
+    def subparsers(parser):
+        for action in parser._actions:
+            if isinstance(action, __import__("argparse")._SubParsersAction):
+                return action.choices
+        return {}
+
+    top = subparsers(build_parser())
+    leaves = {"eval": top["eval"], "export": top["export"], "reproduce": top["reproduce"],
+              "audit": top["audit"], "data build": subparsers(top["data"])["build"]}
+    leaves.update({f"protect {n}": p for n, p in subparsers(top["protect"]).items()})
+    leaves.update({f"attack {n}": p for n, p in subparsers(top["attack"]).items()
+                   if n != "compare"})  # compare reads finished folders, loads no model
+    assert len(leaves) >= 5 + 3 + 5
+    for name, parser in leaves.items():
+        flags = set(parser._option_string_actions)
+        assert {"--device", "--dtype", "--tokenizer"} <= flags, name

@@ -152,6 +152,7 @@ def test_notebook_runs(path, moved_run, tmp_path, monkeypatch):
     monkeypatch.setenv("INTERP_RUN", str(run))
     monkeypatch.setenv("INTERP_NOTEBOOK_OUT", str(tmp_path))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("INTERP_NOTEBOOK_QUICK", "1")
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     assert any(tmp_path.glob("*.html"))

@@ -95,7 +95,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: str | None = None,
-                    device=None, progress: bool = True) -> dict:
+                    device=None, progress: bool = True, dtype=None, tokenizer=None) -> dict:
     from interp.model.load import embedded_tokenizer, load_model
     from interp.scoring import evaluate
 
@@ -141,7 +141,7 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
 
     # the unprotected model whose right answers are kept
     if model_spec:
-        model = load_model(model_spec, device=device)
+        model = load_model(model_spec, device=device, dtype=dtype, tokenizer=tokenizer)
         model_name = model_spec
     elif preset.model == "smoke":
         from interp.model.smoke import train_smoke_model
@@ -154,7 +154,7 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
                                       device=device, out=model_dir, progress=progress)
         model_name = "model"  # relative to this folder (`DataFolder.model_spec`)
     else:
-        model = load_model(preset.model, device=device)
+        model = load_model(preset.model, device=device, dtype=dtype, tokenizer=tokenizer)
         model_name = preset.model
 
     save_jsonl(sets["forget_eval"], out / "forget_eval_unfiltered.jsonl")
