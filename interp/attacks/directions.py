@@ -145,6 +145,7 @@ def streaming_mean(model, prompts, cfg: DirectionsConfig,
 
 def robust_mean(model, prompts, cfg: DirectionsConfig) -> Tensor:
     """Per-layer mean, dropping tokens whose distance to the mean has a z-score above the cut."""
+    prompts = prompt_ids(model, prompts)  # tokenized once for the (up to) three passes
     first = streaming_mean(model, prompts, cfg)
     if cfg.outlier_z is None or cfg.outlier_z <= 0:  # none or 0: keep every token
         return first["mean"]
