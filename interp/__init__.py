@@ -50,6 +50,8 @@ _NAMES = {
     "reproduce": "interp.pipelines.reproduce", "audit": "interp.pipelines.audit",
     "open_run": "interp.pipelines.run_folder", "RunFolder": "interp.pipelines.run_folder",
     "PRESETS": "interp.pipelines.presets",
+    "plan": "interp.pipelines.plan", "PlanConfig": "interp.pipelines.plan",
+    "random_model": "interp.model.shapes",
     "save_figure": "interp.plots", "InterpError": "interp.errors",
 }
 _ALIASES = {"load_questions": ("interp.data.sources", "load_source")}

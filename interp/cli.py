@@ -207,6 +207,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from interp.pipelines.plan import PlanConfig, plan, summary_lines
+    from interp.store import check_writable
+
+    check_writable(Path(args.out))
+    cfg = PlanConfig(preset=args.preset, shape=args.shape, device=args.device, dtype=args.dtype,
+                     probe_steps=args.probe_steps, prompt_tokens=args.prompt_tokens,
+                     forget=args.forget, retain=args.retain, memory_mb=args.memory_mb)
+    result = plan(cfg, Path(args.out))
+    print("\n".join(summary_lines(result)))
+    print(f"-> {args.out}")
+    return 0
+
+
 def _add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
@@ -356,6 +370,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--n-questions", type=int, default=128)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("plan", help="the time and memory a preset will take here, measured on a "
+                       "random-weight model of its shape (no download)")
+    p.add_argument("--preset", choices=_preset_names(), default="paper")
+    p.add_argument("--shape", default="zephyr",
+                   help="zephyr (Zephyr-7B), tiny, a config.json, or a model folder with one")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="default: the preset's (bfloat16 for paper)")
+    p.add_argument("--out", required=True, help="plan JSON")
+    p.add_argument("--probe-steps", type=int, default=3,
+                   help="steps measured per stage; the first is warm-up (default 3)")
+    p.add_argument("--prompt-tokens", type=int, default=160,
+                   help="tokens in a scored question's prompt (default 160)")
+    p.add_argument("--forget", type=int, default=None,
+                   help="forget questions (default for paper: WMDP-bio's 1,273)")
+    p.add_argument("--retain", type=int, default=None,
+                   help="retain questions (default for paper: MMLU's 14,042)")
+    p.add_argument("--memory-mb", type=float, default=None,
+                   help="plan for this much memory (default: the device's)")
+    p.set_defaults(func=cmd_plan)
 
     data = sub.add_parser("data", help="build the embedded benchmark")
     data_sub = data.add_subparsers(dest="data_command", required=True)

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,6 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp import timing
 from interp.errors import InterpError
 from interp.store import atomic_write_text
 
@@ -103,6 +105,7 @@ def train(
     bar = tqdm(range(start, cfg.steps), desc=cfg.desc, disable=not cfg.progress, leave=False,
                initial=start, total=cfg.steps)
     for step in bar:
+        t_step = time.perf_counter()
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -123,6 +126,7 @@ def train(
         opt.step()
         result.losses.append(total)
         result.extras.append(extras)
+        timing.record(time.perf_counter() - t_step)
         bar.set_postfix(loss=f"{total:.4f}")
         last = step + 1 == cfg.steps
         if run_dir is not None and (last or cfg.checkpoint_every and

@@ -103,3 +103,28 @@ def test_dpo_sft_term_by_hand():
     logp = torch.tensor([-6.0, -2.0])  # summed log-probs of two chosen responses
     mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 0, 0, 0]])  # 3 and 2 counted tokens
     torch.testing.assert_close(chosen_nll(logp, mask), torch.tensor((6.0 / 3 + 2.0 / 2) / 2))
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_long_prompts_keep_their_answer(tiny_model, chat):
+    """A prompt longer than max_len loses its start, not the answer (before: cut from the right,
+    the pair trained nothing and a SNIP batch of such rows gave a NaN loss)."""
+    from interp.model.load import get_tokenizer
+    from interp.protections.common import encode_pair
+
+    tok = get_tokenizer(tiny_model)
+    prompt = "Which of these enzymes cuts DNA at a palindromic site? " * 20
+    full, first_full = encode_pair(tiny_model, prompt, "Eco RI", chat=chat, max_len=10_000)
+    answer = full[first_full:]
+    ids, first = encode_pair(tiny_model, prompt, "Eco RI", chat=chat, max_len=48)
+    assert len(full) > 48 and len(ids) == 48
+    assert ids[first:] == answer and ids == full[-48:]  # the prompt lost its start
+    assert tok.decode(ids[first:]).strip().startswith("Eco RI")
+    short, first_short = encode_pair(tiny_model, "What cuts DNA?", "Eco RI", chat=chat,
+                                     max_len=48)
+    assert len(short) < 48 and short == encode_pair(tiny_model, "What cuts DNA?", "Eco RI",
+                                                    chat=chat, max_len=10_000)[0]
+    # a long response is cut from the right once it has half the budget
+    long_answer = " ".join(["EcoRI"] * 60)
+    ids, first = encode_pair(tiny_model, "What cuts DNA?", long_answer, chat=chat, max_len=48)
+    assert len(ids) == 48 and first == first_short

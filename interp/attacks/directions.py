@@ -29,6 +29,7 @@ from transformer_lens import HookedTransformer
 
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Baseline, Row, Scores
+from interp.cost import capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
@@ -322,6 +323,13 @@ class Result(base.Result):
                            title="Forget accuracy after ablating one layer's direction",
                            n={m: r.sweep.n_forget for m, r in results.items()})
 
+
+def cost(cfg: Config, sizes) -> dict[str, int]:
+    """Steps of `run` (`interp.cost`): the filter on both models, the sweep, four final scores."""
+    f, r = capped(sizes.forget_eval, cfg.eval_limit), capped(sizes.retain_eval, cfg.eval_limit)
+    small = capped(f, cfg.sweep_limit) + capped(r, cfg.sweep_limit)
+    return {"score": 2 * sizes.forget_train + (1 + sizes.n_layers) * small + 4 * (f + r),
+            "directions": 2 * sizes.forget_train}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *,
         original: HookedTransformer | None = None, out: Path | None = None,

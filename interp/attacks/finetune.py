@@ -25,6 +25,7 @@ from transformer_lens import HookedTransformer
 
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Baseline, Row, Scores
+from interp.cost import capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.data.unrelated import mentions
@@ -220,6 +221,13 @@ class Result(base.Result):
 
 Config = FinetuneConfig
 
+
+def cost(cfg: Config, sizes) -> dict[str, int]:
+    """Steps of `run` (`interp.cost`): every cell's optimizer steps and scores."""
+    f, r = capped(sizes.forget_eval, cfg.eval_limit), capped(sizes.retain_eval, cfg.eval_limit)
+    cells = (*cfg.unrelated_n, *cfg.forget_k)
+    return {"lora": sum(_epoch_batches(n, cfg)[0] for n in cells),
+            "score": (1 + len(cells)) * (f + r) + len(cfg.forget_k) * f}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
         out: Path | None = None, progress: bool = True) -> Result:

@@ -33,8 +33,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from interp import timing
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Row
+from interp.cost import capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
@@ -320,6 +322,7 @@ def run_gcg(model: HookedTransformer, train: Sequence[Question], heldout: Sequen
     try:
         bar = tqdm(range(cfg.steps), desc="GCG", disable=not cfg.progress, leave=False)
         for step in bar:
+            t_step = time.perf_counter()
             best_loss, best = min(buffer, key=lambda b: b[0])
             grad = objective.token_gradient(best.to(model.cfg.device))
             cands = sample_candidates(best, grad, allowed, cfg, gen)
@@ -332,6 +335,7 @@ def run_gcg(model: HookedTransformer, train: Sequence[Question], heldout: Sequen
                 buffer.append((float(losses[i]), cands[i]))
                 buffer = sorted(buffer, key=lambda b: b[0])[: cfg.buffer_size]
             result.losses.append(min(b[0] for b in buffer))
+            timing.record(time.perf_counter() - t_step)
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 heldout_acc(min(buffer, key=lambda b: b[0])[1], step + 1)
@@ -424,6 +428,15 @@ class Result(base.Result):
                           yaxis_title="loss", template="plotly_white")
         return fig
 
+
+def cost(cfg: Config, sizes) -> dict[str, int]:
+    """Steps of `run` (`interp.cost`): the search, held-out scores during it, the final four."""
+    h = capped(sizes.forget_eval, cfg.heldout_limit)
+    r = capped(sizes.retain_eval, cfg.heldout_limit)
+    evals = cfg.steps // cfg.eval_every if cfg.eval_every else 0
+    if not cfg.eval_every or cfg.steps % cfg.eval_every:
+        evals += 1
+    return {"gcg": cfg.steps, "score": evals * h + 2 * (2 * h + 2 * r)}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *,
         original: HookedTransformer | None = None, out: Path | None = None,

@@ -22,6 +22,7 @@ from transformer_lens import HookedTransformer
 
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Row
+from interp.cost import capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
@@ -148,6 +149,10 @@ class Result(base.Result):
                            title=f"Logit lens on forget questions ({'chat' if chat else 'raw'})",
                            n={m: r.n for m, r in results.items()})
 
+
+def cost(cfg: Config, sizes) -> dict[str, int]:
+    """Forget questions through the lens (`interp.cost`)."""
+    return {"lens": capped(sizes.forget_eval, cfg.limit)}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
         out: Path | None = None, progress: bool = True) -> Result:

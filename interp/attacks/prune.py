@@ -30,6 +30,7 @@ from transformer_lens import HookedTransformer
 
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Baseline, Row
+from interp.cost import capped
 from interp.data.folder import as_data
 from interp.errors import InterpError
 from interp.model.hooks import MLP_IN, MLP_OUT, block_weight_names, layer_of, mlp_weight_name
@@ -307,6 +308,14 @@ def _cells(grid) -> list[tuple[float, float]]:
         raise InterpError("the pruning grid is empty; give fractions such as 0.01,0.05")
     return cells
 
+
+def cost(cfg: Config, sizes) -> dict[str, int]:
+    """Steps of `run` (`interp.cost`): SNIP samples, the grid's scores and the full ones."""
+    fs, rs = capped(sizes.forget_eval, cfg.eval_limit), capped(sizes.retain_eval, cfg.eval_limit)
+    snip = (capped(sizes.forget_train, cfg.n_forget) + capped(sizes.retain_train, cfg.n_utility)
+            + capped(sizes.unrelated, cfg.n_utility))
+    return {"snip": snip, "score": (len(_cells(cfg.grid)) + 1) * (fs + rs)
+            + 2 * (sizes.forget_eval + sizes.retain_eval)}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
         out: Path | None = None, progress: bool = True) -> Result:

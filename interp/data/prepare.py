@@ -37,6 +37,14 @@ def _tagged(q: Question, split: str, i: int) -> Question:
     return replace(q, meta=meta)
 
 
+def split_counts(n_forget: int, n_retain: int, train_frac: float = 0.25,
+                 max_train: int = 64) -> dict[str, int]:
+    """How many questions each file of the layout gets (the retain eval set keeps them all)."""
+    n_train = max(2, min(max_train, int(n_forget * train_frac)))
+    return {"forget_train": n_train, "forget_eval": n_forget - n_train,
+            "retain_train": max(1, min(max_train, n_retain // 4)), "retain_eval": n_retain}
+
+
 def prepare_data(forget: list[Question], retain: list[Question], out: Path,
                        original_spec: str, seed: int = 0, train_frac: float = 0.25,
                        max_train: int = 64) -> DataFolder:
@@ -53,12 +61,13 @@ def prepare_data(forget: list[Question], retain: list[Question], out: Path,
     retain = [_tagged(q, "retain", i) for i, q in enumerate(retain)]
     order = list(range(len(forget)))
     rng.shuffle(order)
-    n_train = max(2, min(max_train, int(len(forget) * train_frac)))
+    counts = split_counts(len(forget), len(retain), train_frac, max_train)
+    n_train = counts["forget_train"]
     f_train = [forget[i] for i in order[:n_train]]
     f_eval = [forget[i] for i in order[n_train:]]
     r_order = list(range(len(retain)))
     rng.shuffle(r_order)
-    r_train = [retain[i] for i in r_order[: max(1, min(max_train, len(retain) // 4))]]
+    r_train = [retain[i] for i in r_order[: counts["retain_train"]]]
     files = {"forget_train": f_train, "forget_eval": f_eval, "retain_train": r_train,
              "retain_eval": retain}
     out.mkdir(parents=True, exist_ok=True)

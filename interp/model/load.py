@@ -23,8 +23,9 @@ import importlib.util
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -149,34 +150,17 @@ def hf_to_hooked(
     """
     from transformer_lens import loading_from_pretrained as loading
 
-    with tempfile.TemporaryDirectory(prefix="interp-cfg-") as tmp:
-        cfg_dir = Path(tmp) / "model"
-        cfg_dir.mkdir()
-        config = hf_model.config.to_dict()
-        config.pop("quantization_config", None)
-        if not config.get("architectures"):  # GGUF-derived configs leave it empty
-            config["architectures"] = [type(hf_model).__name__]
-        if "n_positions" in config and "n_ctx" not in config:  # GPT-2 configs of transformers 5
-            config["n_ctx"] = config["n_positions"]
-        (cfg_dir / "config.json").write_text(json.dumps(config, default=str))
+    config = hf_model.config.to_dict()
+    if not config.get("architectures"):  # GGUF-derived configs leave it empty
+        config["architectures"] = [type(hf_model).__name__]
+    with _config_folder(config) as cfg_dir:
+        cfg = hooked_config(config, device=device, dtype=dtype, n_devices=n_devices)
         try:
-            if config["architectures"][0] == "GemmaForCausalLM":
-                cfg = _gemma_config(config, device=device, dtype=dtype, n_devices=n_devices)
-            else:
-                cfg = loading.get_pretrained_model_config(
-                    str(cfg_dir), device=device, dtype=dtype, n_devices=n_devices,
-                    default_prepend_bos=False,
-                )
             state_dict = loading.get_pretrained_state_dict(
                 str(cfg_dir), cfg, hf_model=hf_model, dtype=dtype
             )
         except (KeyError, NotImplementedError, ValueError, AttributeError) as exc:
-            arch = (config.get("architectures") or ["?"])[0]
-            raise InterpError(
-                f"TransformerLens cannot convert architecture {arch} ({exc}); "
-                "use Llama, Mistral, Qwen2, GPT-2, GPT-NeoX or Gemma"
-            ) from None
-    cfg.tokenizer_name = None
+            raise _unconvertible(config, exc) from None
     model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
     model.load_and_process_state_dict(
         state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
@@ -184,6 +168,47 @@ def hf_to_hooked(
     )
     _attach_tokenizer(model, tokenizer)
     return model.to(device) if n_devices == 1 else model
+
+
+@contextmanager
+def _config_folder(config: dict) -> Iterator[Path]:
+    """`config` as a folder with a neutral name (TransformerLens guesses the architecture from
+    names containing "llama" or "gemma")."""
+    config = dict(config)
+    config.pop("quantization_config", None)
+    if "n_positions" in config and "n_ctx" not in config:  # GPT-2 configs of transformers 5
+        config["n_ctx"] = config["n_positions"]
+    with tempfile.TemporaryDirectory(prefix="interp-cfg-") as tmp:
+        cfg_dir = Path(tmp) / "model"
+        cfg_dir.mkdir()
+        (cfg_dir / "config.json").write_text(json.dumps(config, default=str))
+        yield cfg_dir
+
+
+def _unconvertible(config: dict, exc: Exception) -> InterpError:
+    arch = (config.get("architectures") or ["?"])[0]
+    return InterpError(f"TransformerLens cannot convert architecture {arch} ({exc}); "
+                       "use Llama, Mistral, Qwen2, GPT-2, GPT-NeoX or Gemma")
+
+
+def hooked_config(config: dict, *, device, dtype: torch.dtype,
+                  n_devices: int = 1) -> HookedTransformerConfig:
+    """The HookedTransformer config of a Hugging Face `config.json` (as a dict), no hub access."""
+    from transformer_lens import loading_from_pretrained as loading
+
+    with _config_folder(config) as cfg_dir:
+        try:
+            if (config.get("architectures") or [""])[0] == "GemmaForCausalLM":
+                cfg = _gemma_config(config, device=device, dtype=dtype, n_devices=n_devices)
+            else:
+                cfg = loading.get_pretrained_model_config(
+                    str(cfg_dir), device=device, dtype=dtype, n_devices=n_devices,
+                    default_prepend_bos=False,
+                )
+        except (KeyError, NotImplementedError, ValueError, AttributeError) as exc:
+            raise _unconvertible(config, exc) from None
+    cfg.tokenizer_name = None
+    return cfg
 
 
 def _gemma_config(config: dict, **kwargs) -> HookedTransformerConfig:

@@ -28,7 +28,14 @@ def encode_pair(model: HookedTransformer, prompt: str, response: str, *, chat: b
     else:
         ids_ctx = tok(prompt)["input_ids"]
         ids = ids_ctx + tok(" " + response, add_special_tokens=False)["input_ids"]
-    return ids[:max_len], len(ids_ctx)
+    # too long: cut from the right, but never below half the budget of response tokens (the
+    # prompt loses its start instead), so a long prompt cannot leave nothing to train on
+    first = len(ids_ctx)
+    keep = min(len(ids) - first, max_len // 2)
+    if first + keep > max_len:
+        cut = first + keep - max_len
+        ids, first = ids[cut:], first - cut
+    return ids[:max_len], first
 
 
 def frozen_copy(model: HookedTransformer) -> HookedTransformer:

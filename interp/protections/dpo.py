@@ -60,6 +60,10 @@ class Result(ProtectionResult):
     refusal: dict = field(default_factory=dict)  # chat answers to forget prompts that refuse
 
 
+def cost(cfg: Config, sizes) -> dict[str, int]:
+    """Training steps (`interp.cost`); the no-attack scores are counted by the caller."""
+    return {"dpo": cfg.steps}
+
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, out: Path | None = None,
         progress: bool = True, before=None, about: dict | None = None) -> Result:
     """DPO in place (see the module docstring and `protect`)."""

@@ -48,6 +48,10 @@ class Result(ProtectionResult):
     forget_nll: list[float] = field(default_factory=list)  # mean forget NLL per step
 
 
+def cost(cfg: Config, sizes) -> dict[str, int]:
+    """Training steps (`interp.cost`); the no-attack scores are counted by the caller."""
+    return {"npo": cfg.steps}
+
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, out: Path | None = None,
         progress: bool = True, before=None, about: dict | None = None) -> Result:
     """NPO in place (see the module docstring and `protect`)."""

@@ -49,6 +49,10 @@ class Result(ProtectionResult):
     forget_outputs: list[dict] = field(default_factory=list)  # raw continuations after RMU
 
 
+def cost(cfg: Config, sizes) -> dict[str, int]:
+    """Training steps (`interp.cost`); the no-attack scores are counted by the caller."""
+    return {"rmu": cfg.steps}
+
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, out: Path | None = None,
         progress: bool = True, before=None, about: dict | None = None) -> Result:
     """Unlearn the forget corpus in place (see the module docstring and `protect`)."""

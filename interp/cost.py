@@ -1,0 +1,42 @@
+"""What a run will do, counted before it runs: the unit `interp plan` projects time with.
+
+Every protection and attack module may define `cost(cfg, sizes) -> dict[str, int]`: how many steps
+of each kind one run of it does on data of these sizes. The kinds are the stages `interp plan`
+measures: "score" (one question scored), "rmu" / "npo" / "dpo" (one training step), "lora" (one
+finetuning step), "gcg" (one search step), "snip" (one attribution sample), "directions" (one prompt
+through the difference-in-means pass, per model), "lens" (one question through the logit lens).
+The counts follow each module's own loops (the tests compare them with what a run does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Sizes:
+    """The data a preset runs on, as the data layout splits it."""
+
+    forget_train: int
+    forget_eval: int
+    retain_train: int
+    retain_eval: int
+    unrelated: int
+    n_layers: int
+    letter: bool = True  # WMDP-style letter questions: the no-attack scores are raw and chat
+    letter_eval: int = 0  # questions of the `*_eval_letter` sample sets (scored raw and chat)
+
+
+def capped(n: int, limit: int | None) -> int:
+    return n if limit is None else min(n, limit)
+
+
+def measure_cost(s: Sizes) -> dict[str, int]:
+    """The protections' no-attack scores (`protections.base.measure`), once."""
+    return {"score": (s.forget_eval + s.retain_eval) * (2 if s.letter else 1) + 2 * s.letter_eval}
+
+
+def add(total: dict[str, int], part: dict[str, int]) -> dict[str, int]:
+    for k, v in part.items():
+        total[k] = total.get(k, 0) + int(v)
+    return total

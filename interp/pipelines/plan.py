@@ -1,0 +1,291 @@
+"""`interp plan`: what a preset will cost on the hardware at hand, before any download.
+
+A model of the preset's shape is built with random weights on the device (`interp.model.shapes`);
+each stage's real code runs a few steps on inputs of the preset's lengths (synthetic questions and
+texts, laid out by `prepare_data`): scoring, the RMU / NPO / DPO training step, a LoRA step, a GCG
+step, a SNIP batch, the directions pass and the logit lens. Seconds per step are the median over
+the steps after the first (the warm-up); peak memory is the device allocator's peak on a GPU and
+the process's resident set on a CPU. Each module's `cost(cfg, sizes)` counts how many steps of
+each stage the preset runs (`interp.cost`); the projection is steps x seconds per step, per stage.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from interp.cost import Sizes, add, measure_cost
+from interp.data.prepare import split_counts
+from interp.errors import InterpError
+from interp.pipelines.presets import Preset, get_preset
+from interp.pipelines.probes import (
+    MEASURES,
+    NEEDS,
+    Probe,
+    device_memory_mb,
+    is_oom,
+    peak_memory,
+    synthetic_data,
+)
+
+# WMDP-bio (test) and MMLU (test): the paper preset's forget and retain questions
+PAPER_QUESTIONS = {"forget": 1273, "retain": 14042}
+STAGES = ("score", "rmu", "npo", "dpo", "lora", "gcg", "snip", "directions", "lens")
+UNITS = {"score": "question scored", "rmu": "training step", "npo": "training step",
+         "dpo": "training step", "lora": "optimizer step", "gcg": "search step",
+         "snip": "sample attributed", "directions": "prompt (per model)",
+         "lens": "question read"}
+
+
+@dataclass
+class PlanConfig:
+    preset: str = "paper"
+    shape: str = "zephyr"  # a named shape, a config.json, or a folder with one
+    device: str | None = None
+    dtype: str | None = None  # None: the preset's
+    probe_steps: int = 3  # steps run per stage; the first is warm-up
+    prompt_tokens: int = 160  # length of a scored question's prompt (assumed for WMDP-bio)
+    forget: int | None = None  # forget questions (None: WMDP-bio's 1,273 for the paper preset)
+    retain: int | None = None  # retain questions (None: MMLU's 14,042 for the paper preset)
+    memory_mb: float | None = None  # the memory to plan for (None: the device's)
+    seed: int = 0
+
+
+@dataclass
+class Stage:
+    stage: str
+    unit: str
+    seconds_per_step: float | None
+    steps: int
+    projected_seconds: float | None
+    peak_memory_mb: float | None
+    fits: bool
+    counted: dict[str, int] = field(default_factory=dict)  # where the steps come from
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    preset: str
+    shape: str
+    device: str
+    dtype: str
+    n_params: int
+    memory_mb: float
+    sizes: Sizes
+    stages: list[Stage]
+    projected_total_seconds: float
+    all_fit: bool
+    probe_steps: int
+    threads: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------- counting
+def attack_models(p: Preset, attack: str) -> tuple[str, ...]:
+    from interp.attacks.base import registry
+
+    return (("original",) if registry()[attack].SPEC.on_original else ()) + p.methods
+
+
+def count_steps(p: Preset, sizes: Sizes) -> dict[str, dict[str, int]]:
+    """Steps per stage, each split by where it comes from ("npo: protect", "gcg on rmu")."""
+    from interp.attacks.base import registry as attacks
+    from interp.protections.base import registry as protections
+
+    stages: dict[str, dict[str, int]] = {s: {} for s in STAGES}
+
+    def put(label: str, counts: dict[str, int]) -> None:
+        for stage, n in counts.items():
+            if n:
+                stages.setdefault(stage, {})
+                stages[stage][label] = stages[stage].get(label, 0) + n
+
+    for method in p.methods:
+        counts = add({}, measure_cost(sizes))
+        counts = add(counts, measure_cost(sizes))  # before and after
+        if method not in p.external:
+            counts = add(counts, protections()[method].cost(p.protections[method], sizes))
+        put(f"{method}: protect", counts)
+    for name, module in attacks().items():
+        if name not in p.attacks or not hasattr(module, "cost"):
+            continue
+        for model in attack_models(p, name):
+            put(f"{name} on {model}", module.cost(p.attacks[name], sizes))
+    return stages
+
+
+def project(seconds_per_step: float | None, steps: int) -> float | None:
+    return None if seconds_per_step is None else seconds_per_step * steps
+
+
+def preset_sizes(p: Preset, cfg: PlanConfig, n_layers: int) -> Sizes:
+    n_forget = cfg.forget or PAPER_QUESTIONS["forget"]
+    n_retain = cfg.retain or PAPER_QUESTIONS["retain"]
+    if p.source_limit:
+        n_forget, n_retain = min(n_forget, p.source_limit), min(n_retain, p.source_limit)
+    c = split_counts(n_forget, n_retain)
+    from interp.data.unrelated import load_unrelated
+
+    return Sizes(c["forget_train"], c["forget_eval"], c["retain_train"], c["retain_eval"],
+                 unrelated=len(load_unrelated()), n_layers=n_layers, letter=p.sources is not None)
+
+
+def advice(stage: str, p: Preset, peak_mb: float | None, limit_mb: float) -> str:
+    need = f"needs {peak_mb:,.0f} MB" if peak_mb else "ran out of memory"
+    knob = {"score": "a smaller scoring batch",
+            "gcg": "a smaller candidate_batch",
+            "directions": "a smaller directions batch_size",
+            "lens": "a smaller lens batch_size"}.get(
+        stage, "half the batch_size with grad_accum 2 (the same effective batch)")
+    return (f"{stage}: {need} of {limit_mb:,.0f} MB; use {knob}, or spread the model over GPUs "
+            "with --n-devices 2")
+
+
+def _fit_to_shape(p: Preset, n_layers: int) -> Preset:
+    """Layer indices of the preset that the shape does not have are moved to its last layer."""
+    last = n_layers - 1
+    protections = dict(p.protections)
+    if "rmu" in protections and protections["rmu"].layer is not None:
+        protections["rmu"] = replace(protections["rmu"], layer=min(protections["rmu"].layer, last))
+    attacks = dict(p.attacks)
+    if "gcg" in attacks:
+        g = attacks["gcg"]
+        attacks["gcg"] = replace(g, resid_layers=tuple(min(i, last) for i in g.resid_layers))
+    return replace(p, protections=protections, attacks=attacks)
+
+
+def plan(cfg: PlanConfig, out: Path | None = None, progress: bool = True,
+         preset: Preset | None = None) -> Plan:
+    """Measure each stage on a random-weight model of `cfg.shape` and project the preset
+    (`preset` overrides the named one, e.g. with a smaller budget); with `out`, write plan.json."""
+    from interp.model.load import resolve_device, resolve_dtype
+    from interp.model.shapes import parameter_count, shape_config
+
+    if cfg.probe_steps < 2:
+        raise InterpError(f"--probe-steps must be at least 2 (one warm-up), got "
+                          f"{cfg.probe_steps}")
+    p = preset or get_preset(cfg.preset)
+    config = shape_config(cfg.shape)
+    device = resolve_device(cfg.device)
+    dtype_name = cfg.dtype or p.dtype or "float32"
+    dtype = resolve_dtype(dtype_name)
+    limit = cfg.memory_mb or device_memory_mb(device)
+    n_params = parameter_count(config)
+    n_layers = int(config["num_hidden_layers"])
+    p = _fit_to_shape(p, n_layers)
+    if p.sources is None and (cfg.forget is None or cfg.retain is None):
+        raise InterpError(f"preset {p.name!r} builds its own benchmark; give --forget and "
+                          "--retain (its question counts, from the data folder's manifest)")
+    sizes = preset_sizes(p, cfg, n_layers)
+    counts = count_steps(p, sizes)
+    weights_mb = n_params * torch.finfo(dtype).bits / 8 / 2**20
+    seconds: dict[str, float | None] = {}
+    peaks: dict[str, float | None] = {}
+    notes: dict[str, str] = {}
+    if weights_mb > limit:
+        line = (f"the weights alone need {weights_mb:,.0f} MB of {limit:,.0f} MB; use a smaller "
+                "dtype or --n-devices")
+        seconds = {s: None for s in STAGES}
+        peaks = {s: None for s in STAGES}
+        notes = {s: line for s in STAGES}
+    else:
+        _measure_all(p, cfg, device, dtype_name, seconds, peaks, notes, progress)
+    stages = []
+    for s in STAGES:
+        steps = sum(counts.get(s, {}).values())
+        peak = peaks.get(s)
+        fits = s in seconds and seconds[s] is not None and (peak is None or peak <= limit)
+        note = notes.get(s, "")
+        if s in seconds and seconds[s] is not None and not fits:
+            note = advice(s, p, peak, limit)
+        stages.append(Stage(s, UNITS[s], _round(seconds.get(s)), steps,
+                            _round(project(seconds.get(s), steps)) if fits else None,
+                            _round(peak), fits, counts.get(s, {}), note))
+    total = sum(st.projected_seconds or 0.0 for st in stages)
+    used = [st for st in stages if st.steps]
+    result = Plan(preset=p.name, shape=str(cfg.shape), device=str(device), dtype=dtype_name,
+                  n_params=n_params, memory_mb=round(limit, 1), sizes=sizes, stages=stages,
+                  projected_total_seconds=round(total, 1),
+                  all_fit=all(st.fits for st in used), probe_steps=cfg.probe_steps,
+                  threads=torch.get_num_threads())
+    if out is not None:
+        from interp.store import write_json
+
+        write_json(Path(out), result.to_json())
+    return result
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else float(f"{x:.4g}")
+
+
+def _measure_all(p: Preset, cfg: PlanConfig, device, dtype_name: str, seconds, peaks, notes,
+                 progress: bool) -> None:
+    import tempfile
+
+    from interp.model.shapes import random_model
+
+    model = random_model(cfg.shape, device=device, dtype=dtype_name, seed=cfg.seed)
+    long_tokens = max([getattr(c, "max_len", 0) for c in (*p.protections.values(),
+                                                          *p.attacks.values())] + [64])
+    wanted = [s for s in STAGES if s not in NEEDS or
+              NEEDS[s][1] in getattr(p, NEEDS[s][0])]
+    with tempfile.TemporaryDirectory(prefix="interp-plan-") as tmp:
+        data = synthetic_data(model, Path(tmp) / "data", cfg.prompt_tokens, long_tokens,
+                              seed=cfg.seed)
+        probe = Probe(model, data, p, cfg.probe_steps, device, Path(tmp))
+        bar = tqdm(wanted, desc="plan", disable=not progress, leave=False)
+        for stage in bar:
+            bar.set_postfix(stage=stage)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            try:
+                with peak_memory(device) as peak:
+                    seconds[stage] = MEASURES[stage](probe)
+            except Exception as exc:  # a stage that does not fit is a result, not a crash
+                if not is_oom(exc):
+                    raise
+                probe.drop_original()
+                seconds[stage] = None
+                notes[stage] = advice(stage, p, None, cfg.memory_mb or
+                                      device_memory_mb(device))
+            peaks[stage] = peak["mb"]
+    del model, probe
+
+
+def summary_lines(result: Plan) -> list[str]:
+    """The plan as a table for the terminal."""
+    n = result.n_params
+    size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+    lines = [f"{result.preset} preset, shape {result.shape} ({size} "
+             f"weights), {result.device}, {result.dtype}, {result.threads} threads",
+             f"{'stage':<11}{'s/step':>10}{'steps':>10}{'projected':>12}{'peak MB':>10}  fits"]
+    for st in result.stages:
+        lines.append(f"{st.stage:<11}{_fmt(st.seconds_per_step):>10}{st.steps:>10,}"
+                     f"{_hours(st.projected_seconds):>12}{_fmt(st.peak_memory_mb, 0):>10}  "
+                     f"{'yes' if st.fits else 'NO'}")
+        if st.note:
+            lines.append(f"  {st.note}")
+    lines.append(f"projected total: {_hours(result.projected_total_seconds)}"
+                 + ("" if result.all_fit else " (stages that do not fit are not counted)"))
+    return lines
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    if x is None:
+        return "-"
+    return f"{x:,.0f}" if digits == 0 else f"{x:.{digits}g}"
+
+
+def _hours(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s / 3600:.2f} h" if s >= 3600 else f"{s:.0f} s"
