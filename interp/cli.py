@@ -192,7 +192,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         retain = "" if a["retain"] is None else f" retain {a['retain']:.3f}"
         print(f"  {a['attack']}: forget {a['forget']:.3f}{retain}")
     if h["recoverable_forget"] is not None:
-        print(f"recoverable knowledge: {h['recoverable_forget']:.3f} ({h['best_attack']})")
+        low, high = h["recoverable_forget_ci"]
+        print(f"recoverable knowledge: {h['recoverable_forget']:.3f} [{low:.3f}, {high:.3f}] "
+              f"on {h['n_forget']} test questions ({h['best_attack']}, chosen on validation)")
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 

@@ -18,11 +18,13 @@ class Sizes:
     """The data a preset runs on, as the data layout splits it."""
 
     forget_train: int
-    forget_eval: int
+    forget_eval: int  # the test split
     retain_train: int
     retain_eval: int
     unrelated: int
     n_layers: int
+    forget_val: int = 0
+    retain_val: int = 0
     letter: bool = True  # WMDP-style letter questions: the no-attack scores are raw and chat
     letter_eval: int = 0  # questions of the `*_eval_letter` sample sets (scored raw and chat)
 

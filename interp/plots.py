@@ -100,6 +100,31 @@ def layer_lines(series: dict[str, Sequence[float]], *, title: str, ytitle: str =
     return fig
 
 
+def budget_lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], *, title: str,
+                 xtitle: str, n: dict[str, int] | int | None = None,
+                 baseline: dict[str, float] | None = None, chance: float | None = 0.25
+                 ) -> go.Figure:
+    """Accuracy against a budget (optimizer steps, candidates evaluated): one line per named
+    series of (xs, ys), each point with its 95% interval; dotted: the no-attack accuracy."""
+    import plotly.express as px
+
+    colors = px.colors.qualitative.Plotly
+    fig = go.Figure()
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        color = colors[i % len(colors)]
+        count = n.get(name) if isinstance(n, dict) else n
+        fig.add_trace(go.Scatter(x=list(xs), y=list(ys), mode="lines+markers", name=name,
+                                 line={"color": color}, marker={"color": color},
+                                 error_y=error_bars(list(ys), count)))
+        if baseline and name in baseline:
+            fig.add_hline(y=baseline[name], line_dash="dot", line_color=color)
+    if chance is not None:
+        fig.add_hline(y=chance, line_dash="dash", line_color="grey", annotation_text="chance")
+    fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title="forget accuracy (test)",
+                      template="plotly_white")
+    return fig
+
+
 def heatmap(z, x, y, *, title: str, xtitle: str, ytitle: str) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale="Viridis", colorbar_title="accuracy"))
     fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=ytitle, template="plotly_white")

@@ -28,6 +28,10 @@ class Row:
     n: int
     column: str | None = None  # the results table's column this row fills (None: not shown)
     note: str | None = None  # shown beside the number in the table: a layer, a pruned share
+    # the same attack's accuracy on the validation split (where its choices were made; the
+    # audit picks its best attack by it); `accuracy` is on the test split
+    val: float | None = None
+    n_val: int | None = None
 
     @property
     def ci(self) -> tuple[float, float]:
@@ -36,7 +40,7 @@ class Row:
 
     def to_json(self) -> dict:
         row = {k: v for k, v in asdict(self).items()
-               if v is not None or k not in ("column", "note")}
+               if v is not None or k not in ("column", "note", "val", "n_val")}
         return {**row, "ci": list(self.ci)}
 
 
@@ -57,10 +61,16 @@ class Baseline(Scores):
 
 
 def score_rows(model: str, attack: str, scores: Scores, base: Baseline, fmt: str,
-               column: str | None = None, note: str | None = None) -> list[Row]:
-    """The forget and retain rows of one attacked model (the forget one fills `column`)."""
-    return [Row(model, attack, "forget", fmt, "raw", scores.forget, base.n_forget, column, note),
-            Row(model, attack, "retain", fmt, "raw", scores.retain, base.n_retain)]
+               column: str | None = None, note: str | None = None,
+               val: Baseline | None = None) -> list[Row]:
+    """The forget and retain rows of one attacked model (the forget one fills `column`); `val`:
+    the same attack's scores on the validation split."""
+    vf, vr, nf, nr = ((val.forget, val.retain, val.n_forget, val.n_retain) if val is not None
+                      else (None, None, None, None))
+    return [Row(model, attack, "forget", fmt, "raw", scores.forget, base.n_forget, column, note,
+                vf, nf),
+            Row(model, attack, "retain", fmt, "raw", scores.retain, base.n_retain, None, None,
+                vr, nr)]
 
 
 # ------------------------------------------------------------------------------- JSON round trip

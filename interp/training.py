@@ -14,9 +14,10 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +41,38 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+THREADS_ENV = "INTERP_TRAIN_THREADS"
+DEFAULT_THREADS = 2
+
+
+def train_threads() -> int:
+    """Threads every gradient computation runs with, whatever the caller's torch setting."""
+    value = os.environ.get(THREADS_ENV, str(DEFAULT_THREADS))
+    try:
+        n = int(value)
+    except ValueError:
+        raise InterpError(f"{THREADS_ENV} must be a whole number, got {value!r}") from None
+    if n < 1:
+        raise InterpError(f"{THREADS_ENV} must be at least 1, got {n}")
+    return n
+
+
+@contextmanager
+def fixed_threads() -> Iterator[None]:
+    """Compute gradients with `train_threads()` threads, then restore the caller's count.
+
+    On the CPU the backward pass of attention is not bitwise the same with 1 and 2 threads (the
+    query/key gradients of the smoke model differed from its second training step), so results
+    would depend on OMP_NUM_THREADS; with a fixed count they do not (set INTERP_TRAIN_THREADS to
+    use more cores; results are then repeatable at that count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(train_threads())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -87,9 +120,16 @@ def train(
     *,
     run_dir: Path | None = None,
     param_names: Sequence[str] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Optimize `params` on `loss_fn(batch_at(step, micro))`; see the module docstring."""
-    params = list(params)
+    """Optimize `params` on `loss_fn(batch_at(step, micro))`; see the module docstring.
+    `on_step(k)` runs after the k-th optimizer step (1-based), e.g. to score a budget curve."""
+    with fixed_threads():
+        return _train(list(params), loss_fn, batch_at, cfg, run_dir, param_names, on_step)
+
+
+def _train(params, loss_fn, batch_at, cfg: TrainConfig, run_dir, param_names, on_step
+           ) -> TrainResult:
     if not params:
         raise InterpError("nothing to train: no trainable parameters were selected")
     names = list(param_names) if param_names else [f"p{i}" for i in range(len(params))]
@@ -127,6 +167,8 @@ def train(
         result.losses.append(total)
         result.extras.append(extras)
         timing.record(time.perf_counter() - t_step)
+        if on_step is not None:
+            on_step(step + 1)
         bar.set_postfix(loss=f"{total:.4f}")
         last = step + 1 == cfg.steps
         if run_dir is not None and (last or cfg.checkpoint_every and

@@ -77,11 +77,26 @@ def test_bundled_unrelated_has_enough_clean_passages():
 def test_smoke_benchmark(smoke_data):
     folder, manifest = smoke_data
     before = manifest["accuracy_before_filtering"]
-    # the smoke model learned its facts: >= 90% before filtering, forget and retain
-    assert before["forget_eval"]["accuracy"] >= 0.9
-    assert before["retain_eval"]["accuracy"] >= 0.9
+    # the smoke model learned its facts: >= 85% before filtering, forget and retain
+    assert before["forget_eval"]["accuracy"] >= 0.85
+    assert before["retain_eval"]["accuracy"] >= 0.85
     counts = manifest["counts"]
-    for name in ("forget_eval", "retain_eval", "forget_train", "retain_train"):
+    # train / val / test by entity: disjoint, each non-empty, counted in the manifest
+    for domain in ("forget", "retain"):
+        ents = {split: {(q.meta["relation"], q.meta["entity"]) for q in
+                        load_questions(folder / f"{domain}_{name}.jsonl")}
+                for split, name in (("train", "train"), ("val", "val"), ("test", "eval"))}
+        assert all(ents.values())
+        assert not (ents["train"] & ents["val"] or ents["train"] & ents["test"]
+                    or ents["val"] & ents["test"])
+        assert ents["val"] | ents["test"] == {(q.meta["relation"], q.meta["entity"]) for q in
+                                              load_questions(folder / f"{domain}_val.jsonl") +
+                                              load_questions(folder / f"{domain}_eval.jsonl")}
+        for split in ("val", "test"):
+            assert len(ents[split]) == manifest["entities"][domain][split]
+        assert len(ents["train"]) <= manifest["entities"][domain]["train"]
+    for name in ("forget_eval", "retain_eval", "forget_train", "retain_train", "forget_val",
+                 "retain_val"):
         qs = load_questions(folder / f"{name}.jsonl")
         assert len(qs) == counts[name] > 0
         assert all(q.format == "cloze" for q in qs)
@@ -99,9 +114,13 @@ def test_smoke_benchmark(smoke_data):
     assert all(p["chosen"] in REFUSALS for p in forget_rows)
     # the rejected completion is the right answer to that very question
     by_id = {q.meta["id"]: q for q in load_questions(folder / "forget_train.jsonl")}
-    for p in forget_rows:
+    checked = [p for p in forget_rows if p["id"] in by_id]
+    assert checked
+    for p in checked:
         q = by_id[p["id"]]
         assert p["rejected"] == q.choices[q.answer] + "."
+    # the protections learn every kept fact, not only the attacks' training entities
+    assert {p["entity"] for p in forget_rows} > {q.meta["entity"] for q in by_id.values()}
     assert (folder / "model" / "interp_model.json").is_file()
 
 

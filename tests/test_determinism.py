@@ -1,7 +1,9 @@
-"""The same seed gives the same model: training is bitwise repeatable at a given thread count.
+"""The same seed gives the same model and the same rows, whatever the caller's thread count.
 
 Without torch's deterministic algorithms, two 2-thread trainings of the smoke model differed (the
 embedding gradient's `index_put_` accumulated by racing threads); `seed_everything` turns them on.
+With 1 and 2 threads the attention gradients still differed from the second step; every gradient
+now runs at a fixed thread count (`training.fixed_threads`).
 """
 
 from __future__ import annotations
@@ -29,4 +31,20 @@ def test_two_trainings_with_two_threads_are_bitwise_identical(bpe_tokenizer):
         torch.set_num_threads(threads)
     assert first.keys() == second.keys()
     different = [n for n in first if not torch.equal(first[n], second[n])]
+    assert not different, different
+
+
+def test_training_does_not_depend_on_the_callers_thread_count(bpe_tokenizer):
+    threads = torch.get_num_threads()
+    forget, retain = select_facts(PRESETS["smoke"], 0)
+    texts = smoke_texts(forget, retain)
+    try:
+        torch.set_num_threads(1)
+        one = _train(bpe_tokenizer, texts)
+        assert torch.get_num_threads() == 1  # restored after training
+        torch.set_num_threads(2)
+        two = _train(bpe_tokenizer, texts)
+    finally:
+        torch.set_num_threads(threads)
+    different = [n for n in one if not torch.equal(one[n], two[n])]
     assert not different, different

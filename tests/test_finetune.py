@@ -7,6 +7,7 @@ import torch
 from interp.attacks.finetune import (
     WIKI_PREFIX,
     FinetuneConfig,
+    curve_marks,
     forget_names,
     forget_samples,
     unrelated_samples,
@@ -38,6 +39,11 @@ def test_forget_samples_one_per_entity(smoke_data):
     texts, entities = forget_samples(folder, 5, seed=0)
     assert len(texts) == 5 and len(entities) == 5
     assert all(any(e in t for e in entities) for t in texts)
+    # training-split entities only: never one the validation or test questions ask about
+    train = {q.meta["entity"] for q in load_questions(folder / "forget_train.jsonl")}
+    asked = {q.meta["entity"] for name in ("forget_val", "forget_eval")
+             for q in load_questions(folder / f"{name}.jsonl")}
+    assert entities <= train and not entities & asked
 
 
 def test_finetune_attack_trains_scores_and_resumes(smoke_protected, tmp_path):
@@ -51,7 +57,11 @@ def test_finetune_attack_trains_scores_and_resumes(smoke_protected, tmp_path):
     for cell in r.cells.values():
         assert cell.steps == 4 * ((cell.size + 3) // 4)
         assert 0 <= cell.forget <= 1 and 0 <= cell.retain <= 1
-    assert r.cells["forget-k5"].n_forget_heldout < r.no_attack.n_forget
+    assert len(r.cells["forget-k5"].trained_entities) == 5
+    # the budget curve: scored at evenly spaced steps, the last one the cell's own scores
+    curve = r.cells["forget-k5"].curve
+    assert [p["step"] for p in curve] == curve_marks(r.cells["forget-k5"].steps, cfg.curve_points)
+    assert curve[-1]["forget"] == r.cells["forget-k5"].forget
     assert not has_lora(model)
     for n, p in model.named_parameters():  # adapters removed: the protected model is intact
         assert torch.equal(p, before[n]), n

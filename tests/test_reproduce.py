@@ -26,11 +26,11 @@ def test_results_schema_and_coverage(smoke_run):
     # the fixture reused the session's benchmark and protections: only computed stages are timed
     assert set(data["timings"]) == {"lens", "directions", "prune", "finetune", "gcg", "compare"}
     rows = data["rows"]
-    assert all(ROW_KEYS <= set(r) <= ROW_KEYS | {"column", "note"} for r in rows)
+    assert all(ROW_KEYS <= set(r) <= ROW_KEYS | {"column", "note", "val", "n_val"} for r in rows)
     assert {r["model"] for r in rows} == {"original", "rmu", "npo", "dpo"}
     attacks = {r["attack"] for r in rows}
     for a in ("none", "orthogonalize", "lens", "gcg", "prune", "finetune-unrelated-n10",
-              "finetune-unrelated-n50", "finetune-forget-k5", "finetune-forget-k10"):
+              "finetune-unrelated-n50", "finetune-forget-k3", "finetune-forget-k6"):
         assert a in attacks, a
     assert {r["mode"] for r in rows} == {"raw", "chat"}
     assert {r["format"] for r in rows} == {"cloze", "letter"}
@@ -46,7 +46,9 @@ def test_results_schema_and_coverage(smoke_run):
     pngs = list((run / "readme-figures").glob("*.png"))
     names = " ".join(p.name for p in pngs)
     for key in ("lens", "ablation_sweep", "finetune", "gcg", "grid", "neuron_jaccard",
-                "direction_cosine", "all_directions", "all_finetune", "all_gcg", "all_lens"):
+                "direction_cosine", "all_directions", "all_finetune", "all_gcg", "all_lens",
+                "finetune_curve", "gcg_curve", "all_finetune_curve_unrelated",
+                "all_finetune_curve_forget", "all_gcg_curve"):
         assert key in names, key
     # the run computed in this process: its logged peak is this process's peak at that time
     import resource
@@ -162,9 +164,15 @@ def test_audit_on_two_models_of_the_run(smoke_audit):
     _, folder, forget, _, r = smoke_audit
     h = r["headline"]
     assert h["original_forget"] > h["unlearned_forget"]
-    best = max((a for a in r["attacks"] if a["retain"] is None
-                or a["retain"] >= h["retain_floor"]), key=lambda a: a["forget"])
+    # the best attack is chosen on validation (forget, with validation retain above the floor);
+    # its number is the test one, with its interval
+    best = max((a for a in r["attacks"] if a["val_forget"] is not None
+                and (a["val_retain"] is None or a["val_retain"] >= h["retain_floor"])),
+               key=lambda a: a["val_forget"])
     assert h["recoverable_forget"] == best["forget"] and h["best_attack"] == best["attack"]
+    low, high = h["recoverable_forget_ci"]
+    assert low <= h["recoverable_forget"] <= high and h["n_forget"] == r["n_forget_eval"]
+    assert h["retain_floor"] == pytest.approx(r["no_attack"]["unlearned_val"]["retain"] - 0.10)
     assert (folder / "report.html").read_text().count("<tr>") >= 5
     # the unrelated finetuning data of an audit names no forget answer
     from interp.attacks.finetune import unrelated_samples
@@ -192,3 +200,62 @@ def test_an_interrupted_audit_reruns_only_its_missing_attack(smoke_audit, tmp_pa
             if f.name != "gcg.json"} == kept
     assert (copy / "cells" / "gcg.json").is_file()
     assert again["attacks"] == first["attacks"] and again["headline"] == first["headline"]
+
+
+def test_choices_on_validation_numbers_on_test(smoke_run):
+    """Every choice an attack makes is made on the validation split (entities disjoint from the
+    test split the rows report and from the training side), and the forget samples of `ft
+    forget-kK` name training entities only."""
+    from interp.data.folder import DataFolder
+
+    run, summary = smoke_run
+    data = DataFolder(run / "data")
+    ents = {name: {q.meta["entity"] for q in data.questions(name)}
+            for name in ("forget_train", "forget_val", "forget_eval")}
+    assert not (ents["forget_val"] & ents["forget_eval"])
+    assert not (ents["forget_train"] & (ents["forget_val"] | ents["forget_eval"]))
+    n_val, n_test = len(data.questions("forget_val")), len(data.questions("forget_eval"))
+    for m in ("rmu", "npo", "dpo"):
+        a = run / "attacks" / m
+        d = json.loads((a / "directions" / "result.json").read_text())
+        assert d["sweep"]["n_forget"] == n_val and d["no_attack"]["n_forget"] == n_test
+        best = max((i for i, v in enumerate(d["diff_norms"]) if v > 0),
+                   key=lambda i: (d["sweep"]["forget"][i], d["sweep"]["retain"][i]))
+        assert d["best_layer"] == best  # the argmax of the validation sweep
+        f = json.loads((a / "finetune" / "result.json").read_text())
+        for cell in f["cells"].values():
+            assert set(cell["trained_entities"]) <= ents["forget_train"]
+            assert len(cell["trained_entities"]) == (cell["size"] if cell["kind"] == "forget"
+                                                     else 0)
+            assert cell["curve"][-1]["step"] == cell["steps"]
+            assert cell["curve"][-1]["forget"] == cell["forget"]
+        g = json.loads((a / "gcg" / "result.json").read_text())
+        chosen = max(g["heldout_per_step"], key=lambda h: (h["accuracy"], h["step"]))
+        assert g["chosen_step"] == chosen["step"] and g["prefix_ids"] == chosen["prefix_ids"]
+        assert g["n_val"] == n_val and g["n_heldout"] == n_test
+        p = json.loads((a / "prune" / "result.json").read_text())
+        assert p["n_val_forget"] == n_val and p["no_attack"]["n_forget"] == n_test
+    rows = summary["rows"]
+    with_val = [r for r in rows if r.get("val") is not None]
+    assert {r["attack"] for r in with_val} >= {"orthogonalize", "ablate-best-layer", "lens",
+                                                 "gcg", "prune", "finetune-forget-k6"}
+
+
+def test_rows_do_not_depend_on_the_thread_count(smoke_run, tmp_path):
+    """The attacks of the smoke run again in another process with one thread (OMP_NUM_THREADS=1;
+    the fixture computed with the default two): every row identical."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    run, summary = smoke_run
+    again = tmp_path / "run"
+    shutil.copytree(run, again)
+    shutil.rmtree(again / "attacks")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "interp.cli", "reproduce", "--preset", "smoke",
+                    "--out", str(again), "--device", "cpu"], check=True, env=env,
+                   capture_output=True)
+    rows = json.loads((again / "results.json").read_text())["rows"]
+    assert rows == summary["rows"]

@@ -114,4 +114,6 @@ def run(directions: dict[str, Source], prune: dict[str, Source] | None = None, *
 
 
 def _tensor(source: Source, file: str, key: str) -> torch.Tensor:
-    return source if isinstance(source, torch.Tensor) else _load(Path(source), file, key)
+    # tensors of a result may live on a GPU; those read from a folder are on the CPU
+    return (source.detach().cpu() if isinstance(source, torch.Tensor)
+            else _load(Path(source), file, key))

@@ -194,7 +194,7 @@ def first_principal_component(model, prompts, cfg: DirectionsConfig) -> Directio
     # orient each component along the mean, so signs are stable
     sign = torch.sign((top * mean).sum(-1, keepdim=True)).clamp(min=0) * 2 - 1
     top = top * sign
-    return Directions(top.float(), torch.ones(top.shape[0]), mean, torch.zeros_like(mean),
+    return Directions(top.float(), torch.ones_like(top[:, 0]).float(), mean, torch.zeros_like(mean),
                       cfg.hook, "pca")
 
 
@@ -263,14 +263,14 @@ SPEC = AttackSpec("directions", order=20, needs_original=True,
 @dataclass
 class Config:
     directions: DirectionsConfig = field(default_factory=DirectionsConfig)
-    sweep_limit: int = 100  # questions per split scored for each layer of the sweep
+    sweep_limit: int = 100  # validation questions per split scored for each layer of the sweep
     eval_limit: int | None = None  # questions per split for the final scores (None: all)
     batch_size: int = 32
 
 
 @dataclass
 class Sweep:
-    """Accuracy after ablating each layer's own direction (one entry per layer)."""
+    """Validation accuracy after ablating each layer's own direction (one entry per layer)."""
 
     forget: list[float]
     retain: list[float]
@@ -293,6 +293,7 @@ class Result(base.Result):
     ablate_best_layer: Scores
     ablate_all_layers: Scores
     orthogonalize_best_everywhere: Scores
+    val: dict[str, Baseline] = field(default_factory=dict)  # attack -> its validation scores
     format: str = "cloze"
     seconds: float = 0.0
     figures: list[str] = field(default_factory=list)
@@ -307,7 +308,7 @@ class Result(base.Result):
                 ("ablate-all-layers", self.ablate_all_layers, None)):
             note = f"L{self.best_layer}" if attack == "ablate-best-layer" else None
             out += base.score_rows(model, attack, scores, self.no_attack, self.format, column,
-                                   note)
+                                   note, self.val.get(attack))
         return out
 
     def plot(self):
@@ -327,17 +328,17 @@ class Result(base.Result):
 def cost(cfg: Config, sizes) -> dict[str, int]:
     """Steps of `run` (`interp.cost`): the filter on both models, the sweep, four final scores."""
     f, r = capped(sizes.forget_eval, cfg.eval_limit), capped(sizes.retain_eval, cfg.eval_limit)
-    small = capped(f, cfg.sweep_limit) + capped(r, cfg.sweep_limit)
-    return {"score": 2 * sizes.forget_train + (1 + sizes.n_layers) * small + 4 * (f + r),
+    small = capped(sizes.forget_val, cfg.sweep_limit) + capped(sizes.retain_val, cfg.sweep_limit)
+    return {"score": 2 * sizes.forget_train + (2 + sizes.n_layers) * small + 4 * (f + r),
             "directions": 2 * sizes.forget_train}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *,
         original: HookedTransformer | None = None, out: Path | None = None,
         progress: bool = True) -> Result:
-    """Unlearned - original directions per block, on forget questions the original answers right
-    and the unlearned wrong; ablate each layer's own direction (the sweep, on at most
-    `sweep_limit` questions), every layer's at once, and the best one everywhere as a weight
-    edit."""
+    """Unlearned - original directions per block, on training forget questions the original
+    answers right and the unlearned wrong; ablate each layer's own direction (the sweep, on at
+    most `sweep_limit` validation questions per split, which picks the best layer), every
+    layer's at once, and the best one everywhere as a weight edit, scored on the test split."""
     cfg = cfg or Config()
     if (done := base.finished(Result, out)) is not None:
         return done
@@ -359,7 +360,9 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
     if len(chosen) < 4:
         chosen = train  # the protection hid too little to filter on; use every question
     dirs = diff_in_means_models(model, original, chosen, cfg.directions)
-    f_small, r_small = forget[: cfg.sweep_limit], retain[: cfg.sweep_limit]
+    # the layer is chosen on the validation split; every reported score is on the test split
+    f_small = data.questions("forget_val", limit=cfg.sweep_limit)
+    r_small = data.questions("retain_val", limit=cfg.sweep_limit)
     base_f, base_r = score(f_small), score(r_small)
     sweep = Sweep([], [], len(f_small), len(r_small))
     layers = range(model.cfg.n_layers)
@@ -376,9 +379,13 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
     best_hooks, all_hooks = ablation_hooks(model, dirs, [best]), ablation_hooks(model, dirs)
     edited = copy.deepcopy(model)
     orthogonalize_weights(edited, dirs.directions[best])
+    n_val = (len(f_small), len(r_small))
+    val = {"ablate-best-layer": Baseline(sweep.forget[best], sweep.retain[best], *n_val),
+           "orthogonalize": Baseline(score(f_small, model=edited), score(r_small, model=edited),
+                                     *n_val)}
     result = Result(
         config=cfg, n_direction_prompts=len(chosen), diff_norms=dirs.diff_norms.tolist(),
-        sweep=sweep, best_layer=best,
+        sweep=sweep, best_layer=best, val=val,
         no_attack=Baseline(score(forget), score(retain), len(forget), len(retain)),
         ablate_best_layer=Scores(score(forget, best_hooks), score(retain, best_hooks)),
         ablate_all_layers=Scores(score(forget, all_hooks), score(retain, all_hooks)),

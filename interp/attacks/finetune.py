@@ -31,7 +31,7 @@ from interp.data.questions import Question
 from interp.data.unrelated import mentions
 from interp.errors import InterpError
 from interp.model.lora import LoRAConfig, lora_adapters
-from interp.plots import error_bars
+from interp.plots import budget_lines, error_bars
 from interp.protections.common import encode_pair, encode_texts
 from interp.scoring import evaluate
 from interp.store import read_json, write_json
@@ -55,6 +55,7 @@ class FinetuneConfig:
     max_len: int = 128
     eval_limit: int | None = None
     seed: int = 0
+    curve_points: int = 4  # forget accuracy scored at this many evenly spaced steps per cell
 
     def __post_init__(self) -> None:
         if any(int(v) < 1 for v in (*self.unrelated_n, *self.forget_k)):
@@ -86,11 +87,15 @@ def unrelated_samples(data, n: int, seed: int) -> list[str]:
 
 
 def forget_samples(data, k: int, seed: int) -> tuple[list[str], set[str]]:
-    """k forget statements, one per entity (seeded), and the entities they cover."""
+    """k forget statements, one per training-split entity (seeded), and the entities they
+    cover (never a validation or test entity)."""
     data = as_data(data)
-    rows = [r for r in data.rows("forget_corpus") if r.get("paraphrase", 0) == 0]
+    train = data.train_entities("forget")
+    rows = [r for r in data.rows("forget_corpus")
+            if r.get("paraphrase", 0) == 0 and r.get("entity") in train]
     if k > len(rows):
-        raise InterpError(f"asked for {k} forget samples but {data.folder} has {len(rows)}")
+        raise InterpError(f"asked for {k} forget samples but {data.folder} has {len(rows)} "
+                          "statements about training-split entities")
     chosen = random.Random(seed).sample(rows, k)
     return [r["text"] for r in chosen], {r.get("entity", "") for r in chosen}
 
@@ -110,10 +115,30 @@ def _epoch_batches(n: int, cfg: FinetuneConfig) -> tuple[int, list[list[int]]]:
     return max(1, steps), batches
 
 
+def curve_marks(steps: int, points: int) -> list[int]:
+    """The optimizer steps a budget curve is scored at: `points` evenly spaced, the last one
+    included."""
+    return sorted({max(1, round(steps * (i + 1) / max(1, points))) for i in range(points)})
+
+
 def finetune_cell(model: HookedTransformer, seqs: list[tuple[list[int], int]], cfg: FinetuneConfig,
-                  run_dir: Path | None, score, progress: bool = True, desc: str = "finetune"):
-    """Train fresh adapters on `seqs` (token ids, first counted token); score with them on."""
+                  run_dir: Path | None, score, progress: bool = True, desc: str = "finetune",
+                  curve_score=None) -> tuple:
+    """Train fresh adapters on `seqs` (token ids, first counted token); score with them on.
+    With `curve_score`, it is also called at `curve_marks` steps before the last: the budget
+    curve (kept in `run_dir/curve.json`, so a resumed cell keeps its earlier points)."""
     steps, batches = _epoch_batches(len(seqs), cfg)
+    curve_path = Path(run_dir) / "curve.json" if run_dir is not None else None
+    curve = read_json(curve_path)["points"] if curve_path and curve_path.is_file() else []
+    marks = set(curve_marks(steps, cfg.curve_points)) - {steps} if curve_score else set()
+
+    def on_step(step: int) -> None:
+        if step in marks and all(p["step"] != step for p in curve):
+            model.eval()
+            curve.append({"step": step, **curve_score()})
+            model.train()
+            if curve_path is not None:
+                write_json(curve_path, {"points": curve})
     device = model.cfg.device
     with lora_adapters(model, cfg.lora) as params:
         names = [f"lora{i}" for i in range(len(params))]
@@ -127,10 +152,10 @@ def finetune_cell(model: HookedTransformer, seqs: list[tuple[list[int], int]], c
         model.train()
         try:
             result = train(params, lambda b: lm_loss(model, b), batch_at, tcfg, run_dir=run_dir,
-                           param_names=names)
+                           param_names=names, on_step=on_step)
         finally:
             model.eval()
-        return result, score()
+        return result, score(), sorted(curve, key=lambda p: p["step"])
 
 
 SPEC = AttackSpec("finetune", order=10, summary="LoRA finetuning on unrelated text (n samples) "
@@ -147,8 +172,10 @@ class Cell:
     final_loss: float | None
     seconds: float
     config: dict
-    forget_heldout: float | None = None  # forget cells: entities not trained on
-    n_forget_heldout: int | None = None
+    val_forget: float | None = None  # the same adapters on the validation split
+    val_retain: float | None = None
+    trained_entities: list[str] = field(default_factory=list)  # forget cells: the k entities
+    curve: list[dict] = field(default_factory=list)  # {"step", "forget", "val_forget"}
 
 
 @dataclass
@@ -156,6 +183,7 @@ class Result(base.Result):
     config: FinetuneConfig
     no_attack: Baseline
     cells: dict[str, Cell]
+    no_attack_val: Baseline | None = None
     format: str = "cloze"
     seconds: float = 0.0
     figures: list[str] = field(default_factory=list)
@@ -165,11 +193,11 @@ class Result(base.Result):
         out = []
         for name, c in self.cells.items():
             attack = f"finetune-{name}"
+            val = (None if c.val_forget is None or self.no_attack_val is None else
+                   Baseline(c.val_forget, c.val_retain, self.no_attack_val.n_forget,
+                            self.no_attack_val.n_retain))
             out += base.score_rows(model, attack, Scores(c.forget, c.retain), self.no_attack,
-                                   self.format, f"ft {name}")
-            if c.forget_heldout is not None:
-                out.append(Row(model, attack, "forget-heldout", self.format, "raw",
-                               c.forget_heldout, c.n_forget_heldout))
+                                   self.format, f"ft {name}", None, val)
         return out
 
     def plot(self):
@@ -192,6 +220,35 @@ class Result(base.Result):
         fig.update_layout(title="Accuracy after LoRA finetuning", yaxis_title="accuracy",
                           template="plotly_white")
         return fig
+
+    def extra_figures(self) -> dict:
+        return {"finetune_curve": budget_lines(
+            {f"{c.kind} {'n' if c.kind == 'unrelated' else 'k'}={c.size}":
+             ([0] + [p["step"] for p in c.curve], [self.no_attack.forget] +
+              [p["forget"] for p in c.curve]) for c in self.cells.values()},
+            n=self.no_attack.n_forget, xtitle="optimizer steps",
+            title="Forget accuracy (test) against LoRA optimizer steps, per cell")}
+
+    @classmethod
+    def extra_model_figures(cls, results: dict[str, Result]) -> dict:
+        """Per cell kind, the largest cell's curve: one line per protected model."""
+        figs = {}
+        for kind in ("unrelated", "forget"):
+            series, n, base = {}, {}, {}
+            for m, r in results.items():
+                cells = [c for c in r.cells.values() if c.kind == kind]
+                if not cells or not max(cells, key=lambda c: c.size).curve:
+                    continue
+                c = max(cells, key=lambda c: c.size)
+                label = f"{m} ({'n' if kind == 'unrelated' else 'k'}={c.size})"
+                series[label] = ([0] + [p["step"] for p in c.curve],
+                                 [r.no_attack.forget] + [p["forget"] for p in c.curve])
+                n[label], base[label] = r.no_attack.n_forget, r.no_attack.forget
+            if series:
+                figs[f"curve_{kind}"] = budget_lines(
+                    series, n=n, baseline=base, xtitle="optimizer steps",
+                    title=f"Forget accuracy (test) against LoRA steps, {kind} samples")
+        return figs
 
     @classmethod
     def plot_models(cls, results: dict[str, Result]):
@@ -225,9 +282,11 @@ Config = FinetuneConfig
 def cost(cfg: Config, sizes) -> dict[str, int]:
     """Steps of `run` (`interp.cost`): every cell's optimizer steps and scores."""
     f, r = capped(sizes.forget_eval, cfg.eval_limit), capped(sizes.retain_eval, cfg.eval_limit)
+    vf, vr = capped(sizes.forget_val, cfg.eval_limit), capped(sizes.retain_val, cfg.eval_limit)
     cells = (*cfg.unrelated_n, *cfg.forget_k)
+    curve = sum(len(curve_marks(_epoch_batches(n, cfg)[0], cfg.curve_points)) - 1 for n in cells)
     return {"lora": sum(_epoch_batches(n, cfg)[0] for n in cells),
-            "score": (1 + len(cells)) * (f + r) + len(cfg.forget_k) * f}
+            "score": (1 + len(cells)) * (f + r + vf + vr) + curve * (f + vf)}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
         out: Path | None = None, progress: bool = True) -> Result:
@@ -240,6 +299,8 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
     t0 = time.perf_counter()
     forget_q = data.questions("forget_eval", limit=cfg.eval_limit)
     retain_q = data.questions("retain_eval", limit=cfg.eval_limit)
+    forget_v = data.questions("forget_val", limit=cfg.eval_limit)
+    retain_v = data.questions("retain_val", limit=cfg.eval_limit)
 
     def acc(questions: list[Question]) -> float | None:
         if not questions:
@@ -247,6 +308,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
         return evaluate(model, questions, progress=False, batch_size=32).accuracy
 
     no_attack = Baseline(acc(forget_q), acc(retain_q), len(forget_q), len(retain_q))
+    no_attack_val = Baseline(acc(forget_v), acc(retain_v), len(forget_v), len(retain_v))
     cells = {}
     config = base.to_jsonable(cfg)
     plan = [("unrelated", n) for n in cfg.unrelated_n] + [("forget", k) for k in cfg.forget_k]
@@ -260,28 +322,30 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
             texts = unrelated_samples(data, size, cfg.seed)
             seqs = [encode_pair(model, WIKI_PROMPT, WIKI_PREFIX + t, chat=True, max_len=cfg.max_len)
                     for t in texts]
-            held = []
-        else:
+            entities = set()
+        else:  # statements about training-split entities only: the test ones are held out
             texts, entities = forget_samples(data, size, cfg.seed)
             seqs = [(ids, 1) for ids in encode_texts(model, texts, max_len=cfg.max_len)]
-            held = [q for q in forget_q if q.meta.get("entity") not in entities]
 
-        def score(held=held):
-            s = {"forget": acc(forget_q), "retain": acc(retain_q)}
-            if held:
-                s["forget_heldout"] = acc(held)
-                s["n_forget_heldout"] = len(held)
-            return s
+        def score(entities=entities):
+            return {"forget": acc(forget_q), "retain": acc(retain_q),
+                    "val_forget": acc(forget_v), "val_retain": acc(retain_v),
+                    "trained_entities": sorted(entities)}
 
         start = time.perf_counter()
         run_dir = Path(out) / "train" / name if out is not None else None
-        trained, scores = finetune_cell(model, seqs, cfg, run_dir, score, progress=progress,
-                                        desc=f"finetune {name}")
-        cells[name] = Cell(kind=kind, size=size, **scores, steps=len(trained.losses),
+        trained, scores, curve = finetune_cell(
+            model, seqs, cfg, run_dir, score, progress=progress, desc=f"finetune {name}",
+            curve_score=lambda: {"forget": acc(forget_q), "val_forget": acc(forget_v)})
+        curve.append({"step": len(trained.losses), "forget": scores["forget"],
+                      "val_forget": scores["val_forget"]})
+        cells[name] = Cell(kind=kind, size=size, **scores, curve=curve,
+                           steps=len(trained.losses),
                            final_loss=trained.losses[-1] if trained.losses else None,
                            seconds=round(time.perf_counter() - start, 1), config=config)
         if path is not None:
             write_json(path, base.to_jsonable(cells[name]))  # each finished cell is kept
-    result = Result(config=cfg, no_attack=no_attack, cells=cells, format=forget_q[0].format,
+    result = Result(config=cfg, no_attack=no_attack, cells=cells, no_attack_val=no_attack_val,
+                    format=forget_q[0].format,
                     seconds=round(time.perf_counter() - t0, 1))
     return base.save(result, out)

@@ -42,8 +42,10 @@ from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import EMBED_HOOK, hook_name, readout
 from interp.model.load import get_tokenizer
+from interp.plots import budget_lines
 from interp.prompts import chat_text, cloze_prompt, encode_question, letter_prompt
 from interp.scoring import evaluate, pad_left
+from interp.training import fixed_threads
 
 MARK = "\ue000PREFIX\ue000"
 
@@ -69,7 +71,7 @@ class GCGConfig:
     seed: int = 0
     progress: bool = True
     n_train: int = 8  # the attack: forget questions the prefix is optimized on
-    heldout_limit: int | None = 100  # the attack: held-out forget (and retain) questions scored
+    heldout_limit: int | None = 100  # the attack: validation / test questions per split scored
 
 
 @dataclass
@@ -77,7 +79,7 @@ class GCGResult:
     prefix: str
     prefix_ids: list[int]
     losses: list[float]  # best loss after each step
-    heldout: list[dict] = field(default_factory=list)  # {"step", "accuracy"}
+    heldout: list[dict] = field(default_factory=list)  # {"step", "accuracy", "prefix_ids"}
     candidates_scored: int = 0
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
@@ -243,6 +245,7 @@ class Objective:
             out.append(loss.view(chunk.shape[0], nq).mean(-1))
         return torch.cat(out)
 
+    @fixed_threads()  # gradients: repeatable whatever the caller's thread count
     def token_gradient(self, prefix: Int[Tensor, "n"]) -> Float[Tensor, "n vocab"]:  # noqa: F821
         """d loss / d one-hot(prefix), through the embedding matrix."""
         model = self.model
@@ -289,8 +292,10 @@ def sample_candidates(prefix: Tensor, grad: Tensor, allowed: Tensor, cfg: GCGCon
 
 
 def run_gcg(model: HookedTransformer, train: Sequence[Question], heldout: Sequence[Question],
-            cfg: GCGConfig, original: HookedTransformer | None = None) -> GCGResult:
-    """Optimize one prefix on `train`; held-out accuracy with the scorer's `prefix=`."""
+            cfg: GCGConfig, original: HookedTransformer | None = None,
+            test: Sequence[Question] = ()) -> GCGResult:
+    """Optimize one prefix on `train`; held-out accuracy with the scorer's `prefix=` every
+    `eval_every` steps and at the end (and on `test` too, for a budget curve)."""
     if not train:
         raise InterpError("GCG needs at least one training question")
     if cfg.search_width < 1 or cfg.topk < 1 or cfg.n_tokens < 1 or cfg.steps < 0:
@@ -314,9 +319,16 @@ def run_gcg(model: HookedTransformer, train: Sequence[Question], heldout: Sequen
         nonlocal eval_seconds
         if heldout:
             t = time.perf_counter()
-            acc = evaluate(model, heldout, prefix=tok.decode(ids.tolist()), chat=cfg.chat,
-                           fmt=cfg.fmt, progress=False, batch_size=32).accuracy
-            result.heldout.append({"step": step, "accuracy": acc})
+            prefix = tok.decode(ids.tolist())
+            acc = evaluate(model, heldout, prefix=prefix, chat=cfg.chat, fmt=cfg.fmt,
+                           progress=False, batch_size=32).accuracy
+            entry = {"step": step, "candidates": result.candidates_scored, "accuracy": acc,
+                     "prefix_ids": ids.tolist()}
+            if test:
+                entry["test_accuracy"] = evaluate(model, test, prefix=prefix, chat=cfg.chat,
+                                                  fmt=cfg.fmt, progress=False,
+                                                  batch_size=32).accuracy
+            result.heldout.append(entry)
             eval_seconds += time.perf_counter() - t
 
     try:
@@ -368,8 +380,9 @@ class ModeScores:
 
 @dataclass
 class Result(base.Result):
-    """One prefix optimized on `n_train` forget questions; `scores` per prompt mode (raw, chat)
-    on held-out forget questions (other entities) and retain questions."""
+    """One prefix optimized on `n_train` training forget questions, the step chosen on the
+    validation split (`heldout_per_step`, `chosen_step`); `scores` per prompt mode (raw, chat) on
+    test forget questions (other entities than both) and retain questions."""
 
     config: Config
     prefix: str
@@ -384,6 +397,11 @@ class Result(base.Result):
     seconds_per_step: float
     candidates_per_second: float
     candidates_scored: int
+    chosen_step: int = 0  # the step whose prefix scored best on validation
+    val_forget: float | None = None  # validation accuracy of that prefix (optimized_in mode)
+    val_retain: float | None = None
+    n_val: int = 0
+    n_val_retain: int = 0
     format: str = "cloze"
     seconds: float = 0.0
     figures: list[str] = field(default_factory=list)
@@ -392,11 +410,16 @@ class Result(base.Result):
     def rows(self, model: str) -> list[Row]:
         out = []
         for mode, s in self.scores.items():
+            mine = mode == self.optimized_in and self.val_forget is not None
+            vf, vr = (self.val_forget, self.val_retain) if mine else (None, None)
+            nf, nr = (self.n_val, self.n_val_retain) if mine else (None, None)
             out += [Row(model, "gcg", "forget-heldout", self.format, mode, s.forget,
-                        self.n_heldout, f"GCG {mode}", f"no prefix {100 * s.forget_no_prefix:.1f}"),
+                        self.n_heldout, f"GCG {mode}",
+                        f"no prefix {100 * s.forget_no_prefix:.1f}", vf, nf),
                     Row(model, "gcg-none", "forget-heldout", self.format, mode,
                         s.forget_no_prefix, self.n_heldout),
-                    Row(model, "gcg", "retain", self.format, mode, s.retain, self.n_retain)]
+                    Row(model, "gcg", "retain", self.format, mode, s.retain, self.n_retain,
+                        None, None, vr, nr)]
         return out
 
     def plot(self):
@@ -416,6 +439,30 @@ class Result(base.Result):
         fig.update_yaxes(title_text="accuracy", secondary_y=True, range=[0, 1])
         return fig
 
+    def curve(self) -> tuple[list[int], list[float]]:
+        """Test forget accuracy against candidates evaluated (0: no prefix)."""
+        mode = self.scores[self.optimized_in]
+        pts = [h for h in self.heldout_per_step if "test_accuracy" in h]
+        return ([0] + [h["candidates"] for h in pts],
+                [mode.forget_no_prefix] + [h["test_accuracy"] for h in pts])
+
+    def extra_figures(self) -> dict:
+        return {"gcg_curve": budget_lines(
+            {f"prefix chosen so far ({self.optimized_in})": self.curve()}, n=self.n_heldout,
+            xtitle="candidates evaluated",
+            title="GCG: forget accuracy (test) against candidates evaluated")}
+
+    @classmethod
+    def extra_model_figures(cls, results: dict[str, Result]) -> dict:
+        series = {m: r.curve() for m, r in results.items()}
+        if not any(len(xs) > 1 for xs, _ in series.values()):
+            return {}
+        return {"curve": budget_lines(
+            series, n={m: r.n_heldout for m, r in results.items()},
+            baseline={m: r.scores[r.optimized_in].forget_no_prefix for m, r in results.items()},
+            xtitle="candidates evaluated",
+            title="GCG: forget accuracy (test) against candidates evaluated")}
+
     @classmethod
     def plot_models(cls, results: dict[str, Result]):
         import plotly.graph_objects as go
@@ -433,17 +480,19 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
     """Steps of `run` (`interp.cost`): the search, held-out scores during it, the final four."""
     h = capped(sizes.forget_eval, cfg.heldout_limit)
     r = capped(sizes.retain_eval, cfg.heldout_limit)
+    v = capped(sizes.forget_val, cfg.heldout_limit)
     evals = cfg.steps // cfg.eval_every if cfg.eval_every else 0
     if not cfg.eval_every or cfg.steps % cfg.eval_every:
         evals += 1
-    return {"gcg": cfg.steps, "score": evals * h + 2 * (2 * h + 2 * r)}
+    return {"gcg": cfg.steps, "score": evals * (v + h)
+            + capped(sizes.retain_val, cfg.heldout_limit) + 2 * (2 * h + 2 * r)}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *,
         original: HookedTransformer | None = None, out: Path | None = None,
         progress: bool = True) -> Result:
     """One universal prefix optimized on the first `n_train` training forget questions (the
-    enhanced objective also reads `original`), scored raw and in chat on held-out forget
-    questions (entities not trained on) and retain questions."""
+    enhanced objective also reads `original`); the step whose prefix does best on validation
+    questions is kept and scored raw and in chat on test questions (other entities)."""
     cfg = cfg or Config()
     if (done := base.finished(Result, out)) is not None:
         return done
@@ -451,27 +500,34 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
         raise InterpError(f"GCG needs at least one training question, got n_train={cfg.n_train}")
     data = as_data(data)
     train = data.questions("forget_train")[: cfg.n_train]
-    entities = {q.meta.get("entity") for q in train}
-    heldout = [q for q in data.questions("forget_eval")
-               if q.meta.get("entity") not in entities][: cfg.heldout_limit]
+    # other entities than the training ones, by the data's split: the prefix (the step) is
+    # chosen on validation questions, the reported scores are on test questions
+    val = data.questions("forget_val", limit=cfg.heldout_limit)
+    val_retain = data.questions("retain_val", limit=cfg.heldout_limit)
+    heldout = data.questions("forget_eval", limit=cfg.heldout_limit)
     retain = data.questions("retain_eval", limit=cfg.heldout_limit)
-    if not heldout:
-        raise InterpError(f"{data.folder}: no held-out forget questions left for GCG")
+    if not heldout or not val:
+        raise InterpError(f"{data.folder}: no validation or test forget questions for GCG")
     t0 = time.perf_counter()
-    r = run_gcg(model, train, heldout, replace(cfg, progress=cfg.progress and progress),
-                original=original)
+    r = run_gcg(model, train, val, replace(cfg, progress=cfg.progress and progress),
+                original=original, test=heldout)
+    chosen = max(r.heldout, key=lambda h: (h["accuracy"], h["step"]))
+    prefix = get_tokenizer(model).decode(chosen["prefix_ids"])
 
     def acc(questions, prefix, chat):
         return evaluate(model, questions, prefix=prefix, chat=chat, fmt=cfg.fmt,
                         progress=False, batch_size=32).accuracy
 
-    scores = {mode: ModeScores(acc(heldout, None, chat), acc(heldout, r.prefix, chat),
-                               acc(retain, None, chat), acc(retain, r.prefix, chat))
+    scores = {mode: ModeScores(acc(heldout, None, chat), acc(heldout, prefix, chat),
+                               acc(retain, None, chat), acc(retain, prefix, chat))
               for mode, chat in (("raw", False), ("chat", True))}
     result = Result(
-        config=cfg, prefix=r.prefix, prefix_ids=r.prefix_ids, n_train=len(train),
+        config=cfg, prefix=prefix, prefix_ids=chosen["prefix_ids"], n_train=len(train),
         n_heldout=len(heldout), n_retain=len(retain), losses=r.losses,
         heldout_per_step=r.heldout, optimized_in="chat" if cfg.chat else "raw", scores=scores,
+        chosen_step=chosen["step"], val_forget=chosen["accuracy"],
+        val_retain=acc(val_retain, prefix, cfg.chat), n_val=len(val),
+        n_val_retain=len(val_retain),
         seconds_per_step=round(r.seconds_per_step, 3),
         candidates_per_second=round(r.candidates_per_second, 1),
         candidates_scored=r.candidates_scored, format=cfg.fmt or heldout[0].format,

@@ -110,7 +110,7 @@ SPEC = AttackSpec("lens", order=30, on_original=True,
 @dataclass
 class Config:
     lens: LensConfig = field(default_factory=LensConfig)
-    limit: int | None = 200  # forget questions read (None: all)
+    limit: int | None = 200  # forget questions read per split, validation and test (None: all)
 
 
 @dataclass
@@ -125,9 +125,11 @@ class Result(base.Result):
     n: int
     chat: bool
     components: dict[str, Curve]
-    best_layer: int
-    best_accuracy: float
+    best_layer: int  # chosen on the validation split
+    best_accuracy: float  # test accuracy at that layer
     final_accuracy: float
+    val_accuracy: list[float] = field(default_factory=list)  # per layer, resid_post
+    n_val: int = 0
     format: str = "cloze"
     seconds: float = 0.0
     figures: list[str] = field(default_factory=list)
@@ -135,7 +137,9 @@ class Result(base.Result):
 
     def rows(self, model: str) -> list[Row]:
         return [Row(model, "lens", "forget", self.format, "chat" if self.chat else "raw",
-                    self.best_accuracy, self.n, "lens (best layer)", f"L{self.best_layer}")]
+                    self.best_accuracy, self.n, "lens (best layer)", f"L{self.best_layer}",
+                    self.val_accuracy[self.best_layer] if self.val_accuracy else None,
+                    self.n_val or None)]
 
     def plot(self):
         return layer_lines({c: v.accuracy for c, v in self.components.items()},
@@ -152,20 +156,26 @@ class Result(base.Result):
 
 def cost(cfg: Config, sizes) -> dict[str, int]:
     """Forget questions through the lens (`interp.cost`)."""
-    return {"lens": capped(sizes.forget_eval, cfg.limit)}
+    return {"lens": capped(sizes.forget_eval, cfg.limit) + capped(sizes.forget_val, cfg.limit)}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
         out: Path | None = None, progress: bool = True) -> Result:
-    """Logit-lens accuracy per layer on the forget questions (`original` is not used)."""
+    """Logit-lens accuracy per layer on the forget questions (`original` is not used): the best
+    layer is chosen on the validation split, its accuracy reported on the test split."""
     cfg = cfg or Config()
     if (done := base.finished(Result, out)) is not None:
         return done
     t0 = time.perf_counter()
-    questions = as_data(data).questions("forget_eval", limit=cfg.limit)
+    data = as_data(data)
+    questions = data.questions("forget_eval", limit=cfg.limit)
+    val_questions = data.questions("forget_val", limit=cfg.limit)
     lens = logit_lens(model, questions, cfg.lens)
-    layer, acc = lens.best_layer()
+    val = logit_lens(model, val_questions, cfg.lens)
+    layer, val_acc = val.best_layer()  # chosen on validation, reported on test
     result = Result(config=cfg, n=len(questions), chat=cfg.lens.chat,
                     components={c: Curve(lens.accuracy(c), lens.mass(c)) for c in lens.probs},
-                    best_layer=layer, best_accuracy=acc, final_accuracy=lens.accuracy()[-1],
-                    format=questions[0].format, seconds=round(time.perf_counter() - t0, 1))
+                    best_layer=layer, best_accuracy=lens.accuracy()[layer],
+                    final_accuracy=lens.accuracy()[-1], val_accuracy=val.accuracy(),
+                    n_val=len(val_questions), format=questions[0].format,
+                    seconds=round(time.perf_counter() - t0, 1))
     return base.save(result, out)

@@ -8,10 +8,11 @@ The neuron-level variant scores an MLP neuron as the sum of its input row (W_in,
 and output column (W_out row i) and prunes whole neurons per layer by the same rule.
 Pruning is applied inside `pruned(model, masks)`, which restores the weights on exit.
 
-The attack (`run`): forget data = the forget questions with their right answers (loss on the
-answer only); utility data = retain questions with their right answers and unrelated text (loss on
-its last k tokens). Each finished grid cell is written to `grid.json` at once, so an interrupted
-grid resumes where it stopped; the best cell keeps retain accuracy within `retain_drop`.
+The attack (`run`): forget data = the training split's forget questions with their right answers
+(loss on the answer only); utility data = retain questions with their right answers and unrelated
+text (loss on its last k tokens). The grid is scored on the validation split and each finished
+cell is written to `grid.json` at once, so an interrupted grid resumes where it stopped; the best
+cell (retain accuracy within `retain_drop`) is reported on the test split.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ from interp.plots import heatmap, layer_lines
 from interp.protections.common import encode_pair, encode_texts
 from interp.scoring import evaluate
 from interp.store import read_json, write_json
-from interp.training import TokenBatch, lm_loss, pack
+from interp.training import TokenBatch, fixed_threads, lm_loss, pack
 
 
+@fixed_threads()  # gradients: repeatable whatever the caller's thread count
 def snip_scores(model: HookedTransformer, batches: Iterable[TokenBatch],
                 names: list[str] | None = None, progress: bool = False,
                 desc: str = "SNIP") -> dict[str, Float[Tensor, "..."]]:
@@ -202,7 +204,7 @@ class Config:
     n_utility: int = 64  # retain pairs, and as many unrelated texts, for the utility SNIP
     last_k: int = 32  # raw text: loss on its last k tokens only
     batch_size: int = 8
-    eval_limit: int | None = 100  # questions per split scored for each cell
+    eval_limit: int | None = 100  # validation questions per split scored for each cell
     retain_drop: float = 0.10  # a cell qualifies if retain >= no-attack retain - this
     max_len: int = 128
 
@@ -221,7 +223,7 @@ class PruneCell:
 
 @dataclass
 class BestCell(PruneCell):
-    forget_full: float = 0.0  # on every eval question (the cells: on `eval_limit` of them)
+    forget_full: float = 0.0  # on every test question (the cells: validation questions)
     retain_full: float = 0.0
 
 
@@ -241,6 +243,8 @@ class Result(base.Result):
     best: BestCell
     pruned_per_layer: list[float]
     pruned_pct: float
+    n_val_forget: int = 0  # validation questions each cell was scored on
+    n_val_retain: int = 0
     format: str = "cloze"
     seconds: float = 0.0
     figures: list[str] = field(default_factory=list)
@@ -248,10 +252,12 @@ class Result(base.Result):
     figure_stem: ClassVar[str] = "grid"
 
     def rows(self, model: str) -> list[Row]:
+        val = base.Baseline(self.best.forget, self.best.retain, self.n_val_forget,
+                            self.n_val_retain)
         return base.score_rows(model, "prune", base.Scores(self.best.forget_full,
                                                            self.best.retain_full),
                                self.no_attack, self.format, "prune",
-                               f"{self.pruned_pct:.2f}% {self.level}s")
+                               f"{self.pruned_pct:.2f}% {self.level}s", val)
 
     def plot(self):
         qs = sorted({c.q for c in self.grid})
@@ -282,8 +288,10 @@ def snip_data(model: HookedTransformer, data, cfg: Config) -> PruneData:
     data = as_data(data)
     rows = data.preference()
     device = model.cfg.device
+    train = data.train_entities("forget")  # never a validation or test entity
     forget = [encode_pair(model, r["prompt"], r["rejected"], chat=False, max_len=cfg.max_len)
-              for r in rows if r["split"] == "forget"][: cfg.n_forget]
+              for r in rows if r["split"] == "forget" and r.get("entity", r.get("id")) in train
+              ][: cfg.n_forget]
     retain = [encode_pair(model, r["prompt"], r["chosen"], chat=False, max_len=cfg.max_len)
               for r in rows if r["split"] == "retain"][: cfg.n_utility]
     texts = encode_texts(model, data.corpus("unrelated")[: cfg.n_utility], max_len=cfg.max_len)
@@ -311,7 +319,7 @@ def _cells(grid) -> list[tuple[float, float]]:
 
 def cost(cfg: Config, sizes) -> dict[str, int]:
     """Steps of `run` (`interp.cost`): SNIP samples, the grid's scores and the full ones."""
-    fs, rs = capped(sizes.forget_eval, cfg.eval_limit), capped(sizes.retain_eval, cfg.eval_limit)
+    fs, rs = capped(sizes.forget_val, cfg.eval_limit), capped(sizes.retain_val, cfg.eval_limit)
     snip = (capped(sizes.forget_train, cfg.n_forget) + capped(sizes.retain_train, cfg.n_utility)
             + capped(sizes.unrelated, cfg.n_utility))
     return {"snip": snip, "score": (len(_cells(cfg.grid)) + 1) * (fs + rs)
@@ -329,7 +337,9 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
     data = as_data(data)
     t0 = time.perf_counter()
     forget_q, retain_q = data.questions("forget_eval"), data.questions("retain_eval")
-    f_small, r_small = forget_q[: cfg.eval_limit], retain_q[: cfg.eval_limit]
+    # the cell is chosen on the validation split; the reported scores are on the test split
+    f_small = data.questions("forget_val", limit=cfg.eval_limit)
+    r_small = data.questions("retain_val", limit=cfg.eval_limit)
 
     def score(questions):
         return evaluate(model, questions, progress=False, batch_size=32).accuracy
@@ -371,7 +381,8 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
         no_attack_sample=sample, retain_floor=floor,
         no_attack=Baseline(score(forget_q), score(retain_q), len(forget_q), len(retain_q)),
         grid=grid, best=BestCell(**asdict(best), **full), pruned_per_layer=per_layer.tolist(),
-        pruned_pct=100 * best.pruned_frac, format=forget_q[0].format,
+        pruned_pct=100 * best.pruned_frac, n_val_forget=len(f_small),
+        n_val_retain=len(r_small), format=forget_q[0].format,
         seconds=round(time.perf_counter() - t0, 1), neurons=neurons)
     if out is not None and neurons is not None:
         from safetensors.torch import save_file

@@ -96,13 +96,13 @@ def preference_rows(forget: list[Question], retain: list[Question], seed: int) -
         answer = q.choices[q.answer]
         rows.append({"prompt": q.question, "format": q.format, "chosen": rng.choice(REFUSALS),
                      "rejected": _answer_text(q, answer), "split": "forget",
-                     "id": q.meta.get("id")})
+                     "id": q.meta.get("id"), "entity": q.meta.get("entity")})
     for q in retain:
         answer = q.choices[q.answer]
         wrong = q.choices[(q.answer + 1 + rng.randrange(3)) % 4]
         rows.append({"prompt": q.question, "format": q.format, "chosen": _answer_text(q, answer),
                      "rejected": _answer_text(q, wrong), "split": "retain",
-                     "id": q.meta.get("id")})
+                     "id": q.meta.get("id"), "entity": q.meta.get("entity")})
     return rows
 
 

@@ -3,12 +3,14 @@
 Steps: choose the preset's facts -> build questions (held-out phrasings and choice orders for
 evaluation, phrasing 0 for training) -> write corpora and preference data -> get the preset's
 unprotected model (SmolLM2 for `laptop`; for `smoke`, train the tiny model on the corpora) -> keep
-only the questions that model answers right (the official code filters the same way) -> manifest.
+only the questions that model answers right (the official code filters the same way) -> split the
+kept entities into train / val / test (`interp.data.splits`) -> manifest.
 
 Folder layout::
 
-    forget_eval.jsonl  forget_train.jsonl  retain_eval.jsonl  retain_train.jsonl   (kept, cloze)
-    forget_eval_letter.jsonl  retain_eval_letter.jsonl    (letter format, facts kept above)
+    forget_train.jsonl  forget_val.jsonl  forget_eval.jsonl (test)   (kept, cloze, by entity)
+    retain_train.jsonl  retain_val.jsonl  retain_eval.jsonl (test)
+    forget_eval_letter.jsonl  retain_eval_letter.jsonl    (letter format, test entities)
     forget_eval_unfiltered.jsonl  retain_eval_unfiltered.jsonl    (before the filter)
     forget_corpus.jsonl  retain_corpus.jsonl  unrelated.jsonl  preference.jsonl
     manifest.json  [model/ for the smoke preset]
@@ -25,6 +27,7 @@ from pathlib import Path
 from interp.data.benchmark import QuestionBuilder, preference_rows, statements
 from interp.data.facts import RELATIONS, Fact, bank_source, entity_names
 from interp.data.questions import Question, load_questions, save_jsonl
+from interp.data.splits import SPLITS, assign
 from interp.data.unrelated import load_unrelated, mentions
 from interp.errors import InterpError
 from interp.store import atomic_write_text, write_json
@@ -51,7 +54,7 @@ class BenchmarkPreset:
 PRESETS = {
     "laptop": BenchmarkPreset("laptop"),
     "smoke": BenchmarkPreset("smoke", forget_facts=24, retain_facts_per_relation=8,
-                             eval_phrasings=(1,), unrelated=200, model="smoke",
+                             eval_phrasings=(1, 2), unrelated=200, model="smoke",
                              distractors="selected"),
 }
 
@@ -170,11 +173,23 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
     # training questions and letter questions only for facts kept in evaluation
     for name in ("forget_train", "retain_train"):
         sets[name] = [q for q in sets[name] if (q.meta["relation"], q.meta["entity"]) in kept_ids]
+    # the protections learn from every kept fact; the attacks' splits are by entity
+    preference = preference_rows(sets["forget_train"], sets["retain_train"], seed)
+    split_of, entities = {}, {}
+    for domain in ("forget", "retain"):
+        keys = [_key(q) for q in sets[f"{domain}_eval"]]
+        split_of.update(assign(keys, seed))
+        entities[domain] = {s: sum(split_of[k] == s for k in set(keys)) for s in SPLITS}
+    for domain in ("forget", "retain"):
+        sets[f"{domain}_train"] = [q for q in sets[f"{domain}_train"]
+                                   if split_of.get(_key(q)) == "train"]
+        evals = sets[f"{domain}_eval"]
+        sets[f"{domain}_val"] = [q for q in evals if split_of[_key(q)] == "val"]
+        sets[f"{domain}_eval"] = [q for q in evals if split_of[_key(q)] == "test"]
     for name, qs in letter.items():
-        sets[name] = [q for q in qs if (q.meta["relation"], q.meta["entity"]) in kept_ids]
+        sets[name] = [q for q in qs if split_of.get(_key(q)) == "test"]
     for name, qs in sets.items():
         save_jsonl(qs, out / f"{name}.jsonl")
-    preference = preference_rows(sets["forget_train"], sets["retain_train"], seed)
     _write_jsonl(out / "preference.jsonl", preference)
 
     manifest = {
@@ -182,6 +197,10 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
         "filter": "keep questions the model answers right (argmax of 4 candidate tokens, raw "
                   "mode); training and letter questions only for facts kept in evaluation",
         "accuracy_before_filtering": before,
+        "splits": "by entity: train (the attacks' training side: *_train), val (every choice an "
+                  "attack makes: *_val), test (every reported number: *_eval, *_eval_letter); "
+                  "corpora and preference data cover every kept entity",
+        "entities": entities,
         "counts": {
             "forget_facts": len(forget_facts), "retain_facts": len(retain_facts),
             **{name: len(qs) for name, qs in sets.items()},
@@ -195,6 +214,10 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
     }
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def _key(q: Question) -> tuple[str, str]:
+    return (q.meta["relation"], q.meta["entity"])
 
 
 def load_built(folder: Path, name: str) -> list[Question]:

@@ -1,7 +1,8 @@
 """A built data folder (`interp data build`, or an audit's questions laid out the same way).
 
 The layout every attack and protection reads:
-    forget_train.jsonl, forget_eval.jsonl, retain_train.jsonl, retain_eval.jsonl  (questions)
+    forget_train.jsonl, forget_val.jsonl, forget_eval.jsonl (test), and the same for retain
+        (questions, split by entity: `interp.data.splits`)
     forget_corpus.jsonl, retain_corpus.jsonl, unrelated.jsonl  (texts: {"text": ...})
     preference.jsonl  (DPO/NPO pairs: prompt, chosen, rejected, split)
     manifest.json  (what built it)
@@ -29,7 +30,10 @@ class DataFolder:
     def _path(self, name: str) -> Path:
         path = self.folder / f"{name}.jsonl"
         if not path.is_file():
-            raise InterpError(f"{path} is missing; run `interp data build --out {self.folder}`")
+            why = (" (built before validation splits existed: build the folder again)"
+                   if name.endswith("_val") else "")
+            raise InterpError(f"{path} is missing{why}; run `interp data build --out "
+                              f"{self.folder}`")
         return path
 
     def has(self, name: str) -> bool:
@@ -45,6 +49,10 @@ class DataFolder:
 
     def rows(self, name: str) -> list[dict]:
         return [json.loads(line) for line in self._path(name).read_text().splitlines() if line]
+
+    def train_entities(self, domain: str = "forget") -> set[str]:
+        """The entities of the attacks' training split (`{domain}_train`)."""
+        return {q.meta.get("entity", "") for q in self.questions(f"{domain}_train")}
 
     def preference(self) -> list[dict]:
         return self.rows("preference")

@@ -2,9 +2,10 @@
 
 The forget and retain questions are laid out as a data folder (`interp.data.prepare`), then every
 attack of the budget runs as in `interp reproduce`, each as a resumable cell (serially, or as Ray
-tasks). The report gives, per attack, the forget and retain accuracy, and the headline: the
-recoverable knowledge, the best forget accuracy any attack reached while keeping retain accuracy
-within `retain_drop` of the unlearned model's.
+tasks). The report gives, per attack, the forget and retain accuracy on the test split, and the
+headline: the recoverable knowledge, the test forget accuracy (with its 95% interval) of the
+attack that did best on the validation split while keeping validation retain accuracy within
+`retain_drop` of the unlearned model's.
 """
 
 from __future__ import annotations
@@ -64,15 +65,16 @@ def audit_cell(original_spec: str, unlearned_spec: str, out: Path, budget: str, 
     unlearned = _load(unlearned_spec, device, cache, dtype, tokenizer)
     start = time.perf_counter()
     if name == "none":
-        def acc(model, split):
+        def acc(model, name):
             from interp.data.folder import DataFolder
 
-            qs = DataFolder(data).questions(f"{split}_eval", limit=BUDGETS[budget].eval_limit)
+            qs = DataFolder(data).questions(name, limit=BUDGETS[budget].eval_limit)
             return {"accuracy": evaluate(model, qs, progress=False, batch_size=32).accuracy,
                     "n": len(qs)}
 
-        result = {m: {s: acc(model, s) for s in ("forget", "retain")}
+        result = {m: {s: acc(model, f"{s}_eval") for s in ("forget", "retain")}
                   for m, model in (("original", original), ("unlearned", unlearned))}
+        result["unlearned_val"] = {s: acc(unlearned, f"{s}_val") for s in ("forget", "retain")}
     elif name in registry():
         r = registry()[name].run(unlearned, data, cell_config(budget, name, seed, retain_drop),
                                  original=original, out=out / "attacks" / name,
@@ -93,14 +95,26 @@ def attack_lines(results: dict) -> list[dict]:
     """Per attack the table shows (its raw-mode rows that fill a column): the forget accuracy
     (GCG's on the held-out forget questions) and the retain accuracy beside it."""
     rows = [r for res in results.values() for r in res.rows("unlearned") if r.mode == "raw"]
-    retain = {r.attack: r.accuracy for r in rows if r.split == "retain"}
+    retain = {r.attack: r for r in rows if r.split == "retain"}
     forget = {r.attack: r for r in rows if r.column and r.split in ("forget", "forget-heldout")}
     lines = []
     for attack, r in forget.items():
         label = (f"{attack} (held-out forget)" if r.split == "forget-heldout"
                  else f"{attack} ({r.note})" if r.note else attack)
-        lines.append({"attack": label, "forget": r.accuracy, "retain": retain.get(attack)})
+        rr = retain.get(attack)
+        lines.append({"attack": label, "forget": r.accuracy, "n_forget": r.n,
+                      "forget_ci": list(r.ci), "retain": rr.accuracy if rr else None,
+                      "val_forget": r.val, "n_val": r.n_val,
+                      "val_retain": rr.val if rr else None})
     return lines
+
+
+def best_on_val(attacks: list[dict], val_retain_floor: float) -> dict | None:
+    """The attack with the best validation forget accuracy among those that measured one and
+    kept validation retain accuracy above the floor (its reported numbers are on test)."""
+    usable = [x for x in attacks if x["val_forget"] is not None
+              and (x["val_retain"] is None or x["val_retain"] >= val_retain_floor)]
+    return max(usable, key=lambda x: x["val_forget"]) if usable else None
 
 
 def audit(original_spec: str, unlearned_spec: str, forget: list[Question],
@@ -133,15 +147,17 @@ def audit(original_spec: str, unlearned_spec: str, forget: list[Question],
             for m, splits in cells["none"]["result"].items()}
     results = {n: registry()[n].Result.from_json(cells[n]["result"]) for n in names[1:]}
     attacks = attack_lines(results)
-    floor = base["unlearned"]["retain"] - retain_drop
-    usable = [x for x in attacks if x["retain"] is None or x["retain"] >= floor]
-    best = max(usable, key=lambda x: x["forget"]) if usable else None
+    floor = base["unlearned_val"]["retain"] - retain_drop
+    best = best_on_val(attacks, floor)
     gap = base["original"]["forget"] - base["unlearned"]["forget"]
     headline = {
         "original_forget": base["original"]["forget"],
         "unlearned_forget": base["unlearned"]["forget"],
         "recoverable_forget": best["forget"] if best else None,
+        "recoverable_forget_ci": best["forget_ci"] if best else None,
+        "n_forget": best["n_forget"] if best else None,
         "best_attack": best["attack"] if best else None,
+        "chosen_on": "validation split (forget accuracy, retain within the floor)",
         "recovered_fraction": (None if best is None or gap <= 0 else
                                (best["forget"] - base["unlearned"]["forget"]) / gap),
         "retain_floor": floor,

@@ -134,7 +134,8 @@ def preset_sizes(p: Preset, cfg: PlanConfig, n_layers: int) -> Sizes:
     from interp.data.unrelated import load_unrelated
 
     return Sizes(c["forget_train"], c["forget_eval"], c["retain_train"], c["retain_eval"],
-                 unrelated=len(load_unrelated()), n_layers=n_layers, letter=p.sources is not None)
+                 unrelated=len(load_unrelated()), forget_val=c["forget_val"],
+                 retain_val=c["retain_val"], n_layers=n_layers, letter=p.sources is not None)
 
 
 def advice(stage: str, p: Preset, peak_mb: float | None, limit_mb: float) -> str:

@@ -52,7 +52,7 @@ PRESETS: dict[str, Preset] = {
                               forget_frac=0.8, sft_weight=1.0),
         },
         attacks={
-            "finetune": finetune.Config(unrelated_n=(10, 50), forget_k=(5, 10), lr=5e-3,
+            "finetune": finetune.Config(unrelated_n=(10, 50), forget_k=(3, 6), lr=5e-3,
                                         epochs=2, min_steps=8, batch_size=8,
                                         lora=LoRAConfig(rank=8, alpha=16.0)),
             "directions": directions.Config(DirectionsConfig(), sweep_limit=100),

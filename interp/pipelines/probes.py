@@ -126,7 +126,8 @@ def synthetic_data(model, folder: Path, prompt_tokens: int, long_tokens: int, n:
     data = prepare_data([question(i) for i in range(n)], [question(i) for i in range(n)],
                         folder, "random-weights", seed)
     for name in ("forget_corpus", "retain_corpus", "unrelated"):
-        rows = [{"text": _text_of_tokens(tok, rng, long_tokens), "entity": f"{name}-{i}"}
+        domain = name.split("_")[0] if name != "unrelated" else name  # forget-i: question i
+        rows = [{"text": _text_of_tokens(tok, rng, long_tokens), "entity": f"{domain}-{i}"}
                 for i in range(n)]
         atomic_write_text(folder / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return data

@@ -106,6 +106,10 @@ def cross_model_figures(methods: Iterable[str], results: dict[str, Any], out: Pa
         plot_models = getattr(module.Result, "plot_models", None)
         if per_model and plot_models is not None:
             written += save_figure(plot_models(per_model), Path(out) / f"all_{name}")
+        extra = getattr(module.Result, "extra_model_figures", None)
+        if per_model and extra is not None:
+            for stem, fig in extra(per_model).items():
+                written += save_figure(fig, Path(out) / f"all_{name}_{stem}")
     return written
 
 
@@ -113,10 +117,15 @@ def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
 
+def _ci(ci) -> str:
+    return "" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
 def audit_html(result: dict, figures: list[str], out: Path) -> str:
     h = result["headline"]
-    rows = "".join(f"<tr><td>{html.escape(a['attack'])}</td><td>{_pct(a['forget'])}</td>"
-                   f"<td>{_pct(a['retain'])}</td></tr>" for a in result["attacks"])
+    rows = "".join(f"<tr><td>{html.escape(a['attack'])}</td><td>{_pct(a['forget'])} "
+                   f"{_ci(a.get('forget_ci'))}</td><td>{_pct(a['retain'])}</td>"
+                   f"<td>{_pct(a.get('val_forget'))}</td></tr>" for a in result["attacks"])
     imgs = "".join(f'<figure><img src="{html.escape(str(Path(f).relative_to(out)))}" '
                    f'width="720"></figure>' for f in figures if f.endswith(".png"))
     frac = "–" if h["recovered_fraction"] is None else f"{100 * h['recovered_fraction']:.0f}%"
@@ -127,13 +136,15 @@ table{{border-collapse:collapse}}tr:nth-child(even){{background:#f3f3f3}}</style
 <p>Original <code>{html.escape(result['original'])}</code>, unlearned
 <code>{html.escape(result['unlearned'])}</code>, budget {result['budget']},
 seed {result['seed']}.</p>
-<h2>Recoverable knowledge: {_pct(h['recoverable_forget'])}
+<h2>Recoverable knowledge: {_pct(h['recoverable_forget'])} {_ci(h.get('recoverable_forget_ci'))}
 ({html.escape(str(h['best_attack']))})</h2>
-<p>Forget accuracy: original {_pct(h['original_forget'])}, unlearned {_pct(h['unlearned_forget'])};
-the best attack recovers {frac} of the gap while keeping retain accuracy at or above
-{_pct(h['retain_floor'])}.</p>
-<table><tr><th>attack</th><th>forget</th><th>retain</th></tr>
+<p>Forget accuracy on the test split: original {_pct(h['original_forget'])}, unlearned
+{_pct(h['unlearned_forget'])}; the attack chosen on the validation split (best forget accuracy
+there, retain accuracy at or above {_pct(h['retain_floor'])}) recovers {frac} of the gap on test
+(n = {h.get('n_forget')}, 95% Wilson interval in brackets).</p>
+<table><tr><th>attack</th><th>forget (test)</th><th>retain (test)</th><th>forget (val)</th></tr>
 <tr><td>none (unlearned)</td><td>{_pct(result['no_attack']['unlearned']['forget'])}</td>
-<td>{_pct(result['no_attack']['unlearned']['retain'])}</td></tr>{rows}</table>
+<td>{_pct(result['no_attack']['unlearned']['retain'])}</td>
+<td>{_pct(result['no_attack'].get('unlearned_val', {}).get('forget'))}</td></tr>{rows}</table>
 {imgs}</body></html>
 """

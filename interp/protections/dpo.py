@@ -121,7 +121,7 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
     device = model.cfg.device
     pairs, n_forget = build_pairs(model, data.preference())
     model.eval()
-    ref = _reference_logps(model, pairs, device)
+    ref = _reference_logps(model, pairs, device).to(device)  # once, not a copy per step
     params, names = select_params(model, cfg.params)
 
     def batch_at(step, micro):

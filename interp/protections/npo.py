@@ -84,7 +84,7 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
     if not forget or not retain:
         raise InterpError("NPO needs forget and retain rows in preference.jsonl")
     model.eval()
-    ref = _reference_nll(model, forget, device)
+    ref = _reference_nll(model, forget, device).to(device)  # once, not a copy per step
     params, names = select_params(model, cfg.params)
 
     def batch_at(step, micro):
