@@ -74,6 +74,45 @@ def _raise_inside(ctx):
             raise RuntimeError("boom")
 
 
+def ex_fixed_threads(m, mp):
+    from interp.training import fixed_threads
+
+    before = torch.get_num_threads()
+    _raise_inside(fixed_threads())
+    assert torch.get_num_threads() == before  # the caller's count is back
+
+
+def ex_step_times(m, mp):
+    from interp import timing
+
+    _raise_inside(timing.step_times())
+    assert not timing._collectors  # no collector left open
+
+
+def ex_peak_memory(m, mp):
+    import threading
+
+    from interp.pipelines.probes import peak_memory
+
+    threads = threading.active_count()
+    _raise_inside(peak_memory(torch.device("cpu")))
+    assert threading.active_count() == threads  # the sampler stopped
+
+
+def ex_config_folder(m, mp):
+    from interp.model.load import _config_folder
+
+    seen = []
+
+    def use():
+        with _config_folder({"architectures": ["LlamaForCausalLM"]}) as folder:
+            seen.append(folder)
+            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"):
+        use()
+    assert not seen[0].exists()  # the temporary folder is gone
+
+
 def ex_maybe_hooks(m, mp):
     from interp.scoring import maybe_hooks
 
@@ -182,6 +221,10 @@ EXERCISES = {
     "interp.attacks.prune.snip_scores": ex_snip,
     "interp.attacks.prune.pruned": ex_pruned,
     "interp.model.lora.lora_adapters": ex_lora,
+    "interp.training.fixed_threads": ex_fixed_threads,
+    "interp.timing.step_times": ex_step_times,
+    "interp.pipelines.probes.peak_memory": ex_peak_memory,
+    "interp.model.load._config_folder": ex_config_folder,
     "interp.model.lora.add_lora": ex_lora,
     "interp.attacks.gcg.Objective._forward": ex_gcg_forward,
     "interp.attacks.gcg.Objective._reference": ex_gcg_reference,

@@ -36,6 +36,13 @@ from transformer_lens import HookedTransformer
 from interp import timing
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Row
+from interp.attacks.gcg_tokens import (  # noqa: F401  (re-exported)
+    MARK,
+    Slots,
+    allowed_tokens,
+    question_slots,
+    round_trips,
+)
 from interp.cost import capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
@@ -43,11 +50,8 @@ from interp.errors import InterpError
 from interp.model.hooks import EMBED_HOOK, hook_name, readout
 from interp.model.load import get_tokenizer
 from interp.plots import budget_lines
-from interp.prompts import chat_text, cloze_prompt, encode_question, letter_prompt
 from interp.scoring import evaluate, pad_left
 from interp.training import fixed_threads
-
-MARK = "\ue000PREFIX\ue000"
 
 
 @dataclass
@@ -91,54 +95,6 @@ class GCGResult:
     @property
     def candidates_per_second(self) -> float:
         return self.candidates_scored / max(1e-9, self.seconds)
-
-
-@dataclass
-class Slots:
-    """One question split around the prefix: ids before it, after it, and the target token."""
-
-    before: list[int]
-    after: list[int]
-    target: int
-
-
-def question_slots(tokenizer, q: Question, *, chat: bool, fmt: str | None) -> Slots:
-    fmt = fmt or q.format
-    body = letter_prompt(q) if fmt == "letter" else cloze_prompt(q)
-    text = f"{MARK} {body}"
-    context = chat_text(tokenizer, text) if chat else text
-    if context.count(MARK) != 1:
-        raise InterpError("the chat template moved the prefix marker; GCG cannot place a prefix")
-    before, after = context.split(MARK)
-    before_ids = tokenizer(before, add_special_tokens=not chat)["input_ids"]
-    after_ids = tokenizer(after, add_special_tokens=False)["input_ids"]
-    target = encode_question(tokenizer, q, chat=chat, fmt=fmt).candidates[q.answer]
-    return Slots(before_ids, after_ids, target)
-
-
-def allowed_tokens(tokenizer, vocab: int, allow_non_ascii: bool) -> Tensor:
-    """Tokens a prefix may use: not special, printable (ASCII unless allowed), round-tripping."""
-    ok = torch.zeros(vocab, dtype=torch.bool)
-    special = set(tokenizer.all_special_ids or [])
-    for i in range(min(vocab, len(tokenizer))):
-        if i in special:
-            continue
-        piece = tokenizer.decode([i])
-        if not piece or not piece.strip():
-            continue
-        if not allow_non_ascii and not (piece.isascii() and piece.isprintable()):
-            continue
-        if tokenizer(piece, add_special_tokens=False)["input_ids"] != [i]:
-            continue
-        ok[i] = True
-    if not ok.any():
-        raise InterpError("no token survives decode -> re-encode; GCG has nothing to propose")
-    return ok
-
-
-def round_trips(tokenizer, ids: Sequence[int]) -> bool:
-    text = tokenizer.decode(list(ids))
-    return tokenizer(text, add_special_tokens=False)["input_ids"] == list(ids)
 
 
 def initial_prefix(tokenizer, cfg: GCGConfig, allowed: Tensor | None = None) -> list[int]:

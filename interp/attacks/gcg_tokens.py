@@ -1,0 +1,65 @@
+"""Where a GCG prefix goes and which tokens it may use: a question split around the prefix
+(`question_slots`, tokenized as the scorer tokenizes the whole text), the allowed tokens, and
+the decode -> re-encode round trip every candidate must survive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from interp.data.questions import Question
+from interp.errors import InterpError
+from interp.prompts import chat_text, cloze_prompt, encode_question, letter_prompt
+
+MARK = "\ue000PREFIX\ue000"
+
+
+@dataclass
+class Slots:
+    """One question split around the prefix: ids before it, after it, and the target token."""
+
+    before: list[int]
+    after: list[int]
+    target: int
+
+
+def question_slots(tokenizer, q: Question, *, chat: bool, fmt: str | None) -> Slots:
+    fmt = fmt or q.format
+    body = letter_prompt(q) if fmt == "letter" else cloze_prompt(q)
+    text = f"{MARK} {body}"
+    context = chat_text(tokenizer, text) if chat else text
+    if context.count(MARK) != 1:
+        raise InterpError("the chat template moved the prefix marker; GCG cannot place a prefix")
+    before, after = context.split(MARK)
+    before_ids = tokenizer(before, add_special_tokens=not chat)["input_ids"]
+    after_ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    target = encode_question(tokenizer, q, chat=chat, fmt=fmt).candidates[q.answer]
+    return Slots(before_ids, after_ids, target)
+
+
+def allowed_tokens(tokenizer, vocab: int, allow_non_ascii: bool) -> Tensor:
+    """Tokens a prefix may use: not special, printable (ASCII unless allowed), round-tripping."""
+    ok = torch.zeros(vocab, dtype=torch.bool)
+    special = set(tokenizer.all_special_ids or [])
+    for i in range(min(vocab, len(tokenizer))):
+        if i in special:
+            continue
+        piece = tokenizer.decode([i])
+        if not piece or not piece.strip():
+            continue
+        if not allow_non_ascii and not (piece.isascii() and piece.isprintable()):
+            continue
+        if tokenizer(piece, add_special_tokens=False)["input_ids"] != [i]:
+            continue
+        ok[i] = True
+    if not ok.any():
+        raise InterpError("no token survives decode -> re-encode; GCG has nothing to propose")
+    return ok
+
+
+def round_trips(tokenizer, ids: Sequence[int]) -> bool:
+    text = tokenizer.decode(list(ids))
+    return tokenizer(text, add_special_tokens=False)["input_ids"] == list(ids)
