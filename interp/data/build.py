@@ -108,14 +108,14 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    tokenizer = embedded_tokenizer()
+    bank_tokenizer = embedded_tokenizer()  # builds the questions; `tokenizer`: the model's
     forget_facts, retain_facts = select_facts(preset, seed)
     pools = None
     if preset.distractors == "selected":
         pools = {}
         for fact in forget_facts + retain_facts:
             pools.setdefault(fact.relation, set()).add(fact.value)
-    builder = QuestionBuilder(tokenizer, seed=seed, pools=pools)
+    builder = QuestionBuilder(bank_tokenizer, seed=seed, pools=pools)
     sets = {
         "forget_eval": build_questions(builder, forget_facts, preset.format,
                                        preset.eval_phrasings, "forget"),
@@ -153,7 +153,7 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
         if (model_dir / "interp_model.json").is_file():
             model = load_model(model_dir, device=device)
         else:
-            model = train_smoke_model(smoke_texts(forget_facts, retain_facts), tokenizer,
+            model = train_smoke_model(smoke_texts(forget_facts, retain_facts), bank_tokenizer,
                                       device=device, out=model_dir, progress=progress)
         model_name = "model"  # relative to this folder (`DataFolder.model_spec`)
     else:
