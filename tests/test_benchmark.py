@@ -139,3 +139,15 @@ def test_distractors_come_from_the_pool_when_given(bpe_tokenizer):
     entity, value = read_bank("capitals")[0]
     q = small.build(Fact("capitals", entity, value), fmt="cloze", phrasing=1, split="x")
     assert q is not None and not set(q.choices) <= set(values[:2])
+
+
+def test_build_with_a_model_spec_and_no_tokenizer_override(tiny_llama_dir, tmp_path):
+    """The model-spec path of the build (the laptop path's): the builder's own tokenizer is not
+    passed as the model's tokenizer override (it was, and loading failed)."""
+    from interp.data.build import build_benchmark
+
+    manifest = build_benchmark("laptop", tmp_path / "data", model_spec=str(tiny_llama_dir),
+                               device="cpu", progress=False)
+    assert manifest["model"] == str(tiny_llama_dir)
+    assert all(manifest["entities"][d][s] > 0 for d in ("forget", "retain")
+               for s in ("train", "val", "test"))
