@@ -88,15 +88,10 @@ class Plan:
 
 
 # ---------------------------------------------------------------------------------- counting
-def attack_models(p: Preset, attack: str) -> tuple[str, ...]:
-    from interp.attacks.base import registry
-
-    return (("original",) if registry()[attack].SPEC.on_original else ()) + p.methods
-
-
 def count_steps(p: Preset, sizes: Sizes) -> dict[str, dict[str, int]]:
     """Steps per stage, each split by where it comes from ("npo: protect", "gcg on rmu")."""
     from interp.attacks.base import registry as attacks
+    from interp.pipelines.reproduce import attack_models  # the models reproduce runs it on
     from interp.protections.base import registry as protections
 
     stages: dict[str, dict[str, int]] = {s: {} for s in STAGES}
@@ -138,7 +133,7 @@ def preset_sizes(p: Preset, cfg: PlanConfig, n_layers: int) -> Sizes:
                  retain_val=c["retain_val"], n_layers=n_layers, letter=p.sources is not None)
 
 
-def advice(stage: str, p: Preset, peak_mb: float | None, limit_mb: float) -> str:
+def advice(stage: str, peak_mb: float | None, limit_mb: float) -> str:
     need = f"needs {peak_mb:,.0f} MB" if peak_mb else "ran out of memory"
     knob = {"score": "a smaller scoring batch",
             "gcg": "a smaller candidate_batch",
@@ -197,7 +192,7 @@ def plan(cfg: PlanConfig, out: Path | None = None, progress: bool = True,
         peaks = {s: None for s in STAGES}
         notes = {s: line for s in STAGES}
     else:
-        _measure_all(p, cfg, device, dtype_name, seconds, peaks, notes, progress)
+        _measure_all(p, cfg, device, dtype_name, limit, seconds, peaks, notes, progress)
     stages = []
     for s in STAGES:
         steps = sum(counts.get(s, {}).values())
@@ -205,7 +200,7 @@ def plan(cfg: PlanConfig, out: Path | None = None, progress: bool = True,
         fits = s in seconds and seconds[s] is not None and (peak is None or peak <= limit)
         note = notes.get(s, "")
         if s in seconds and seconds[s] is not None and not fits:
-            note = advice(s, p, peak, limit)
+            note = advice(s, peak, limit)
         stages.append(Stage(s, UNITS[s], _round(seconds.get(s)), steps,
                             _round(project(seconds.get(s), steps)) if fits else None,
                             _round(peak), fits, counts.get(s, {}), note))
@@ -227,8 +222,8 @@ def _round(x: float | None) -> float | None:
     return None if x is None else float(f"{x:.4g}")
 
 
-def _measure_all(p: Preset, cfg: PlanConfig, device, dtype_name: str, seconds, peaks, notes,
-                 progress: bool) -> None:
+def _measure_all(p: Preset, cfg: PlanConfig, device, dtype_name: str, limit_mb: float,
+                 seconds, peaks, notes, progress: bool) -> None:
     import tempfile
 
     from interp.model.shapes import random_model
@@ -256,8 +251,7 @@ def _measure_all(p: Preset, cfg: PlanConfig, device, dtype_name: str, seconds, p
                     raise
                 probe.drop_original()
                 seconds[stage] = None
-                notes[stage] = advice(stage, p, None, cfg.memory_mb or
-                                      device_memory_mb(device))
+                notes[stage] = advice(stage, None, limit_mb)
             peaks[stage] = peak["mb"]
     del model, probe
 

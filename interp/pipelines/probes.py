@@ -4,6 +4,7 @@ stage's real code for a few steps, seconds per step (median after the warm-up) a
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 import statistics
@@ -77,17 +78,17 @@ def _median_after_warmup(times: list[float]) -> float:
     return statistics.median(times[1:] if len(times) > 1 else times)
 
 
-WORDS = None
+@functools.lru_cache(maxsize=1)
+def _corpus_words() -> tuple[str, ...]:
+    from interp.data.unrelated import load_unrelated
+
+    return tuple(" ".join(load_unrelated()).split())
 
 
 def _words(rng: random.Random, n: int) -> str:
-    global WORDS
-    if WORDS is None:
-        from interp.data.unrelated import load_unrelated
-
-        WORDS = " ".join(load_unrelated()).split()
-    start = rng.randrange(0, max(1, len(WORDS) - n))
-    return " ".join(WORDS[start:start + n])
+    words = _corpus_words()
+    start = rng.randrange(0, max(1, len(words) - n))
+    return " ".join(words[start:start + n])
 
 
 def _text_of_tokens(tok, rng: random.Random, n_tokens: int) -> str:
