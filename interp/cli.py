@@ -19,7 +19,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_writable(Path(args.out))
     questions = load_source(args.data, subject=args.subject, limit=args.limit)
     model = load_model(args.model, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
-                       trust_remote_code=args.trust_remote_code)
+                       trust_remote_code=args.trust_remote_code, letter_ids=args.letter_ids)
     start = time.perf_counter()
     result = evaluate(model, questions, prefix=args.prefix, chat=args.chat, fmt=args.format,
                       batch_size=args.batch_size)
@@ -39,7 +39,8 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     from interp.data.build import build_benchmark
 
     manifest = build_benchmark(args.preset, Path(args.out), seed=args.seed, model_spec=args.model,
-                               device=args.device, dtype=args.dtype, tokenizer=args.tokenizer)
+                               device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
+                               letter_ids=args.letter_ids)
     print(json.dumps(manifest["counts"], indent=1))
     return 0
 
@@ -61,7 +62,8 @@ def _load(args: argparse.Namespace, spec: str):
     from interp.model.load import load_model
 
     return load_model(spec, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
-                      trust_remote_code=getattr(args, "trust_remote_code", False))
+                      trust_remote_code=getattr(args, "trust_remote_code", False),
+                      letter_ids=args.letter_ids)
 
 
 def _base_config(kind: str, name: str, preset: str | None):
@@ -88,7 +90,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     check_writable(Path(args.out) / "protection.json")
     report = protect(args.method, args.model, Path(args.data), Path(args.out), cfg,
                      preset=args.preset or "", device=args.device, dtype=args.dtype,
-                     tokenizer=args.tokenizer)
+                     tokenizer=args.tokenizer, letter_ids=args.letter_ids)
     for key, before in report.before.items():
         after = report.after[key]
         print(f"{key:24s} {before.accuracy:.3f} -> {after.accuracy:.3f}  (n={after.n})")
@@ -164,7 +166,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     r = reproduce(args.preset, Path(args.out), seed=args.seed, device=args.device,
                   figures_dir=Path(args.figures) if args.figures else None,
                   executor=args.executor, address=args.address, n_devices=args.n_devices,
-                  dtype=args.dtype, tokenizer=args.tokenizer)
+                  dtype=args.dtype, tokenizer=args.tokenizer, letter_ids=args.letter_ids)
     print((Path(args.out) / "table.md").read_text())
     print(f"{len(r['rows'])} rows -> {Path(args.out) / 'results.json'}; "
           f"{time.perf_counter() - start:.0f} s this run")
@@ -183,7 +185,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     retain = load_source(args.retain, limit=args.limit)
     r = audit(args.original, args.unlearned, forget, retain, Path(args.out), budget=args.budget,
               seed=args.seed, retain_drop=args.retain_drop, device=args.device,
-              dtype=args.dtype, tokenizer=args.tokenizer, executor=args.executor,
+              dtype=args.dtype, tokenizer=args.tokenizer, letter_ids=args.letter_ids,
+              executor=args.executor,
               address=args.address)
     h = r["headline"]
     print(f"forget accuracy: original {h['original_forget']:.3f}, unlearned "
@@ -228,6 +231,10 @@ def _add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16 or float16")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder overriding the models' own "
                    "(cais/Zephyr_RMU ships only tokenizer.model: give Zephyr's)")
+    p.add_argument("--letter-ids", default=None, choices=["in-context", "official"],
+                   help="letter format candidates: the token that follows the scored context "
+                        "(in-context, the default) or the last id of the bare letter (official, "
+                        "the paper's scorer; the paper preset's default)")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:

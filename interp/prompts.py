@@ -20,7 +20,10 @@ refuses one) and scores the first token of the assistant turn.
 
 Each candidate is the *first token the tokenizer produces when the continuation is written right
 after the scored context* — " A" after "Answer:", "A" at the start of an assistant turn — derived by
-tokenizing and checked, never hard-coded.
+tokenizing and checked, never hard-coded (`letter_ids="in-context"`, the default). The paper's
+official scorer instead takes each letter's id as the last id of tokenizing the bare letter
+(`letter_ids="official"`): "▁A" for Zephyr's SentencePiece tokenizer in raw and chat mode alike,
+where in context the assistant turn begins with "A". Cloze candidates are always in context.
 """
 
 from __future__ import annotations
@@ -31,6 +34,21 @@ from interp.data.questions import Question
 from interp.errors import InterpError
 
 LETTERS = ("A", "B", "C", "D")
+LETTER_IDS = ("in-context", "official")  # how the letter format's candidate ids are chosen
+
+
+def check_letter_ids(rule: str) -> str:
+    if rule not in LETTER_IDS:
+        raise InterpError(f"unknown letter-id rule {rule!r}; use one of {list(LETTER_IDS)}")
+    return rule
+
+
+def official_letter_ids(tokenizer) -> tuple[int, int, int, int]:
+    """The official scorer's ids: the last id of tokenizing each bare letter."""
+    ids = tuple(tokenizer(letter)["input_ids"][-1] for letter in LETTERS)
+    if len(set(ids)) != 4:
+        raise InterpError(f"the bare letters share token ids {ids}; use letter_ids='in-context'")
+    return ids  # type: ignore[return-value]
 
 
 def letter_prompt(q: Question, prefix: str | None = None) -> str:
@@ -77,6 +95,16 @@ def _encode(tokenizer, text: str, chat: bool) -> list[int]:
     return tokenizer(text, add_special_tokens=not chat)["input_ids"]
 
 
+def shared_prefix(a: list[int], b: list[int]) -> int:
+    """How many ids two tokenizations share from the start (where a boundary falls)."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def first_token_after(tokenizer, context: str, continuation: str, *, chat: bool) -> int:
     """The first token of `continuation` when written right after `context`."""
     ctx = _encode(tokenizer, context, chat)
@@ -96,12 +124,15 @@ def first_token_after(tokenizer, context: str, continuation: str, *, chat: bool)
 
 
 def encode_question(
-    tokenizer, q: Question, *, chat: bool, prefix: str | None = None, fmt: str | None = None
+    tokenizer, q: Question, *, chat: bool, prefix: str | None = None, fmt: str | None = None,
+    letter_ids: str = "in-context",
 ) -> Encoded:
     """Token ids of the scored prompt and its four candidate token ids."""
     fmt = fmt or q.format
     text = letter_prompt(q, prefix) if fmt == "letter" else cloze_prompt(q, prefix)
     context = chat_text(tokenizer, text) if chat else text
+    if fmt == "letter" and check_letter_ids(letter_ids) == "official":
+        return Encoded(_encode(tokenizer, context, chat), official_letter_ids(tokenizer))
     sep = "" if chat else " "
     options = LETTERS if fmt == "letter" else tuple(c.strip() for c in q.choices)
     candidates = tuple(first_token_after(tokenizer, context, sep + o, chat=chat) for o in options)

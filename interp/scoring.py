@@ -21,7 +21,7 @@ from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import readout
 from interp.model.load import get_tokenizer
-from interp.prompts import Encoded, encode_question
+from interp.prompts import Encoded, check_letter_ids, encode_question
 
 Hook = tuple[str | Callable[[str], bool], Callable]
 
@@ -33,6 +33,7 @@ class EvalConfig:
     prefix: str | None = None
     format: str | None = None  # None: each question's own format
     progress: bool = True
+    letter_ids: str | None = None  # None: the model's rule (`set_letter_ids`), else in context
 
 
 @dataclass
@@ -110,12 +111,25 @@ def last_logits(
     return readout(model, last)[:, 0, :]
 
 
+def set_letter_ids(model: HookedTransformer, rule: str) -> HookedTransformer:
+    """Make `rule` ("in-context" or "official", see `interp.prompts`) the letter-id rule every
+    score of this model uses unless a call names another (copies of the model keep it)."""
+    object.__setattr__(model, "interp_letter_ids", check_letter_ids(rule))
+    return model
+
+
+def letter_rule(model: HookedTransformer, rule: str | None = None) -> str:
+    return check_letter_ids(rule or getattr(model, "interp_letter_ids", None) or "in-context")
+
+
 def encode_all(
     model: HookedTransformer, questions: Sequence[Question], cfg: EvalConfig
 ) -> list[Encoded]:
     tokenizer = get_tokenizer(model)
+    rule = letter_rule(model, cfg.letter_ids)
     encoded = [
-        encode_question(tokenizer, q, chat=cfg.chat, prefix=cfg.prefix, fmt=cfg.format)
+        encode_question(tokenizer, q, chat=cfg.chat, prefix=cfg.prefix, fmt=cfg.format,
+                        letter_ids=rule)
         for q in questions
     ]
     n_ctx = model.cfg.n_ctx
@@ -139,10 +153,12 @@ def evaluate(
     fmt: str | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    letter_ids: str | None = None,
 ) -> EvalResult:
-    """Score multiple-choice questions; see the module docstring."""
+    """Score multiple-choice questions; see the module docstring. `letter_ids`: the letter
+    format's candidate rule (`interp.prompts`); None: the model's (`set_letter_ids`)."""
     cfg = EvalConfig(batch_size=batch_size, chat=chat, prefix=prefix, format=fmt,
-                     progress=progress)
+                     progress=progress, letter_ids=letter_rule(model, letter_ids))
     if not questions:
         raise InterpError("no questions to score")
     if batch_size < 1:
@@ -171,7 +187,8 @@ def evaluate(
     finally:
         model.train(was_training)
     answers = torch.tensor([q.answer for q in questions], dtype=torch.long)
-    settings = {"chat": chat, "prefix": prefix, "format": fmt or "per-question"}
+    settings = {"chat": chat, "prefix": prefix, "format": fmt or "per-question",
+                "letter_ids": cfg.letter_ids}
     return EvalResult(probs=probs, preds=probs.argmax(-1), answers=answers, settings=settings)
 
 

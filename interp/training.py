@@ -279,6 +279,9 @@ def sequence_nll(model, batch: TokenBatch) -> Float[Tensor, "b"]:  # noqa: F821
 def lm_loss(model, batch: TokenBatch) -> Tensor:
     """Mean next-token cross-entropy over the counted positions."""
     nll, _ = target_nll(model, batch)
+    if nll.numel() == 0:  # a mean over nothing is NaN: say why instead
+        raise InterpError("a training batch has no target token (every response was cut by "
+                          "max_len); raise max_len")
     return nll.mean()
 
 

@@ -57,6 +57,82 @@ def sp_tokenizer(tmp_path_factory):
     return AutoTokenizer.from_pretrained(tok_dir)
 
 
+ZEPHYR_TEMPLATE = (  # Zephyr's chat layout: <|role|>\n content </s>\n ... <|assistant|>\n
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + eos_token + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}")
+
+SP_LINES = [
+    "The following are multiple choice questions (with answers) about biology.",
+    "Which organelle makes ATP? A. Nucleus B. Mitochondrion C. Ribosome D. Golgi Answer: B",
+    "What does DNA polymerase do? It copies DNA. Which is a virus? Influenza is a virus.",
+    "The capital of France is Paris. The capital of Spain is Madrid. Eco RI cuts DNA.",
+    "Answer: A Answer: B Answer: C Answer: D",
+]
+
+
+@pytest.fixture(scope="session")
+def zephyr_sp_tokenizer(tmp_path_factory):
+    """A SentencePiece-style tokenizer as Zephyr's (Mistral's) tokenizer.json runs it, built
+    offline with the `tokenizers` library: "▁" prepended and spaces replaced by "▁" (so " A" alone
+    is ["▁", "▁A"] while "Answer: A" ends in "▁A"), pieces that never span a word boundary, byte
+    fallback, a BOS-adding post-processor, and a Zephyr-like chat template."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE
+    from tokenizers.trainers import BpeTrainer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    norm = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    learner = Tokenizer(BPE(unk_token="<unk>"))
+    learner.normalizer = norm
+    learner.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never",
+                                                     split=True)
+    learner.train_from_iterator(SP_LINES * 20, BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
+    spec = json.loads(learner.to_str())["model"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
+    for piece, _ in sorted(spec["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(piece, len(vocab))
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in spec["merges"]]
+    tok = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True,
+                        fuse_unk=True))
+    tok.normalizer = norm
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                       special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+    fast.chat_template = ZEPHYR_TEMPLATE
+    folder = tmp_path_factory.mktemp("zephyr-sp")
+    fast.save_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def tiny_mistral_config(vocab: int):
+    from transformers import MistralConfig
+
+    return MistralConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, sliding_window=None,
+                         tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_zephyr_dir(tmp_path_factory, zephyr_sp_tokenizer) -> Path:
+    """A tiny random Mistral with the SentencePiece-style Zephyr tokenizer: Zephyr's shape of
+    problems at a size the suite can run."""
+    folder = tmp_path_factory.mktemp("tiny-zephyr")
+    return save_tiny_hf(folder, tiny_mistral_config(len(zephyr_sp_tokenizer)),
+                        zephyr_sp_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_zephyr(tiny_zephyr_dir):
+    from interp.model.load import load_model
+
+    return load_model(tiny_zephyr_dir, device="cpu")
+
+
 def save_tiny_hf(folder: Path, config, tokenizer, seed: int = 0) -> Path:
     from transformers import AutoModelForCausalLM
 

@@ -50,7 +50,7 @@ from interp.errors import InterpError
 from interp.model.hooks import EMBED_HOOK, hook_name, readout
 from interp.model.load import get_tokenizer
 from interp.plots import budget_lines
-from interp.scoring import evaluate, pad_left
+from interp.scoring import evaluate, letter_rule, pad_left
 from interp.training import fixed_threads
 
 
@@ -258,7 +258,8 @@ def run_gcg(model: HookedTransformer, train: Sequence[Question], heldout: Sequen
         raise InterpError("GCG needs search_width, topk, n_tokens >= 1 and steps >= 0")
     tok = get_tokenizer(model)
     gen = torch.Generator().manual_seed(cfg.seed)
-    slots = [question_slots(tok, q, chat=cfg.chat, fmt=cfg.fmt) for q in train]
+    rule = letter_rule(model)
+    slots = [question_slots(tok, q, chat=cfg.chat, fmt=cfg.fmt, letter_ids=rule) for q in train]
     objective = Objective(model, slots, cfg, original)
     allowed = allowed_tokens(tok, model.cfg.d_vocab, cfg.allow_non_ascii)
     current = torch.tensor(initial_prefix(tok, cfg, allowed), dtype=torch.long)

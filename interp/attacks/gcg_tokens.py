@@ -12,7 +12,8 @@ from torch import Tensor
 
 from interp.data.questions import Question
 from interp.errors import InterpError
-from interp.prompts import chat_text, cloze_prompt, encode_question, letter_prompt
+from interp.prompts import chat_text, cloze_prompt, encode_question, letter_prompt, shared_prefix
+
 
 MARK = "\ue000PREFIX\ue000"
 
@@ -26,7 +27,15 @@ class Slots:
     target: int
 
 
-def question_slots(tokenizer, q: Question, *, chat: bool, fmt: str | None) -> Slots:
+PLACEHOLDER = "x"  # stands for the prefix when the text after it is tokenized in context
+
+
+def question_slots(tokenizer, q: Question, *, chat: bool, fmt: str | None,
+                   letter_ids: str = "in-context") -> Slots:
+    """The ids before and after the prefix, each as the whole text tokenizes them: the text after
+    the prefix is tokenized behind a placeholder word and cut where the placeholder's own ids end
+    (alone, " The following ..." gains a leading "▁" under SentencePiece that the scorer never
+    sees)."""
     fmt = fmt or q.format
     body = letter_prompt(q) if fmt == "letter" else cloze_prompt(q)
     text = f"{MARK} {body}"
@@ -35,8 +44,11 @@ def question_slots(tokenizer, q: Question, *, chat: bool, fmt: str | None) -> Sl
         raise InterpError("the chat template moved the prefix marker; GCG cannot place a prefix")
     before, after = context.split(MARK)
     before_ids = tokenizer(before, add_special_tokens=not chat)["input_ids"]
-    after_ids = tokenizer(after, add_special_tokens=False)["input_ids"]
-    target = encode_question(tokenizer, q, chat=chat, fmt=fmt).candidates[q.answer]
+    head = tokenizer(PLACEHOLDER, add_special_tokens=False)["input_ids"]
+    joint = tokenizer(PLACEHOLDER + after, add_special_tokens=False)["input_ids"]
+    after_ids = joint[shared_prefix(head, joint):]
+    target = encode_question(tokenizer, q, chat=chat, fmt=fmt,
+                             letter_ids=letter_ids).candidates[q.answer]
     return Slots(before_ids, after_ids, target)
 
 

@@ -77,7 +77,7 @@ class LensResult:
 def logit_lens(model: HookedTransformer, questions: Sequence[Question],
                cfg: LensConfig | None = None) -> LensResult:
     cfg = cfg or LensConfig()
-    encoded = encode_all(model, questions, EvalConfig(chat=cfg.chat))
+    encoded = encode_all(model, questions, EvalConfig(chat=cfg.chat))  # the model's letter rule
     unknown = set(cfg.components) - set(COMPONENTS)
     if unknown:
         raise InterpError(f"unknown lens component(s) {sorted(unknown)}; use {list(COMPONENTS)}")

@@ -36,7 +36,7 @@ from interp.data.folder import as_data
 from interp.errors import InterpError
 from interp.model.hooks import MLP_IN, MLP_OUT, block_weight_names, layer_of, mlp_weight_name
 from interp.plots import heatmap, layer_lines
-from interp.protections.common import encode_pair, encode_texts
+from interp.protections.common import encode_pairs, encode_texts
 from interp.scoring import evaluate
 from interp.store import read_json, write_json
 from interp.training import TokenBatch, fixed_threads, lm_loss, pack
@@ -289,11 +289,15 @@ def snip_data(model: HookedTransformer, data, cfg: Config) -> PruneData:
     rows = data.preference()
     device = model.cfg.device
     train = data.train_entities("forget")  # never a validation or test entity
-    forget = [encode_pair(model, r["prompt"], r["rejected"], chat=False, max_len=cfg.max_len)
-              for r in rows if r["split"] == "forget" and r.get("entity", r.get("id")) in train
-              ][: cfg.n_forget]
-    retain = [encode_pair(model, r["prompt"], r["chosen"], chat=False, max_len=cfg.max_len)
-              for r in rows if r["split"] == "retain"][: cfg.n_utility]
+    forget, _ = encode_pairs(model, [(r["prompt"], r["rejected"], False) for r in rows
+                                     if r["split"] == "forget"
+                                     and r.get("entity", r.get("id")) in train],
+                             max_len=cfg.max_len, what="SNIP forget")
+    retain, _ = encode_pairs(model, [(r["prompt"], r["chosen"], False) for r in rows
+                                     if r["split"] == "retain"],
+                             max_len=cfg.max_len, what="SNIP retain")
+    forget = [x for x in forget if x][: cfg.n_forget]
+    retain = [x for x in retain if x][: cfg.n_utility]
     texts = encode_texts(model, data.corpus("unrelated")[: cfg.n_utility], max_len=cfg.max_len)
     texts = [t for t in texts if len(t) > 1]
     utility = retain + [(t, max(1, len(t) - cfg.last_k)) for t in texts]

@@ -98,7 +98,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: str | None = None,
-                    device=None, progress: bool = True, dtype=None, tokenizer=None) -> dict:
+                    device=None, progress: bool = True, dtype=None, tokenizer=None,
+                    letter_ids: str | None = None) -> dict:
     from interp.model.load import embedded_tokenizer, load_model
     from interp.scoring import evaluate
 
@@ -144,20 +145,22 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
 
     # the unprotected model whose right answers are kept
     if model_spec:
-        model = load_model(model_spec, device=device, dtype=dtype, tokenizer=tokenizer)
+        model = load_model(model_spec, device=device, dtype=dtype, tokenizer=tokenizer,
+                           letter_ids=letter_ids)
         model_name = model_spec
     elif preset.model == "smoke":
         from interp.model.smoke import train_smoke_model
 
         model_dir = out / "model"
         if (model_dir / "interp_model.json").is_file():
-            model = load_model(model_dir, device=device)
+            model = load_model(model_dir, device=device, letter_ids=letter_ids)
         else:
             model = train_smoke_model(smoke_texts(forget_facts, retain_facts), bank_tokenizer,
                                       device=device, out=model_dir, progress=progress)
         model_name = "model"  # relative to this folder (`DataFolder.model_spec`)
     else:
-        model = load_model(preset.model, device=device, dtype=dtype, tokenizer=tokenizer)
+        model = load_model(preset.model, device=device, dtype=dtype, tokenizer=tokenizer,
+                           letter_ids=letter_ids)
         model_name = preset.model
 
     save_jsonl(sets["forget_eval"], out / "forget_eval_unfiltered.jsonl")

@@ -341,13 +341,21 @@ def load_model(
     tokenizer: str | Path | None = None,
     trust_remote_code: bool = False,
     n_devices: int = 1,
+    letter_ids: str | None = None,
 ) -> HookedTransformer:
     """Load a model as a HookedTransformer (see the module docstring for the specs); its linear
-    weights are stored the way the forward pass reads them (`interp.model.layout`)."""
+    weights are stored the way the forward pass reads them (`interp.model.layout`). `letter_ids`:
+    the letter format's candidate rule its scores use (`interp.scoring.set_letter_ids`)."""
     from interp.model.layout import linear_layout
+    from interp.prompts import check_letter_ids
 
-    return linear_layout(_load_model(spec, device=device, dtype=dtype, tokenizer=tokenizer,
-                                     trust_remote_code=trust_remote_code, n_devices=n_devices))
+    if letter_ids is not None:
+        check_letter_ids(letter_ids)  # before minutes of loading
+    model = linear_layout(_load_model(spec, device=device, dtype=dtype, tokenizer=tokenizer,
+                                      trust_remote_code=trust_remote_code, n_devices=n_devices))
+    if letter_ids is not None:
+        object.__setattr__(model, "interp_letter_ids", letter_ids)
+    return model
 
 
 def _load_model(spec, *, device, dtype, tokenizer, trust_remote_code, n_devices):

@@ -26,15 +26,16 @@ from interp.store import atomic_write_text, read_json, write_json
 _CACHE: dict[tuple, object] = {}
 
 
-def _load(spec: str, device, cache: bool, dtype=None, tokenizer=None):
+def _load(spec: str, device, cache: bool, dtype=None, tokenizer=None, letter_ids=None):
     """Load a model; in one process (serial) the pair is loaded once and shared by the cells."""
     from interp.model.load import load_model
 
-    key = (spec, str(device), dtype, tokenizer)
+    key = (spec, str(device), dtype, tokenizer, letter_ids)
+    kwargs = {"device": device, "dtype": dtype, "tokenizer": tokenizer, "letter_ids": letter_ids}
     if not cache:
-        return load_model(spec, device=device, dtype=dtype, tokenizer=tokenizer)
+        return load_model(spec, **kwargs)
     if key not in _CACHE:
-        _CACHE[key] = load_model(spec, device=device, dtype=dtype, tokenizer=tokenizer)
+        _CACHE[key] = load_model(spec, **kwargs)
     return _CACHE[key]
 
 
@@ -51,7 +52,8 @@ def cell_config(budget: str, name: str, seed: int, retain_drop: float):
 
 def audit_cell(original_spec: str, unlearned_spec: str, out: Path, budget: str, seed: int,
                retain_drop: float, device, progress: bool, cache: bool, name: str,
-               dtype: str | None = None, tokenizer: str | None = None) -> dict:
+               dtype: str | None = None, tokenizer: str | None = None,
+               letter_ids: str | None = None) -> dict:
     """One attack of an audit ("none": the no-attack scores), or its result read back when
     finished. Loads what it needs, so any process (a Ray worker included) can run it."""
     from interp.scoring import evaluate
@@ -61,8 +63,8 @@ def audit_cell(original_spec: str, unlearned_spec: str, out: Path, budget: str, 
     if marker.is_file():
         return read_json(marker)
     data = out / "data"
-    original = _load(original_spec, device, cache, dtype, tokenizer)
-    unlearned = _load(unlearned_spec, device, cache, dtype, tokenizer)
+    original = _load(original_spec, device, cache, dtype, tokenizer, letter_ids)
+    unlearned = _load(unlearned_spec, device, cache, dtype, tokenizer, letter_ids)
     start = time.perf_counter()
     if name == "none":
         def acc(model, name):
@@ -121,7 +123,7 @@ def audit(original_spec: str, unlearned_spec: str, forget: list[Question],
           retain: list[Question], out: Path, *, budget: str = "quick", seed: int = 0,
           retain_drop: float = 0.10, device=None, progress: bool = True,
           executor: str = "serial", address: str | None = None, dtype: str | None = None,
-          tokenizer: str | None = None) -> dict:
+          tokenizer: str | None = None, letter_ids: str | None = None) -> dict:
     """Every attack on (original, unlearned); each attack is a resumable cell, run serially in
     this process or as Ray tasks (`executor="ray"`, `address=` a cluster or None for local)."""
     from functools import partial
@@ -139,7 +141,8 @@ def audit(original_spec: str, unlearned_spec: str, forget: list[Question],
     ship_plotlyjs(out)  # one copy for every figure of the audit (they open offline)
     t0 = time.perf_counter()
     fn = partial(audit_cell, original_spec, unlearned_spec, out, budget, seed, retain_drop,
-                 device, progress, executor == "serial", dtype=dtype, tokenizer=tokenizer)
+                 device, progress, executor == "serial", dtype=dtype, tokenizer=tokenizer,
+                 letter_ids=letter_ids)
     names = audit_cells(budget)
     cells = dict(zip(names, run_stage(fn, names)))
     _CACHE.clear()

@@ -33,6 +33,7 @@ class Preset:
     dtype: str | None = None
     source_limit: int | None = None
     n_devices: int = 1  # TransformerLens' own placement of a model's blocks over N GPUs
+    letter_ids: str = "in-context"  # the letter format's candidate rule (`interp.prompts`)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -85,7 +86,7 @@ PRESETS: dict[str, Preset] = {
         name="paper", data="paper",
         model="HuggingFaceH4/zephyr-7b-beta", sources=("wmdp-bio", "mmlu"), subject="biology",
         external={"rmu": "cais/Zephyr_RMU"}, tokenizer="HuggingFaceH4/zephyr-7b-beta",
-        dtype="bfloat16",
+        dtype="bfloat16", letter_ids="official",  # the official scorer's rule
         protections={  # rmu: the public cais/Zephyr_RMU is loaded (`external`), not trained
             "rmu": rmu.Config(layer=7, steer_scale=1.0, alpha=1200.0, lr=5e-5, batch_size=4,
                               steps=150, max_len=512),

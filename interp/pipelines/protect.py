@@ -28,13 +28,14 @@ def baseline(model, model_spec: str, data) -> dict[str, Measure]:
 
 def protect(method: str, model_spec: str, data_dir: Path, out: Path, cfg=None, *,
             preset: str = "", device=None, dtype=None, tokenizer=None,
-            progress: bool = True) -> ProtectionResult:
+            progress: bool = True, letter_ids: str | None = None) -> ProtectionResult:
     """Train `method` (its `Config`, default: the method's own) on `model_spec`; save to `out`."""
     module = base.get(method)
     out = Path(out)
     if (done := base.finished(module.Result, out)) is not None:
         return done  # finished earlier
-    model = load_model(model_spec, device=device, dtype=dtype, tokenizer=tokenizer)
+    model = load_model(model_spec, device=device, dtype=dtype, tokenizer=tokenizer,
+                       letter_ids=letter_ids)
     before = baseline(model, str(model_spec), data_dir)
     return module.run(model, data_dir, cfg, out=out, progress=progress, before=before,
                       about={"model": str(model_spec), "data": str(data_dir), "preset": preset})

@@ -180,7 +180,7 @@ def run_cell(p: Preset, out: Path, cell: Cell, seed: int = 0, device=None,
         _log(out, cell, False, 0.0, seed, None)
         return read_cell(p, out, cell)
     load = partial(load_model, device=device, dtype=p.dtype, tokenizer=p.tokenizer,
-                   n_devices=p.n_devices)
+                   n_devices=p.n_devices, letter_ids=p.letter_ids)
     start = time.perf_counter()
     _, config = _compute(p, out, cell, seed, device, progress, load)
     _log(out, cell, True, round(time.perf_counter() - start, 1), seed, config)
@@ -200,7 +200,8 @@ def _compute(p: Preset, out: Path, cell: Cell, seed: int, device, progress: bool
                                     data, folder, load), {"model": p.external[cell.method]})
         cfg = p.protections[cell.method]
         return (protect(cell.method, original_spec(p, out), data, folder, cfg, preset=p.name,
-                        device=device, dtype=p.dtype, tokenizer=p.tokenizer, progress=progress),
+                        device=device, dtype=p.dtype, tokenizer=p.tokenizer, progress=progress,
+                        letter_ids=p.letter_ids),
                 attack_base.to_jsonable(cfg))
     if cell.stage == "compare":
         a = out / "attacks"
@@ -231,16 +232,19 @@ def build_data(p: Preset, data: Path, seed: int, device, progress: bool) -> dict
         prepare_data(forget, retain, data, str(p.model), seed)
         return read_json(data / "manifest.json")
     return build_benchmark(p.data, data, seed=seed, model_spec=p.model, device=device,
-                           progress=progress)
+                           progress=progress, letter_ids=p.letter_ids)
 
 
 def reproduce(preset: str | Preset, out: Path, *, seed: int = 0, device=None,
               figures_dir: Path | None = None, progress: bool = True,
               executor: str = "serial", address: str | None = None,
               n_devices: int | None = None, dtype: str | None = None,
-              tokenizer: str | None = None) -> dict:
+              tokenizer: str | None = None, letter_ids: str | None = None) -> dict:
+    from interp.prompts import check_letter_ids
+
     p = get_preset(preset) if isinstance(preset, str) else preset
-    p = replace(p, dtype=dtype or p.dtype, tokenizer=tokenizer or p.tokenizer)
+    p = replace(p, dtype=dtype or p.dtype, tokenizer=tokenizer or p.tokenizer,
+                letter_ids=check_letter_ids(letter_ids or p.letter_ids))
     if n_devices is not None:
         if n_devices < 1:
             raise InterpError(f"--n-devices must be at least 1, got {n_devices}")
@@ -271,7 +275,7 @@ def summarize(p: Preset, out: Path, results: dict, seed: int,
     rows = collect_rows(p.methods, results)
     columns, table = make_table(rows, models)
     timings = timings_from_log(out)
-    summary = {"preset": p.name, "seed": seed, "rows": [r.to_json() for r in rows],
+    summary = {"preset": p.name, "seed": seed, "letter_ids": p.letter_ids, "rows": [r.to_json() for r in rows],
                "timings": timings, "peak_rss_mb": peak_from_log(out),
                "models": {m: relative_spec(model_spec(p, out, m), out) for m in models}}
     cells = [c for stage in plan(p) for c in stage if c.stage != "data"]

@@ -60,6 +60,7 @@ class ProtectionResult(base.Result):
     data: str = ""
     preset: str = ""
     figures: list[str] = field(default_factory=list)
+    encoding: dict = field(default_factory=dict)  # rows kept / cut / dropped at max_len
     figure_stem: ClassVar[str] = "losses"
 
     def rows(self, model: str) -> list[Row]:

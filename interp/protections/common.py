@@ -1,15 +1,23 @@
-"""What every protection shares: text encoding, frozen copies, parameter picks."""
+"""What every protection shares: text encoding, frozen copies, parameter picks.
+
+Every trained sequence is tokenized as one text, as the scorer reads it, and the boundary between
+prompt and response is found in those ids (the longest prefix they share with the prompt's own
+ids): tokenizing the response on its own would give SentencePiece tokenizers a leading "▁" token
+the scorer never sees."""
 
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict, dataclass
+from typing import Iterable
 
 import torch
 from transformer_lens import HookedTransformer
 
+from interp.errors import InterpError
 from interp.model.hooks import select_weights
 from interp.model.load import get_tokenizer
-from interp.prompts import chat_text
+from interp.prompts import chat_text, shared_prefix
 
 
 def encode_texts(model: HookedTransformer, texts: list[str], max_len: int = 128) -> list[list[int]]:
@@ -19,23 +27,66 @@ def encode_texts(model: HookedTransformer, texts: list[str], max_len: int = 128)
 
 def encode_pair(model: HookedTransformer, prompt: str, response: str, *, chat: bool,
                 max_len: int = 160) -> tuple[list[int], int]:
-    """Token ids of prompt + response, and where the response starts (loss counted from there)."""
+    """Token ids of prompt + response, tokenized together, and where the response starts (loss
+    counted from there). Too long: the prompt loses its start until the response has half the
+    budget, then the response is cut from the right."""
+    ids, first, _ = _pair(model, prompt, response, chat, max_len)
+    return ids, first
+
+
+def _pair(model, prompt: str, response: str, chat: bool, max_len: int) -> tuple[list[int], int, int]:
+    if max_len < 2:
+        raise InterpError(f"max_len must be at least 2 tokens, got {max_len}")
     tok = get_tokenizer(model)
     if chat:
         context = chat_text(tok, prompt)
-        ids_ctx = tok(context, add_special_tokens=False)["input_ids"]
-        ids = ids_ctx + tok(response + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
+        full = context + response + (tok.eos_token or "")
     else:
-        ids_ctx = tok(prompt)["input_ids"]
-        ids = ids_ctx + tok(" " + response, add_special_tokens=False)["input_ids"]
-    # too long: cut from the right, but never below half the budget of response tokens (the
-    # prompt loses its start instead), so a long prompt cannot leave nothing to train on
-    first = len(ids_ctx)
+        context, full = prompt, prompt + " " + response
+    ids_ctx = tok(context, add_special_tokens=not chat)["input_ids"]
+    ids = tok(full, add_special_tokens=not chat)["input_ids"]
+    first, n_full = shared_prefix(ids_ctx, ids), len(ids)
     keep = min(len(ids) - first, max_len // 2)
     if first + keep > max_len:
         cut = first + keep - max_len
         ids, first = ids[cut:], first - cut
-    return ids[:max_len], first
+    return ids[:max_len], first, n_full
+
+
+@dataclass
+class Encoding:
+    """What `encode_pairs` did to the rows: kept, cut to `max_len`, dropped (no response token
+    left), recorded in each protection's result."""
+
+    rows: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped: int = 0
+    max_len: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def encode_pairs(model: HookedTransformer, pairs: Iterable[tuple[str, str, bool]], *,
+                 max_len: int, what: str) -> tuple[list[tuple[list[int], int] | None], Encoding]:
+    """`encode_pair` over (prompt, response, chat) triples: a row with no response token is None
+    (dropped) and counted; nothing left raises one line naming `what`."""
+    out, enc = [], Encoding(max_len=max_len)
+    for prompt, response, chat in pairs:
+        enc.rows += 1
+        ids, first, n_full = _pair(model, prompt, response, chat, max_len)
+        if first >= len(ids):
+            enc.dropped += 1
+            out.append(None)
+            continue
+        enc.truncated += n_full > len(ids)
+        enc.kept += 1
+        out.append((ids, first))
+    if enc.rows and not enc.kept:
+        raise InterpError(f"no {what} row keeps a response token within max_len {max_len}; "
+                          "raise max_len or check the data")
+    return out, enc
 
 
 def frozen_copy(model: HookedTransformer) -> HookedTransformer:

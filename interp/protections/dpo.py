@@ -25,7 +25,7 @@ from transformer_lens import HookedTransformer
 from interp.data.folder import DataFolder
 from interp.errors import InterpError
 from interp.protections.base import ProtectionResult, ProtectionSpec, protect, refusal_rate
-from interp.protections.common import encode_pair, select_params
+from interp.protections.common import encode_pairs, select_params
 from interp.training import TrainConfig, batch_rng, pack, sample_indices, sequence_nll
 from interp.training import train as train_loop
 
@@ -40,6 +40,7 @@ class Config:
     forget_frac: float | None = None
     sft_weight: float = 0.0
     seed: int = 0
+    max_len: int = 160
 
     def __post_init__(self) -> None:
         if self.forget_frac is not None and not (
@@ -81,16 +82,26 @@ def chosen_nll(logp_chosen: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tens
     return (-logp_chosen / loss_mask.sum(dim=1).clamp(min=1)).mean()
 
 
-def build_pairs(model: HookedTransformer, rows: list[dict]):
-    """Token pairs, forget rows first; returns (pairs, number of forget pairs)."""
-    pairs, n_forget = [], 0
-    for row in sorted(rows, key=lambda r: r.get("split") != "forget"):
-        for chat in (False, True):
-            c, c0 = encode_pair(model, row["prompt"], row["chosen"], chat=chat)
-            r, r0 = encode_pair(model, row["prompt"], row["rejected"], chat=chat)
-            pairs.append((c, c0, r, r0))
-            n_forget += row.get("split") == "forget"
-    return pairs, n_forget
+def build_pairs(model: HookedTransformer, rows: list[dict], max_len: int = 160):
+    """Token pairs, forget rows first; returns (pairs, number of forget pairs, Encoding). A pair
+    whose chosen or rejected response keeps no token within `max_len` is dropped (counted)."""
+    rows = sorted(rows, key=lambda r: r.get("split") != "forget")
+    both = [(row, chat) for row in rows for chat in (False, True)]
+    texts = [(row["prompt"], row[key], chat) for row, chat in both for key in ("chosen", "rejected")]
+    encoded, enc = encode_pairs(model, texts, max_len=max_len, what="DPO")
+    pairs, n_forget, dropped = [], 0, 0
+    for i, (row, _) in enumerate(both):
+        c, r = encoded[2 * i], encoded[2 * i + 1]
+        if c is None or r is None:
+            dropped += 1
+            continue
+        pairs.append((c[0], c[1], r[0], r[1]))
+        n_forget += row.get("split") == "forget"
+    if not pairs:
+        raise InterpError(f"no DPO pair keeps both responses within max_len {max_len}")
+    enc.dropped, enc.kept = dropped, len(pairs)
+    enc.rows = len(both)
+    return pairs, n_forget, enc
 
 
 def mixed_indices(n: int, n_forget: int, k: int, frac: float | None, seed: int, step: int,
@@ -119,7 +130,7 @@ def _reference_logps(model, pairs, device, batch_size: int = 32) -> torch.Tensor
 def train(model: HookedTransformer, data: DataFolder, cfg: Config,
           run_dir: Path | None = None, progress: bool = True) -> tuple[list[float], dict]:
     device = model.cfg.device
-    pairs, n_forget = build_pairs(model, data.preference())
+    pairs, n_forget, enc = build_pairs(model, data.preference(), cfg.max_len)
     model.eval()
     ref = _reference_logps(model, pairs, device).to(device)  # once, not a copy per step
     params, names = select_params(model, cfg.params)
@@ -147,5 +158,5 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.05, schedule="linear",
                        seed=cfg.seed, desc="DPO", checkpoint_every=50, progress=progress)
     out = train_loop(params, loss_fn, batch_at, tcfg, run_dir=run_dir, param_names=names)
-    return out.losses, {"margins": [e["margin"] for e in out.extras],
+    return out.losses, {"margins": [e["margin"] for e in out.extras], "encoding": enc.to_json(),
                         "refusal": refusal_rate(model, data)}

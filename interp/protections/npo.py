@@ -20,7 +20,7 @@ from transformer_lens import HookedTransformer
 from interp.data.folder import DataFolder
 from interp.errors import InterpError
 from interp.protections.base import ProtectionResult, ProtectionSpec, protect
-from interp.protections.common import encode_pair, select_params
+from interp.protections.common import encode_pairs, select_params
 from interp.training import TrainConfig, lm_loss, pack, sample_indices, sequence_nll
 from interp.training import train as train_loop
 
@@ -77,12 +77,16 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
           run_dir: Path | None = None, progress: bool = True) -> tuple[list[float], dict]:
     device = model.cfg.device
     rows = data.preference()
-    forget = [encode_pair(model, r["prompt"], r["rejected"], chat=chat)
-              for r in rows if r["split"] == "forget" for chat in (False, True)]
-    retain = [encode_pair(model, r["prompt"], r["chosen"], chat=chat)
-              for r in rows if r["split"] == "retain" for chat in (False, True)]
-    if not forget or not retain:
+    if not any(r["split"] == "forget" for r in rows) or not any(
+            r["split"] == "retain" for r in rows):
         raise InterpError("NPO needs forget and retain rows in preference.jsonl")
+    forget, f_enc = encode_pairs(model, [(r["prompt"], r["rejected"], chat) for r in rows
+                                         if r["split"] == "forget" for chat in (False, True)],
+                                 max_len=cfg.max_len, what="NPO forget")
+    retain, r_enc = encode_pairs(model, [(r["prompt"], r["chosen"], chat) for r in rows
+                                         if r["split"] == "retain" for chat in (False, True)],
+                                 max_len=cfg.max_len, what="NPO retain")
+    forget, retain = [x for x in forget if x], [x for x in retain if x]
     model.eval()
     ref = _reference_nll(model, forget, device).to(device)  # once, not a copy per step
     params, names = select_params(model, cfg.params)
@@ -104,4 +108,5 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.05, schedule="linear",
                        seed=cfg.seed, desc="NPO", checkpoint_every=50, progress=progress)
     out = train_loop(params, loss_fn, batch_at, tcfg, run_dir=run_dir, param_names=names)
-    return out.losses, {"forget_nll": [e["forget_nll"] for e in out.extras]}
+    return out.losses, {"forget_nll": [e["forget_nll"] for e in out.extras],
+                        "encoding": {"forget": f_enc.to_json(), "retain": r_enc.to_json()}}
