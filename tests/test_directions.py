@@ -134,3 +134,135 @@ def test_layers_below_an_edit_have_zero_directions(tiny_model):
     assert dirs.diff_norms[1] > 0
     hooks = ablation_hooks(tiny_model, dirs)
     assert [name for name, _ in hooks] == ["blocks.1.hook_resid_post"]
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory, bpe_tokenizer):
+    """An absolute-position model: orthogonalization must edit W_pos too."""
+    from interp.model.load import load_model
+
+    from .conftest import save_tiny_hf, tiny_configs
+
+    folder = save_tiny_hf(tmp_path_factory.mktemp("gpt2"),
+                          tiny_configs(len(bpe_tokenizer))["gpt2"], bpe_tokenizer)
+    return load_model(folder, device="cpu")
+
+
+def test_weight_orthogonalization_equals_hooks_with_positions(tiny_gpt2):
+    """GPT-2 adds W_pos to the residual stream: without editing it hooks != weights."""
+    assert tiny_gpt2.cfg.positional_embedding_type == "standard"
+    r = torch.randn(tiny_gpt2.cfg.d_model)
+    ids = torch.tensor([_ids(tiny_gpt2, TEXTS_A)[2]])
+    with torch.no_grad(), ablated(tiny_gpt2, ablate_everywhere_hooks(tiny_gpt2, r)):
+        hooked = tiny_gpt2(ids)
+    edited = copy.deepcopy(tiny_gpt2)
+    orthogonalize_weights(edited, r)
+    with torch.no_grad():
+        assert (edited(ids) - hooked).abs().max().item() <= 1e-4
+    partial = copy.deepcopy(edited)  # the same edit with W_pos left alone differs
+    with torch.no_grad():
+        partial.pos_embed.W_pos.copy_(tiny_gpt2.pos_embed.W_pos)
+        assert (partial(ids) - hooked).abs().max().item() > 1e-3
+
+
+# ------------------------------------------------------------ the official recipe (hand-checked)
+def _acts_by_hand(model, ids, skip):
+    """Every prompt alone (no padding): the block outputs of its tokens after the first `skip`."""
+    acts, toks = [], []
+    for p in ids:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(torch.tensor([p]))
+        acts.append(torch.stack([cache[f"blocks.{i}.hook_resid_post"][0, skip:]
+                                 for i in range(model.cfg.n_layers)]))
+        toks += p[skip:]
+    return torch.cat(acts, dim=1).double(), toks
+
+
+def test_outlier_strings_by_hand(bpe_tokenizer):
+    from interp.attacks.direction_recipes import outlier_strings
+
+    gen = torch.Generator().manual_seed(0)
+    acts = torch.randn(2, 30, 8, generator=gen)
+    acts[1, 7] += 40.0  # one far token at layer 1
+    ids = list(range(100, 130))
+    found = outlier_strings(acts, ids, bpe_tokenizer, 3.0)
+    a = acts[1].double().numpy()
+    import numpy as np
+
+    mean_l1 = np.abs(a[:, None, :] - a[None, :, :]).sum(-1).mean(0)
+    z = (mean_l1 - mean_l1.mean()) / mean_l1.std(ddof=1)
+    assert found == {bpe_tokenizer.decode([ids[i]]) for i in np.nonzero(z > 3)[0]}
+    assert bpe_tokenizer.decode([107]) in found
+
+
+def test_official_means_equal_a_hand_computation(tiny_zephyr):
+    from interp.attacks.direction_recipes import OfficialRecipe, official_means, scored_ids
+    from interp.data.questions import Question
+
+    from .conftest import WMDP_ROWS
+
+    qs = [Question(r["question"], tuple(r["choices"]), r["answer"], subject="biology")
+          for r in WMDP_ROWS]
+    shifted = copy.deepcopy(tiny_zephyr)
+    with torch.no_grad():
+        shifted.blocks[1].mlp.W_out.mul_(1.5)
+    cfg = OfficialRecipe(skip_first=6, outlier_tokens=40, outlier_z=1.5, pca_limit=30,
+                         batch_size=2)
+    m = official_means(shifted, tiny_zephyr, qs, qs[:2], ["Paris is in France."] * 5, cfg, True)
+    tok = get_tokenizer(tiny_zephyr)
+    ids = scored_ids(tiny_zephyr, qs)
+    assert all(i[0] == tok.bos_token_id for i in ids)  # the scorer's raw prompt, with BOS
+    orig, toks = _acts_by_hand(tiny_zephyr, ids, 6)
+    unl, _ = _acts_by_hand(shifted, ids, 6)
+    ret, rtoks = _acts_by_hand(shifted, scored_ids(tiny_zephyr, qs[:2]), 0)
+    assert m["outliers"], "the z-cut of 1.5 finds outliers on random weights"
+    bad = set(m["outliers"])
+    keep = torch.tensor([tok.decode([t]) not in bad for t in toks])
+    rkeep = torch.tensor([tok.decode([t]) not in bad for t in rtoks])
+    torch.testing.assert_close(m["original"], orig[:, keep].mean(1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(m["unlearned"], unl[:, keep].mean(1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(m["retain"], ret[:, rkeep].mean(1), atol=1e-5, rtol=1e-5)
+    assert m["pca_original"].shape == (tiny_zephyr.cfg.n_layers, 30, tiny_zephyr.cfg.d_model)
+
+
+def test_paired_pca_is_the_top_eigenvector_of_the_standardized_covariance():
+    from interp.attacks.direction_recipes import paired_pca
+
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(2, 50, 6, generator=gen)
+    b = torch.randn(2, 50, 6, generator=gen) * torch.tensor([1, 1, 1, 1, 1, 3.0])
+    along = torch.ones(2, 6)
+    top = paired_pca(a, b, along)
+    for layer in range(2):
+        x = torch.cat([a[layer], b[layer]]).double()
+        x = (x - x.mean(0)) / x.std(0, unbiased=False)
+        _, vecs = torch.linalg.eigh(x.T @ x)
+        ref = vecs[:, -1]
+        assert abs(torch.dot(ref, top[layer]).item()) == pytest.approx(1.0, abs=1e-6)
+        assert torch.dot(top[layer], along[layer].double()) >= 0
+
+
+def test_every_variant_runs_with_its_own_validation_choice(smoke_protected):
+    """The toolkit recipe's four variants on the smoke RMU model: each has its own sweep on the
+    validation split, its layer chosen there, and test scores; the first is the attack's own."""
+    from interp.attacks import directions
+    from interp.model.load import load_model
+
+    folder, out, _ = smoke_protected
+    model = load_model(out / "rmu", device="cpu")
+    original = load_model(folder / "model", device="cpu")
+    cfg = directions.Config(sweep_limit=8, eval_limit=12,
+                            variants=("models", "retain", "unrelated", "pca"))
+    res = directions.run(model, folder, cfg, original=original, progress=False)
+    assert set(res.variants) == {"retain", "unrelated", "pca"} and res.variant == "models"
+    for v in res.variants.values():
+        assert v.sweep.n_forget == 8 and len(v.sweep.forget) == model.cfg.n_layers
+        assert v.best_layer == max(range(model.cfg.n_layers), key=lambda i: (
+            v.sweep.forget[i], v.sweep.retain[i]) if v.diff_norms[i] > 0 else (-1, -1))
+        assert v.val.forget == v.sweep.forget[v.best_layer]
+    attacks = {r.attack for r in res.rows("rmu")}
+    assert {"ablate-best-layer-retain", "ablate-best-layer-pca"} <= attacks
+    with pytest.raises(InterpError, match="variant"):
+        directions.Config(variants=("models", "wikitext"))
+    with pytest.raises(InterpError, match="recipe"):
+        directions.Config(recipe="paper")

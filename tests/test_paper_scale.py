@@ -1,6 +1,8 @@
-"""The paper preset, wired end to end with tiny stand-ins: a random Llama as "Zephyr", a second
-one without tokenizer files as "cais/Zephyr_RMU" (loaded with the original's tokenizer), WMDP- and
-MMLU-schema parquet files, bfloat16."""
+"""The paper preset, wired end to end with tiny stand-ins: a random Mistral with a SentencePiece-
+style tokenizer and a Zephyr-like chat template as "Zephyr", a second one without tokenizer files
+as "cais/Zephyr_RMU" (loaded with the original's tokenizer), WMDP- and MMLU-schema parquet files,
+bfloat16, the official letter ids, the official directions recipe with its four variants and
+weight-level pruning."""
 
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ from interp.model.load import load_model
 from interp.model.lora import LoRAConfig
 from interp.pipelines.reproduce import PRESETS, reproduce
 
-from .conftest import save_tiny_hf, tiny_llama_config
+from interp.attacks.direction_recipes import OfficialRecipe
+
+from .conftest import save_tiny_hf, tiny_mistral_config
 
 TOPICS = ["ATP", "DNA", "RNA", "virus", "cell", "gene", "enzyme", "protein", "lipid", "sugar",
           "spore", "toxin"]
@@ -30,10 +34,10 @@ def _parquet(path, rows):
 
 
 @pytest.fixture(scope="module")
-def standins(tmp_path_factory, tiny_llama_dir, bpe_tokenizer):
+def standins(tmp_path_factory, tiny_zephyr_dir, zephyr_sp_tokenizer):
     root = tmp_path_factory.mktemp("paper")
-    rmu = save_tiny_hf(root / "zephyr-rmu", tiny_llama_config(len(bpe_tokenizer)),
-                       bpe_tokenizer, seed=1)
+    rmu = save_tiny_hf(root / "zephyr-rmu", tiny_mistral_config(len(zephyr_sp_tokenizer)),
+                       zephyr_sp_tokenizer, seed=1)
     for f in rmu.iterdir():  # like cais/Zephyr_RMU: no usable tokenizer files
         if "token" in f.name or f.suffix == ".jinja":
             f.unlink()
@@ -45,7 +49,7 @@ def standins(tmp_path_factory, tiny_llama_dir, bpe_tokenizer):
              "answer": 0} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 9), (4, 4)]]
     _parquet(root / "wmdp-bio.parquet", wmdp)
     _parquet(root / "mmlu.parquet", mmlu)
-    return root, tiny_llama_dir, rmu
+    return root, tiny_zephyr_dir, rmu
 
 
 def test_rmu_without_tokenizer_needs_the_override(standins):
@@ -63,8 +67,10 @@ def test_paper_preset_runs_with_standins(standins, tmp_path):
         tokenizer=str(original), sources=(str(root / "wmdp-bio.parquet"),
                                           str(root / "mmlu.parquet")),
         attacks={
-            "directions": directions.Config(DirectionsConfig(skip_first=2), sweep_limit=10),
-            "prune": prune.Config(grid=(0.05, 0.2), n_forget=4, n_utility=4, eval_limit=10),
+            "directions": replace(PRESETS["paper"].attacks["directions"], sweep_limit=10,
+                                  official=OfficialRecipe(outlier_tokens=200, pca_limit=100)),
+            "prune": replace(PRESETS["paper"].attacks["prune"], grid=(0.05, 0.2), n_forget=4,
+                             n_utility=4, eval_limit=10, max_len=96),
             "finetune": finetune.Config(unrelated_n=(4,), forget_k=(2,), epochs=1, max_len=64,
                                         lora=LoRAConfig(rank=4, alpha=16.0)),
             "lens": lens.Config(limit=None),
@@ -92,3 +98,17 @@ def test_paper_preset_runs_with_standins(standins, tmp_path):
     assert counts["forget_train"] + counts["forget_val"] + counts["forget_eval"] == len(TOPICS)
     assert manifest["entities"]["forget"] == {"train": 3, "val": 2, "test": 7}
     assert "| rmu |" in (tmp_path / "run" / "table.md").read_text()
+    # the official scorer's letter ids, recorded; the official directions recipe, every variant
+    summary_json = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert summary_json["letter_ids"] == "official"
+    attacks = {r["attack"] for r in rows if r["model"] == "rmu"}
+    for variant in ("retain", "unrelated", "pca"):
+        assert f"ablate-best-layer-{variant}" in attacks
+    d = json.loads((tmp_path / "run" / "attacks" / "rmu" / "directions" / "result.json")
+                   .read_text())
+    assert d["recipe"] == "official" and isinstance(d["outliers"], list)
+    p = json.loads((tmp_path / "run" / "attacks" / "rmu" / "prune" / "result.json").read_text())
+    assert p["level"] == "weight"
+    for m in ("npo", "dpo"):
+        enc = json.loads((tmp_path / "run" / "models" / m / "protection.json").read_text())
+        assert enc["encoding"], m

@@ -29,6 +29,14 @@ from transformer_lens import HookedTransformer
 
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Baseline, Row, Scores
+from interp.attacks.direction_recipes import (
+    RECIPES,
+    OfficialRecipe,
+    check_variants,
+    official_means,
+    paired_pca,
+    token_activations,
+)
 from interp.cost import capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
@@ -266,6 +274,18 @@ class Config:
     sweep_limit: int = 100  # validation questions per split scored for each layer of the sweep
     eval_limit: int | None = None  # questions per split for the final scores (None: all)
     batch_size: int = 32
+    # `interp.attacks.direction_recipes`: how the directions are computed, and which variants;
+    # the first variant is the attack's own (ablation, all layers, weight edit), each other one
+    # gets its own validation sweep and best-layer ablation
+    recipe: str = "toolkit"
+    variants: tuple[str, ...] = ("models",)
+    official: OfficialRecipe = field(default_factory=OfficialRecipe)
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise InterpError(f"unknown directions recipe {self.recipe!r}; use one of "
+                              f"{list(RECIPES)}")
+        self.variants = check_variants(tuple(self.variants))
 
 
 @dataclass
@@ -276,6 +296,17 @@ class Sweep:
     retain: list[float]
     n_forget: int
     n_retain: int
+
+
+@dataclass
+class VariantResult:
+    """Another direction variant's validation sweep, chosen layer and test scores."""
+
+    sweep: Sweep
+    best_layer: int
+    val: Baseline
+    ablate_best_layer: Scores
+    diff_norms: list[float]
 
 
 @dataclass
@@ -294,6 +325,10 @@ class Result(base.Result):
     ablate_all_layers: Scores
     orthogonalize_best_everywhere: Scores
     val: dict[str, Baseline] = field(default_factory=dict)  # attack -> its validation scores
+    recipe: str = "toolkit"
+    variant: str = "models"  # the first variant: the one every field above is about
+    variants: dict[str, VariantResult] = field(default_factory=dict)  # the other variants
+    outliers: list[str] = field(default_factory=list)  # official recipe: removed token strings
     format: str = "cloze"
     seconds: float = 0.0
     figures: list[str] = field(default_factory=list)
@@ -302,13 +337,19 @@ class Result(base.Result):
 
     def rows(self, model: str) -> list[Row]:
         out = []
+        # "orthogonalize": one direction (the best layer's) removed from every weight that writes
+        # to the residual stream; "ablate-best-layer": the paper's per-layer ablation
         for attack, scores, column in (
                 ("orthogonalize", self.orthogonalize_best_everywhere, "orthogonalize"),
                 ("ablate-best-layer", self.ablate_best_layer, "ablate best layer"),
                 ("ablate-all-layers", self.ablate_all_layers, None)):
-            note = f"L{self.best_layer}" if attack == "ablate-best-layer" else None
+            note = {"ablate-best-layer": f"L{self.best_layer}",
+                    "orthogonalize": f"L{self.best_layer} dir, all layers"}.get(attack)
             out += base.score_rows(model, attack, scores, self.no_attack, self.format, column,
                                    note, self.val.get(attack))
+        for name, v in self.variants.items():
+            out += base.score_rows(model, f"ablate-best-layer-{name}", v.ablate_best_layer,
+                                   self.no_attack, self.format, None, f"L{v.best_layer}", v.val)
         return out
 
     def plot(self):
@@ -329,7 +370,9 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
     """Steps of `run` (`interp.cost`): the filter on both models, the sweep, four final scores."""
     f, r = capped(sizes.forget_eval, cfg.eval_limit), capped(sizes.retain_eval, cfg.eval_limit)
     small = capped(sizes.forget_val, cfg.sweep_limit) + capped(sizes.retain_val, cfg.sweep_limit)
-    return {"score": 2 * sizes.forget_train + (2 + sizes.n_layers) * small + 4 * (f + r),
+    extra = len(cfg.variants) - 1  # each: its own sweep and best-layer test scores
+    return {"score": 2 * sizes.forget_train + (2 + sizes.n_layers) * small + 4 * (f + r)
+            + extra * (sizes.n_layers * small + f + r),
             "directions": 2 * sizes.forget_train}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *,
@@ -359,30 +402,43 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
     chosen = [q for q, a, b in zip(train, orig_ok.tolist(), unl_ok.tolist()) if a and not b]
     if len(chosen) < 4:
         chosen = train  # the protection hid too little to filter on; use every question
-    dirs = diff_in_means_models(model, original, chosen, cfg.directions)
+    tables, outliers = compute_variants(model, original, chosen, data, cfg)
+    dirs = tables[cfg.variants[0]]
     # the layer is chosen on the validation split; every reported score is on the test split
     f_small = data.questions("forget_val", limit=cfg.sweep_limit)
     r_small = data.questions("retain_val", limit=cfg.sweep_limit)
     base_f, base_r = score(f_small), score(r_small)
-    sweep = Sweep([], [], len(f_small), len(r_small))
-    layers = range(model.cfg.n_layers)
-    for layer in tqdm(layers, desc="ablation sweep", leave=False, disable=not progress):
-        if dirs.diff_norms[layer] == 0:  # no difference here: ablation is the identity
-            sweep.forget.append(base_f)
-            sweep.retain.append(base_r)
-            continue
-        hooks = ablation_hooks(model, dirs, layers=[layer])
-        sweep.forget.append(score(f_small, hooks))
-        sweep.retain.append(score(r_small, hooks))
-    nonzero = [i for i in layers if dirs.diff_norms[i] > 0]
-    best = max(nonzero, key=lambda i: (sweep.forget[i], sweep.retain[i]))
+    n_val = (len(f_small), len(r_small))
+
+    def sweep_of(d: Directions, desc: str) -> tuple[Sweep, int]:
+        sweep = Sweep([], [], *n_val)
+        for layer in tqdm(range(model.cfg.n_layers), desc=desc, leave=False,
+                          disable=not progress):
+            if d.diff_norms[layer] == 0:  # no difference here: ablation is the identity
+                sweep.forget.append(base_f)
+                sweep.retain.append(base_r)
+                continue
+            hooks = ablation_hooks(model, d, layers=[layer])
+            sweep.forget.append(score(f_small, hooks))
+            sweep.retain.append(score(r_small, hooks))
+        nonzero = [i for i in range(model.cfg.n_layers) if d.diff_norms[i] > 0]
+        return sweep, max(nonzero, key=lambda i: (sweep.forget[i], sweep.retain[i]))
+
+    sweep, best = sweep_of(dirs, "ablation sweep")
     best_hooks, all_hooks = ablation_hooks(model, dirs, [best]), ablation_hooks(model, dirs)
     edited = copy.deepcopy(model)
     orthogonalize_weights(edited, dirs.directions[best])
-    n_val = (len(f_small), len(r_small))
     val = {"ablate-best-layer": Baseline(sweep.forget[best], sweep.retain[best], *n_val),
            "orthogonalize": Baseline(score(f_small, model=edited), score(r_small, model=edited),
                                      *n_val)}
+    others = {}
+    for name in cfg.variants[1:]:
+        v_sweep, v_best = sweep_of(tables[name], f"ablation sweep ({name})")
+        hooks = ablation_hooks(model, tables[name], [v_best])
+        others[name] = VariantResult(
+            v_sweep, v_best, Baseline(v_sweep.forget[v_best], v_sweep.retain[v_best], *n_val),
+            Scores(score(forget, hooks), score(retain, hooks)),
+            tables[name].diff_norms.tolist())
     result = Result(
         config=cfg, n_direction_prompts=len(chosen), diff_norms=dirs.diff_norms.tolist(),
         sweep=sweep, best_layer=best, val=val,
@@ -391,10 +447,64 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
         ablate_all_layers=Scores(score(forget, all_hooks), score(retain, all_hooks)),
         orthogonalize_best_everywhere=Scores(score(forget, model=edited),
                                              score(retain, model=edited)),
+        recipe=cfg.recipe, variant=cfg.variants[0], variants=others, outliers=outliers,
         format=forget[0].format, seconds=round(time.perf_counter() - t0, 1), dirs=dirs)
     if out is not None:
         save_directions(dirs, Path(out) / DIRECTIONS_FILE)
     return base.save(result, out)
+
+
+def compute_variants(model: HookedTransformer, original: HookedTransformer,
+                     chosen: list[Question], data, cfg: Config
+                     ) -> tuple[dict[str, Directions], list[str]]:
+    """Each asked variant's directions (`interp.attacks.direction_recipes`) and, for the official
+    recipe, the outlier token strings removed."""
+    want = set(cfg.variants)
+    hook = cfg.directions.hook
+    retain = data.questions("retain_train") if data.has("retain_train") else []
+    unrelated = data.corpus("unrelated")[: len(chosen)] if data.has("unrelated") else []
+    for name, have in (("retain", retain), ("unrelated", unrelated)):
+        if name in want and not have:
+            raise InterpError(f"the {name!r} direction variant needs {name} data in the folder")
+    out: dict[str, Directions] = {}
+    if cfg.recipe == "official":
+        if hook != "resid_post":
+            raise InterpError("the official recipe reads the block outputs (hook resid_post)")
+        m = official_means(model, original, chosen, retain, unrelated, cfg.official,
+                           "pca" in want)
+        mean_unl = m["unlearned"]
+        out["models"] = _finish(mean_unl, m["original"], hook, "models")
+        if "retain" in want:
+            out["retain"] = _finish(mean_unl, m["retain"], hook, "retain")
+        if "unrelated" in want:
+            out["unrelated"] = _finish(mean_unl, m["unrelated"], hook, "unrelated")
+        if "pca" in want:
+            top = paired_pca(m["pca_original"], m["pca_unlearned"], out["models"].directions)
+            out["pca"] = Directions(top.float(), torch.ones(top.shape[0]), m["original"],
+                                    mean_unl, hook, "pca")
+        return {v: out[v] for v in cfg.variants}, m["outliers"]
+    dcfg = cfg.directions
+    out["models"] = diff_in_means_models(model, original, chosen, dcfg)
+    if "retain" in want:
+        out["retain"] = diff_in_means_prompts(model, chosen, retain, dcfg)
+    if "unrelated" in want:
+        out["unrelated"] = diff_in_means_prompts(model, chosen, unrelated, dcfg)
+    if "pca" in want:
+        limit = cfg.official.pca_limit
+        ids = prompt_ids(model, chosen)
+        acts = [first_acts(m, ids, dcfg, limit) for m in (original, model)]
+        top = paired_pca(acts[0], acts[1], out["models"].directions)
+        out["pca"] = Directions(top.float(), torch.ones(top.shape[0]), out["models"].means_b,
+                                out["models"].means_a, hook, "pca")
+    return {v: out[v] for v in cfg.variants}, []
+
+
+def first_acts(model, ids, dcfg: DirectionsConfig, limit: int) -> Tensor:
+    """The first `limit` counted tokens' activations at every layer (n_layers, t, d), CPU."""
+    from interp.attacks.direction_recipes import first_tokens
+
+    return first_tokens(token_activations(model, ids, dcfg.skip_first, dcfg.hook,
+                                          dcfg.batch_size), limit)[0]
 
 
 DIRECTIONS_FILE = "directions.safetensors"

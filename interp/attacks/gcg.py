@@ -103,8 +103,17 @@ def initial_prefix(tokenizer, cfg: GCGConfig, allowed: Tensor | None = None) -> 
     if not ids:
         raise InterpError(f"the initial prefix {text!r} has no tokens")
     ids = (ids * cfg.n_tokens)[: cfg.n_tokens] if cfg.init is None else ids
-    if not round_trips(tokenizer, ids) or (allowed is not None and not all(
-            bool(allowed[i]) for i in ids)):
+
+    def ok(ids: list[int]) -> bool:
+        return round_trips(tokenizer, ids) and (allowed is None or all(bool(allowed[i])
+                                                                       for i in ids))
+
+    if cfg.init is None and not ok(ids) and allowed is not None:
+        # "x" is not a token of this vocabulary: the first allowed token that repeats cleanly
+        for token in allowed.nonzero()[:, 0].tolist():
+            if ok([token] * cfg.n_tokens):
+                return [token] * cfg.n_tokens
+    if not ok(ids):
         raise InterpError(f"the initial prefix {text!r} does not tokenize back to itself as "
                           "allowed tokens (no special or non-ASCII tokens); choose another --init")
     return ids

@@ -90,19 +90,22 @@ PRESETS: dict[str, Preset] = {
         protections={  # rmu: the public cais/Zephyr_RMU is loaded (`external`), not trained
             "rmu": rmu.Config(layer=7, steer_scale=1.0, alpha=1200.0, lr=5e-5, batch_size=4,
                               steps=150, max_len=512),
-            "npo": npo.Config(beta=0.1, lr=1e-5, batch_size=4, steps=250, max_len=512),
-            "dpo": dpo.Config(beta=0.1, lr=5e-6, batch_size=4, steps=250),
+            "npo": npo.Config(beta=0.1, lr=1e-5, batch_size=4, steps=250, max_len=1024),
+            "dpo": dpo.Config(beta=0.1, lr=5e-6, batch_size=4, steps=250, max_len=1024),
         },
         attacks={
             "finetune": finetune.Config(unrelated_n=(10, 100, 1000), forget_k=(5, 10, 50),
                                         lr=2e-4, epochs=3, max_len=512,
                                         lora=LoRAConfig(rank=128, alpha=16.0)),
-            "directions": directions.Config(DirectionsConfig(skip_first=5), sweep_limit=200),
+            "directions": directions.Config(  # the official recipe and its four variants
+                DirectionsConfig(skip_first=40), sweep_limit=200, recipe="official",
+                variants=("models", "retain", "unrelated", "pca")),
             "lens": lens.Config(limit=None),
             "gcg": gcg.Config(n_tokens=20, steps=250, search_width=512, topk=256,
                               candidate_batch=128, objective="enhanced", resid_layers=(7, 15),
                               eval_every=25, n_train=8, heldout_limit=None),
-            "prune": prune.Config(eval_limit=200, n_forget=128, n_utility=128),
+            "prune": prune.Config(level="weight", eval_limit=200, n_forget=512, n_utility=512,
+                                  batch_size=1, max_len=512),  # the official: one sample a pass
         }),
 }
 
