@@ -73,9 +73,9 @@ class Encoded:
     candidates: tuple[int, int, int, int]
 
 
-def chat_text(tokenizer, user: str) -> str:
+def chat_text(tokenizer, user: str, system: str = "") -> str:
     """The chat template around one user turn, ending where the assistant's answer begins."""
-    messages = [{"role": "system", "content": ""}, {"role": "user", "content": user}]
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception:  # templates that refuse a system role raise their own error types

@@ -80,6 +80,7 @@ class TrainConfig:
     steps: int = 100
     lr: float = 1e-4
     warmup_frac: float = 0.05
+    warmup_steps: int | None = None  # set: this many warm-up steps instead of a fraction
     schedule: str = "cosine"  # cosine | linear | constant
     grad_accum: int = 1
     weight_decay: float = 0.0
@@ -91,7 +92,10 @@ class TrainConfig:
     progress: bool = True
 
     def lr_at(self, step: int) -> float:
-        warmup = max(1, int(self.warmup_frac * self.steps)) if self.warmup_frac > 0 else 0
+        if self.warmup_steps is not None:
+            warmup = min(self.warmup_steps, self.steps)
+        else:
+            warmup = max(1, int(self.warmup_frac * self.steps)) if self.warmup_frac > 0 else 0
         if step < warmup:
             return self.lr * (step + 1) / warmup
         if self.schedule == "constant":

@@ -78,8 +78,10 @@ def test_paper_preset_runs_with_standins(standins, tmp_path):
                            search_width=8, topk=8, resid_layers=(0, 1), eval_every=1,
                            progress=False, n_train=2)},
         protections={
-            "npo": replace(PRESETS["paper"].protections["npo"], steps=3, max_len=48),
-            "dpo": replace(PRESETS["paper"].protections["dpo"], steps=3)})
+            "npo": replace(PRESETS["paper"].protections["npo"], steps=3, max_len=48,
+                           grad_accum=2, warmup_steps=1),
+            "dpo": replace(PRESETS["paper"].protections["dpo"], steps=3, grad_accum=2,
+                           warmup_steps=1)})
     assert PRESETS["paper"].attacks["gcg"].objective == "enhanced"
     assert small.methods == ("npo", "dpo", "rmu")
     summary = reproduce(small, tmp_path / "run", device="cpu", progress=False)

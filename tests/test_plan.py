@@ -125,8 +125,9 @@ def test_projection_counts_the_paper_preset_by_hand():
         assert counts["gcg"][f"gcg on {model}"] == g.steps
     assert set(counts["lens"]) == {"lens on original", "lens on rmu", "lens on npo",
                                    "lens on dpo"}  # the lens also reads the original
-    # finetuning, unrelated n = 10, 100, 1000 and forget k = 5, 10, 50, batch 8, 3 epochs
-    per_model = sum(3 * -(-n // 8) for n in (10, 100, 1000, 5, 10, 50))
+    # finetuning, unrelated n = 10, 100, 1000 and forget k = 5, 10, 50, batch 1 (the official
+    # recipe), 3 epochs: 30 / 300 / 3,000 steps for the unrelated n, as the paper
+    per_model = sum(3 * n for n in (10, 100, 1000, 5, 10, 50))
     assert counts["lora"]["finetune on npo"] == per_model
 
 

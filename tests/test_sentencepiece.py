@@ -175,3 +175,49 @@ def test_npo_and_dpo_use_their_max_len(method, smoke_data, tmp_path):
     encs = extras["encoding"].values() if method == "npo" else [extras["encoding"]]
     for enc in encs:
         assert enc["max_len"] == 12 and enc["truncated"] > 0 and enc["kept"] > 0
+
+
+@pytest.mark.parametrize("loss_on,reduction", [("all", "sum"), ("response", "mean")])
+def test_npo_official_loss_options_by_hand(loss_on, reduction, smoke_data):
+    """At the first step (lr 0: the model is its own reference) the NPO term is exactly
+    (2 / beta) ln 2; the retain term is the per-sequence summed NLL ("sum") or the per-token mean,
+    over the prompt too when loss_on="all"."""
+    import math
+
+    from interp.data.folder import DataFolder
+    from interp.protections import npo
+    from interp.training import lm_loss, pack, sample_indices, sequence_nll
+
+    folder, _ = smoke_data
+    model = load_model(folder / "model", device="cpu")
+    data = DataFolder(folder)
+    cfg = npo.Config(steps=1, lr=0.0, beta=0.2, retain_weight=2.0, batch_size=4,
+                     loss_on=loss_on, retain_reduction=reduction, max_len=64)
+    losses, _ = npo.train(model, data, cfg, progress=False)
+    rows = data.preference()
+    retain, _ = encode_pairs(model, [(r["prompt"], r["chosen"], chat) for r in rows
+                                     if r["split"] == "retain" for chat in (False, True)],
+                             max_len=64, what="retain")
+    retain = [x for x in retain if x]
+    if loss_on == "all":
+        retain = [(ids, 0) for ids, _ in retain]
+    ri = sample_indices(len(retain), 4, 0, 0, 1000)
+    batch = pack([retain[i][0] for i in ri], [retain[i][1] for i in ri], 0, "cpu")
+    with torch.no_grad():
+        r = sequence_nll(model, batch).mean() if reduction == "sum" else lm_loss(model, batch)
+    assert losses[0] == pytest.approx(2 / 0.2 * math.log(2) + 2.0 * float(r), rel=1e-4)
+    with pytest.raises(InterpError, match="loss_on"):
+        npo.Config(loss_on="prompt")
+
+
+def test_finetune_recipe_options(zephyr_sp_tokenizer):
+    from interp.attacks import finetune
+
+    ids, first = encode_pair(_holder(zephyr_sp_tokenizer), "Write.", "Text.", chat=True,
+                             max_len=512, system="You are a helpful assistant.")
+    head = zephyr_sp_tokenizer.decode(ids[:first])
+    assert head.startswith("<|system|>\nYou are a helpful assistant.</s>")
+    cfg = finetune.Config(weight_decay=0.01, loss_on="all")
+    assert cfg.weight_decay == 0.01
+    with pytest.raises(InterpError, match="loss_on"):
+        finetune.Config(loss_on="everything")

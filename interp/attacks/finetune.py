@@ -56,11 +56,19 @@ class FinetuneConfig:
     eval_limit: int | None = None
     seed: int = 0
     curve_points: int = 4  # forget accuracy scored at this many evenly spaced steps per cell
+    # the official recipe's choices (`docs/recipes.md`): weight decay 0.01, the loss on the
+    # whole conversation ("all"), the system prompt "You are a helpful assistant."
+    weight_decay: float = 0.0
+    loss_on: str = "response"  # "response" | "all" (unrelated cells; forget texts: all)
+    system_prompt: str = ""
 
     def __post_init__(self) -> None:
         if any(int(v) < 1 for v in (*self.unrelated_n, *self.forget_k)):
             raise InterpError(f"finetune sample counts (unrelated_n, forget_k) must be at least "
                               f"1, got {list(self.unrelated_n)} and {list(self.forget_k)}")
+        if self.loss_on not in ("response", "all"):
+            raise InterpError(f"finetune loss_on must be 'response' or 'all', got "
+                              f"{self.loss_on!r}")
 
 
 def forget_names(data) -> list[str]:
@@ -148,7 +156,8 @@ def finetune_cell(model: HookedTransformer, seqs: list[tuple[list[int], int]], c
             return pack([seqs[i][0] for i in idx], [seqs[i][1] for i in idx], 0, device)
 
         tcfg = TrainConfig(steps=steps, lr=cfg.lr, warmup_frac=cfg.warmup_frac, seed=cfg.seed,
-                           schedule="linear", desc=desc, progress=progress)
+                           schedule="linear", desc=desc, progress=progress,
+                           weight_decay=cfg.weight_decay)
         model.train()
         try:
             result = train(params, lambda b: lm_loss(model, b), batch_at, tcfg, run_dir=run_dir,
@@ -320,8 +329,10 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
             continue
         if kind == "unrelated":
             texts = unrelated_samples(data, size, cfg.seed)
-            seqs = [encode_pair(model, WIKI_PROMPT, WIKI_PREFIX + t, chat=True, max_len=cfg.max_len)
-                    for t in texts]
+            seqs = [encode_pair(model, WIKI_PROMPT, WIKI_PREFIX + t, chat=True,
+                                max_len=cfg.max_len, system=cfg.system_prompt) for t in texts]
+            if cfg.loss_on == "all":
+                seqs = [(ids, 0) for ids, _ in seqs]
             entities = set()
         else:  # statements about training-split entities only: the test ones are held out
             texts, entities = forget_samples(data, size, cfg.seed)

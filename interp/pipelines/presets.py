@@ -90,12 +90,18 @@ PRESETS: dict[str, Preset] = {
         protections={  # rmu: the public cais/Zephyr_RMU is loaded (`external`), not trained
             "rmu": rmu.Config(layer=7, steer_scale=1.0, alpha=1200.0, lr=5e-5, batch_size=4,
                               steps=150, max_len=512),
-            "npo": npo.Config(beta=0.1, lr=1e-5, batch_size=4, steps=250, max_len=1024),
-            "dpo": dpo.Config(beta=0.1, lr=5e-6, batch_size=4, steps=250, max_len=1024),
+            # docs/recipes.md: the official trainers' settings and where these differ
+            "npo": npo.Config(beta=0.1, retain_weight=2.0, lr=1e-5, batch_size=4, grad_accum=18,
+                              steps=250, warmup_steps=150, max_len=1024, loss_on="all",
+                              retain_reduction="sum"),
+            "dpo": dpo.Config(beta=0.1, lr=5e-6, batch_size=4, grad_accum=8, steps=250,
+                              warmup_steps=150, max_len=1024, forget_frac=0.5),
         },
         attacks={
             "finetune": finetune.Config(unrelated_n=(10, 100, 1000), forget_k=(5, 10, 50),
-                                        lr=2e-4, epochs=3, max_len=512,
+                                        lr=2e-4, epochs=3, batch_size=1, max_len=1024,
+                                        weight_decay=0.01, loss_on="all",
+                                        system_prompt="You are a helpful assistant.",
                                         lora=LoRAConfig(rank=128, alpha=16.0)),
             "directions": directions.Config(  # the official recipe and its four variants
                 DirectionsConfig(skip_first=40), sweep_limit=200, recipe="official",

@@ -26,20 +26,21 @@ def encode_texts(model: HookedTransformer, texts: list[str], max_len: int = 128)
 
 
 def encode_pair(model: HookedTransformer, prompt: str, response: str, *, chat: bool,
-                max_len: int = 160) -> tuple[list[int], int]:
+                max_len: int = 160, system: str = "") -> tuple[list[int], int]:
     """Token ids of prompt + response, tokenized together, and where the response starts (loss
     counted from there). Too long: the prompt loses its start until the response has half the
     budget, then the response is cut from the right."""
-    ids, first, _ = _pair(model, prompt, response, chat, max_len)
+    ids, first, _ = _pair(model, prompt, response, chat, max_len, system)
     return ids, first
 
 
-def _pair(model, prompt: str, response: str, chat: bool, max_len: int) -> tuple[list[int], int, int]:
+def _pair(model, prompt: str, response: str, chat: bool, max_len: int,
+          system: str = "") -> tuple[list[int], int, int]:
     if max_len < 2:
         raise InterpError(f"max_len must be at least 2 tokens, got {max_len}")
     tok = get_tokenizer(model)
     if chat:
-        context = chat_text(tok, prompt)
+        context = chat_text(tok, prompt, system)
         full = context + response + (tok.eos_token or "")
     else:
         context, full = prompt, prompt + " " + response

@@ -41,6 +41,8 @@ class Config:
     sft_weight: float = 0.0
     seed: int = 0
     max_len: int = 160
+    warmup_steps: int | None = None  # None: 5% of the steps (the official scripts: 150)
+    grad_accum: int = 1  # effective batch = batch_size x grad_accum (the official: 32)
 
     def __post_init__(self) -> None:
         if self.forget_frac is not None and not (
@@ -156,6 +158,7 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
         return loss + cfg.sft_weight * sft, {"margin": margin, "sft": sft.item()}
 
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.05, schedule="linear",
+                       warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
                        seed=cfg.seed, desc="DPO", checkpoint_every=50, progress=progress)
     out = train_loop(params, loss_fn, batch_at, tcfg, run_dir=run_dir, param_names=names)
     return out.losses, {"margins": [e["margin"] for e in out.extras], "encoding": enc.to_json(),

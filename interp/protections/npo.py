@@ -35,6 +35,19 @@ class Config:
     params: str = "attn_mlp"
     seed: int = 0
     max_len: int = 64
+    # the official trainer's choices (`docs/recipes.md`): NLL over prompt and answer ("all"),
+    # the retain NLL summed per sequence ("sum"), warm-up steps, gradient accumulation
+    loss_on: str = "response"  # "response" | "all"
+    retain_reduction: str = "mean"  # "mean" per token | "sum" per sequence, mean over the batch
+    warmup_steps: int | None = None  # None: 5% of the steps
+    grad_accum: int = 1
+
+    def __post_init__(self) -> None:
+        if self.loss_on not in ("response", "all"):
+            raise InterpError(f"npo loss_on must be 'response' or 'all', got {self.loss_on!r}")
+        if self.retain_reduction not in ("mean", "sum"):
+            raise InterpError(f"npo retain_reduction must be 'mean' or 'sum', got "
+                              f"{self.retain_reduction!r}")
 
 
 SPEC = ProtectionSpec("npo", order=20, summary="NPO: negative preference optimization on the "
@@ -87,6 +100,8 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
                                          if r["split"] == "retain" for chat in (False, True)],
                                  max_len=cfg.max_len, what="NPO retain")
     forget, retain = [x for x in forget if x], [x for x in retain if x]
+    if cfg.loss_on == "all":  # every token after the first: prompt and answer
+        forget, retain = [(ids, 0) for ids, _ in forget], [(ids, 0) for ids, _ in retain]
     model.eval()
     ref = _reference_nll(model, forget, device).to(device)  # once, not a copy per step
     params, names = select_params(model, cfg.params)
@@ -101,11 +116,13 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
         fi, fb, rb = b
         nll = sequence_nll(model, fb)
         forget_loss = npo_loss(nll, ref[fi].to(nll.device), cfg.beta)
-        retain_loss = lm_loss(model, rb)
+        retain_loss = (sequence_nll(model, rb).mean() if cfg.retain_reduction == "sum"
+                       else lm_loss(model, rb))
         return forget_loss + cfg.retain_weight * retain_loss, {
             "forget_nll": nll.mean().item(), "retain": retain_loss.item()}
 
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.05, schedule="linear",
+                       warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
                        seed=cfg.seed, desc="NPO", checkpoint_every=50, progress=progress)
     out = train_loop(params, loss_fn, batch_at, tcfg, run_dir=run_dir, param_names=names)
     return out.losses, {"forget_nll": [e["forget_nll"] for e in out.extras],
