@@ -45,7 +45,7 @@ def check_letter_ids(rule: str) -> str:
 
 def official_letter_ids(tokenizer) -> tuple[int, int, int, int]:
     """The official scorer's ids: the last id of tokenizing each bare letter."""
-    ids = tuple(tokenizer(letter)["input_ids"][-1] for letter in LETTERS)
+    ids = tuple(tokenizer(letter, add_special_tokens=False)["input_ids"][-1] for letter in LETTERS)
     if len(set(ids)) != 4:
         raise InterpError(f"the bare letters share token ids {ids}; use letter_ids='in-context'")
     return ids  # type: ignore[return-value]

@@ -105,7 +105,7 @@ def test_scores_with_official_letter_ids_match_the_logits(tiny_zephyr, tiny_zeph
     res = evaluate(tiny_zephyr, QS, chat=chat, fmt="letter", letter_ids="official",
                    progress=False)
     assert res.settings["letter_ids"] == "official"
-    official = [tok(x)["input_ids"][-1] for x in "ABCD"]
+    official = [tok(x, add_special_tokens=False)["input_ids"][-1] for x in "ABCD"]
     for i, q in enumerate(QS):
         ids = encode_question(tok, q, chat=chat, fmt="letter").ids
         with torch.no_grad():
