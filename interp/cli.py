@@ -374,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="speed against lm-eval, transformers and nanoGCG (ratios)")
     p.add_argument("names", nargs="*", help="benchmarks to run (default: all): "
                    "scoring-vs-transformers scoring-vs-lm-eval directions generation "
-                   "utilisation gcg")
+                   "utilisation gcg lora rmu-step npo-step snip")
     p.add_argument("--out", required=True, help="result JSON (a markdown table goes beside it)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--n-questions", type=int, default=128)

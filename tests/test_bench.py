@@ -213,3 +213,28 @@ def test_make_bench_sets_up_both_peers_then_runs_the_benchmark():
     install = at(".venv-nanogcg/bin/pip install -q -r")
     run = at("interp bench --out bench/cpu.json")
     assert max(lm_eval, venv, reqs, install) < run and venv < reqs < install
+
+
+def test_training_rows_are_registered():
+    assert {"lora", "rmu-step", "npo-step", "snip"} <= set(bench.BENCHMARKS)
+
+
+def test_the_peer_losses_are_ours_on_the_same_batch(tiny_model, tiny_llama_dir):
+    """The transformers side of the training rows computes the same losses: labels from our
+    loss mask, full-logit NLL per sequence and per token (the rows then compare speed only)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from interp.pipelines.bench_training import hf_labels, hf_token_nll
+    from interp.training import lm_loss, pack, sequence_nll
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    batch = pack([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14]], [3, 2], 0, "cpu")
+    with torch.no_grad():
+        per_seq, per_token = hf_token_nll(hf, batch)
+        torch.testing.assert_close(per_seq, sequence_nll(tiny_model, batch), atol=1e-4,
+                                   rtol=1e-4)
+        torch.testing.assert_close(per_token, lm_loss(tiny_model, batch), atol=1e-4, rtol=1e-4)
+        loss = hf(input_ids=batch.tokens, attention_mask=batch.valid,
+                  labels=hf_labels(batch)).loss
+        torch.testing.assert_close(loss, lm_loss(tiny_model, batch), atol=1e-4, rtol=1e-4)

@@ -11,14 +11,12 @@ from dataclasses import replace
 
 import pytest
 
-from interp.attacks import directions, finetune, lens, prune
-from interp.attacks.directions import DirectionsConfig
+from interp.attacks import finetune, lens
+from interp.attacks.direction_recipes import OfficialRecipe
 from interp.errors import InterpError
 from interp.model.load import load_model
 from interp.model.lora import LoRAConfig
 from interp.pipelines.reproduce import PRESETS, reproduce
-
-from interp.attacks.direction_recipes import OfficialRecipe
 
 from .conftest import save_tiny_hf, tiny_mistral_config
 

@@ -210,7 +210,33 @@ def ex_gcg_reference(m, mp):
         _objective(m, enhanced=True)
 
 
+def ex_token_activations(m, mp):
+    from interp.attacks.direction_recipes import token_activations
+
+    Fault(m, mp)
+    with pytest.raises(RuntimeError, match="boom"):
+        list(token_activations(m, [_tokens(m)], 1))
+
+
+def ex_hf_block_output(m, mp):
+    """The transformers side of a benchmark row: its hook goes even when the forward fails."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from interp.pipelines.bench_training import hf_block_output
+    from interp.training import pack
+
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                                      num_hidden_layers=2, num_attention_heads=2))
+    mp.setattr(hf.model.norm, "forward", _boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        hf_block_output(hf, pack([[1, 2, 3]], [1], 0, "cpu"), 0)
+    assert not any(mod._forward_hooks for mod in hf.modules())
+
+
 EXERCISES = {
+    "interp.attacks.direction_recipes.token_activations": ex_token_activations,
+    "interp.pipelines.bench_training.hf_block_output": ex_hf_block_output,
     "interp.scoring.maybe_hooks": ex_maybe_hooks,
     "interp.scoring.evaluate": ex_evaluate,
     "interp.scoring.generate_greedy": ex_generate,

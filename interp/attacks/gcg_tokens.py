@@ -14,7 +14,6 @@ from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.prompts import chat_text, cloze_prompt, encode_question, letter_prompt, shared_prefix
 
-
 MARK = "\ue000PREFIX\ue000"
 
 

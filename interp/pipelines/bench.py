@@ -17,69 +17,20 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from string import Template
-from typing import Callable
 
 import torch
 
 from interp.errors import InterpError
-
-
-@dataclass
-class BenchResult:
-    name: str
-    ours: float | None
-    peer: float | None
-    unit: str
-    ratio: float | None
-    goal: float
-    met: bool | None
-    detail: dict = field(default_factory=dict)
-
-
-def _timed(fn: Callable[[], object], repeats: int) -> list[float]:
-    fn()  # warm-up
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
-
-
-def _spread(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
-
-
-def _result(name, ours, peer, unit, ratio, goal, **detail) -> BenchResult:
-    return BenchResult(name, ours, peer, unit, ratio, goal,
-                       None if ratio is None else ratio >= goal, detail)
-
-
-# ------------------------------------------------------------------------------------ context
-@dataclass
-class Context:
-    model: object  # HookedTransformer
-    questions: list
-    repeats: int
-    batch_size: int = 32
-
-    @property
-    def tokenizer(self):
-        from interp.model.load import get_tokenizer
-
-        return get_tokenizer(self.model)
-
-    def hf_model(self):
-        """The same weights as a plain transformers model (the embedded GGUF, dequantized)."""
-        from interp.model.load import _load_hf_folder, embedded_gguf_path
-
-        gguf = embedded_gguf_path()
-        return _load_hf_folder(gguf.parent, device=torch.device("cpu"), dtype=torch.float32,
-                               trust_remote_code=False, gguf_file=gguf.name).eval()
+from interp.pipelines.bench_common import (  # noqa: F401  (re-exported)
+    BenchResult,
+    Context,
+    _result,
+    _spread,
+    _timed,
+)
 
 
 def bench_scoring_vs_hf(ctx: Context) -> BenchResult:
@@ -382,7 +333,7 @@ def gcg_vs_nanogcg(q, ours, steps: int, width: int, topk: int, n_tokens: int) ->
     ours_cps = ours.candidates_per_second
     py, why = find_nanogcg()
     if py is None:
-        return _result("gcg-vs-nanogcg", ours_cps, None, "candidates/s", None, 1.0,
+        return _result("gcg-vs-nanogcg", ours_cps, None, "candidates/s", None, 2.0,
                        skipped=f"{why}; install it with: {nanogcg_install_command()}",
                        ours_losses=ours.losses)
     target = " " + q.choices[q.answer].strip()
@@ -392,14 +343,16 @@ def gcg_vs_nanogcg(q, ours, steps: int, width: int, topk: int, n_tokens: int) ->
     proc = subprocess.run([py, "-c", child, args], capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        return _result("gcg-vs-nanogcg", ours_cps, None, "candidates/s", None, 1.0,
+        return _result("gcg-vs-nanogcg", ours_cps, None, "candidates/s", None, 2.0,
                        skipped=f"nanoGCG ({py}) failed: {last[:200]}", ours_losses=ours.losses)
     theirs = json.loads(proc.stdout.strip().splitlines()[-1])
     peer_cps = steps * width / theirs["seconds"]
     return _result("gcg-vs-nanogcg", ours_cps, peer_cps, "candidates/s", ours_cps / peer_cps,
-                   1.0, ours_losses=ours.losses, peer_losses=theirs["losses"],
+                   2.0, ours_losses=ours.losses, peer_losses=theirs["losses"],
                    steps=steps, search_width=width, topk=topk)
 
+
+from interp.pipelines import bench_training  # noqa: E402
 
 BENCHMARKS = {
     "scoring-vs-transformers": bench_scoring_vs_hf,
@@ -408,6 +361,10 @@ BENCHMARKS = {
     "generation": bench_generation,
     "utilisation": bench_utilisation,
     "gcg": bench_gcg,
+    "lora": bench_training.bench_lora_vs_peft,
+    "rmu-step": bench_training.bench_rmu_step,
+    "npo-step": bench_training.bench_npo_step,
+    "snip": bench_training.bench_snip,
 }
 
 

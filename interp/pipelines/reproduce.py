@@ -275,7 +275,8 @@ def summarize(p: Preset, out: Path, results: dict, seed: int,
     rows = collect_rows(p.methods, results)
     columns, table = make_table(rows, models)
     timings = timings_from_log(out)
-    summary = {"preset": p.name, "seed": seed, "letter_ids": p.letter_ids, "rows": [r.to_json() for r in rows],
+    summary = {"preset": p.name, "seed": seed, "letter_ids": p.letter_ids,
+               "rows": [r.to_json() for r in rows],
                "timings": timings, "peak_rss_mb": peak_from_log(out),
                "models": {m: relative_spec(model_spec(p, out, m), out) for m in models}}
     cells = [c for stage in plan(p) for c in stage if c.stage != "data"]

@@ -89,7 +89,8 @@ def build_pairs(model: HookedTransformer, rows: list[dict], max_len: int = 160):
     whose chosen or rejected response keeps no token within `max_len` is dropped (counted)."""
     rows = sorted(rows, key=lambda r: r.get("split") != "forget")
     both = [(row, chat) for row in rows for chat in (False, True)]
-    texts = [(row["prompt"], row[key], chat) for row, chat in both for key in ("chosen", "rejected")]
+    texts = [(row["prompt"], row[key], chat) for row, chat in both
+             for key in ("chosen", "rejected")]
     encoded, enc = encode_pairs(model, texts, max_len=max_len, what="DPO")
     pairs, n_forget, dropped = [], 0, 0
     for i, (row, _) in enumerate(both):

@@ -74,6 +74,22 @@ def _mean_norm(model: HookedTransformer, batches, layer: int) -> float:
     return float(sum(norms) / len(norms))
 
 
+def rmu_loss(model: HookedTransformer, frozen: HookedTransformer, fb, rb, layer: int,
+             target: torch.Tensor, alpha: float):
+    """(loss, forget term, retain term): the block-`layer` output pushed towards `target` on
+    the forget batch and kept at the frozen model's on the retain batch (masked MSE); the
+    forward passes stop after that block."""
+    fmask = fb.valid.unsqueeze(-1).to(model.cfg.dtype)
+    rmask = rb.valid.unsqueeze(-1).to(model.cfg.dtype)
+    h_f = model(fb.tokens, stop_at_layer=layer + 1)
+    forget_loss = (((h_f - target) ** 2) * fmask).sum() / (fmask.sum() * h_f.shape[-1])
+    h_r = model(rb.tokens, stop_at_layer=layer + 1)
+    with torch.no_grad():
+        h_r0 = frozen(rb.tokens, stop_at_layer=layer + 1)
+    retain_loss = (((h_r - h_r0) ** 2) * rmask).sum() / (rmask.sum() * h_r.shape[-1])
+    return forget_loss + alpha * retain_loss, forget_loss, retain_loss
+
+
 def train(model: HookedTransformer, data: DataFolder, cfg: Config,
           run_dir: Path | None = None, progress: bool = True) -> tuple[list[float], dict]:
     """Unlearn the forget corpus in place; returns the losses and the measured scale."""
@@ -96,16 +112,7 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
     frozen = frozen_copy(model)
     params, names = select_params(model, "mlp_out", list(range(max(0, layer - 2), layer + 1)))
     def loss_fn(pair):
-        fb, rb = pair
-        fmask = fb.valid.unsqueeze(-1).to(model.cfg.dtype)
-        rmask = rb.valid.unsqueeze(-1).to(model.cfg.dtype)
-        h_f = model(fb.tokens, stop_at_layer=layer + 1)
-        forget_loss = (((h_f - target) ** 2) * fmask).sum() / (fmask.sum() * h_f.shape[-1])
-        h_r = model(rb.tokens, stop_at_layer=layer + 1)
-        with torch.no_grad():
-            h_r0 = frozen(rb.tokens, stop_at_layer=layer + 1)
-        retain_loss = (((h_r - h_r0) ** 2) * rmask).sum() / (rmask.sum() * h_r.shape[-1])
-        loss = forget_loss + cfg.alpha * retain_loss
+        loss, forget_loss, retain_loss = rmu_loss(model, frozen, *pair, layer, target, cfg.alpha)
         return loss, {"forget": forget_loss.item(), "retain": retain_loss.item()}
 
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.0, schedule="constant",
