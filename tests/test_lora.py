@@ -87,3 +87,21 @@ def test_bad_lora_settings(tiny_model):
     with pytest.raises(InterpError, match="targets"):
         add_lora(tiny_model, LoRAConfig(targets=("W_nope",)))
     assert not has_lora(tiny_model)
+
+
+def test_adapted_weights_keep_the_forward_layout(tiny_model):
+    """W + scale A B is laid out as `interp.model.layout` lays W out, so TransformerLens' view of
+    it is contiguous (no copy per forward), and its values are the plain sum."""
+    from interp.model.lora import LoRAConfig, lora_adapters
+
+    with lora_adapters(tiny_model, LoRAConfig(rank=2)) as params:
+        with torch.no_grad():
+            for p in params:
+                p.add_(0.1)
+        blk = tiny_model.blocks[0]
+        assert blk.mlp.W_in.T.is_contiguous() and blk.mlp.W_out.T.is_contiguous()
+        assert blk.attn.W_Q.permute(0, 2, 1).is_contiguous()
+        assert blk.attn.W_O.permute(2, 0, 1).is_contiguous()
+        delta = blk.mlp.parametrizations.W_in[0]
+        raw = blk.mlp.parametrizations.W_in.original
+        torch.testing.assert_close(blk.mlp.W_in, raw + delta.delta())

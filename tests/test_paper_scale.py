@@ -107,8 +107,9 @@ def test_paper_preset_runs_with_standins(standins, tmp_path):
     d = json.loads((tmp_path / "run" / "attacks" / "rmu" / "directions" / "result.json")
                    .read_text())
     assert d["recipe"] == "official" and isinstance(d["outliers"], list)
-    p = json.loads((tmp_path / "run" / "attacks" / "rmu" / "prune" / "result.json").read_text())
-    assert p["level"] == "weight"
+    for m, snip_data in (("rmu", "corpus"), ("npo", "generations"), ("dpo", "generations")):
+        p = json.loads((tmp_path / "run" / "attacks" / m / "prune" / "result.json").read_text())
+        assert p["level"] == "weight" and p["config"]["data"] == snip_data, m
     for m in ("npo", "dpo"):
         enc = json.loads((tmp_path / "run" / "models" / m / "protection.json").read_text())
         assert enc["encoding"], m

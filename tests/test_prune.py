@@ -130,3 +130,43 @@ def test_pruning_a_weight_equals_zeroing_it_by_hand(tiny_model, bpe_tokenizer):
     with torch.no_grad(), pruned(tiny_model, {"blocks.1.mlp.W_out": mask}):
         got = tiny_model(batch.tokens)
     torch.testing.assert_close(got, edited(batch.tokens))
+
+
+def test_snip_data_per_protection(smoke_protected):
+    """The official recipe's SNIP data: RMU's forget corpus against unrelated text (loss on the
+    last k tokens), the unlearned model's own greedy tokens on forget prompts against the retain
+    answers for NPO/DPO; 'official' picks one per protection."""
+    from dataclasses import replace
+
+    from interp.attacks.prune import SPEC, Config, snip_data
+    from interp.data.folder import DataFolder
+    from interp.errors import InterpError
+    from interp.model.load import get_tokenizer, load_model
+
+    folder, out, _ = smoke_protected
+    model = load_model(out / "npo", device="cpu")
+    tok = get_tokenizer(model)
+    base = Config(n_forget=4, n_utility=4, batch_size=2, last_k=8, gen_tokens=6, max_len=64)
+    corpus = snip_data(model, folder, replace(base, data="corpus"))
+    first_text = DataFolder(folder).corpus("forget_corpus")[0]
+    ids = tok(first_text)["input_ids"][:64]
+    b = corpus.forget[0]
+    assert b.tokens[0, : len(ids)].tolist() == ids
+    assert int(b.loss_mask[0].sum()) == min(8, len(ids) - 1)  # the last k tokens
+    gen = snip_data(model, folder, replace(base, data="generations"))
+    g = gen.forget[0]
+    n = int(g.valid[0].sum())
+    assert 1 <= int(g.loss_mask[0].sum()) <= 8  # about gen_tokens, re-tokenized in context
+    assert gen.n_utility == 4  # the retain answers only
+    from interp.scoring import generate_greedy
+
+    rows = [r for r in DataFolder(folder).preference() if r["split"] == "forget"]
+    train = DataFolder(folder).train_entities("forget")
+    prompt = next(r["prompt"] for r in rows if r.get("entity", r.get("id")) in train)
+    said = generate_greedy(model, [tok(prompt)["input_ids"]], max_new_tokens=6)[0]
+    assert tok.decode(g.tokens[0, :n].tolist()).endswith(said.strip()[-5:])
+    assert SPEC.config_for(replace(base, data="official"), "rmu").data == "corpus"
+    assert SPEC.config_for(replace(base, data="official"), "dpo").data == "generations"
+    assert SPEC.config_for(base, "rmu").data == "pairs"
+    with pytest.raises(InterpError, match="SNIP data"):
+        Config(data="wikitext")

@@ -153,7 +153,7 @@ def test_notebook_runs(path, moved_run, tmp_path, monkeypatch):
         "notebooks are stored without outputs"
     monkeypatch.setenv("INTERP_RUN", str(run))
     monkeypatch.setenv("INTERP_NOTEBOOK_OUT", str(tmp_path))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the kernel runs alone: both cores
     monkeypatch.setenv("INTERP_NOTEBOOK_QUICK", "1")
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
@@ -242,8 +242,8 @@ def test_choices_on_validation_numbers_on_test(smoke_run):
 
 
 def test_rows_do_not_depend_on_the_thread_count(smoke_run, tmp_path):
-    """The attacks of the smoke run again in another process with one thread (OMP_NUM_THREADS=1;
-    the fixture computed with the default two): every row identical."""
+    """The RMU model's attacks (all five kinds) again in another process with one thread
+    (OMP_NUM_THREADS=1; the fixture computed with the default two): every row identical."""
     import os
     import shutil
     import subprocess
@@ -252,7 +252,7 @@ def test_rows_do_not_depend_on_the_thread_count(smoke_run, tmp_path):
     run, summary = smoke_run
     again = tmp_path / "run"
     shutil.copytree(run, again)
-    shutil.rmtree(again / "attacks")
+    shutil.rmtree(again / "attacks" / "rmu")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "interp.cli", "reproduce", "--preset", "smoke",
                     "--out", str(again), "--device", "cpu"], check=True, env=env,

@@ -45,6 +45,11 @@ class AttackSpec:
     on_original: bool = False  # also run on the unprotected model (the lens)
     summary: str = ""
     original_if: Callable[[Any], bool] | None = None  # needs the original for some configs
+    # the config for one protected model (by method name), where the recipe depends on it
+    per_model: Callable[[Any, str], Any] | None = None
+
+    def config_for(self, cfg, method: str):
+        return self.per_model(cfg, method) if self.per_model is not None else cfg
 
     def wants_original(self, cfg) -> bool:
         return self.needs_original or (self.original_if is not None and self.original_if(cfg))

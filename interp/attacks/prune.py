@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar, Iterable, Iterator
 
@@ -193,7 +193,19 @@ def prune_in_place(model: HookedTransformer, masks: dict[str, Tensor]) -> None:
 
 # ---------------------------------------------------------------------------------- the attack
 PAPER_GRID = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2)
-SPEC = AttackSpec("prune", order=50, summary="SNIP attribution and set-difference pruning")
+SNIP_DATA = ("pairs", "corpus", "generations", "official")
+
+
+def official_data(cfg, method: str):
+    """The official recipe's SNIP data for a protection: RMU's forget corpus against unrelated
+    text, the unlearned model's own generations against the retain questions otherwise."""
+    if cfg.data != "official":
+        return cfg
+    return replace(cfg, data="corpus" if method == "rmu" else "generations")
+
+
+SPEC = AttackSpec("prune", order=50, summary="SNIP attribution and set-difference pruning",
+                  per_model=official_data)
 
 
 @dataclass
@@ -207,9 +219,17 @@ class Config:
     eval_limit: int | None = 100  # validation questions per split scored for each cell
     retain_drop: float = 0.10  # a cell qualifies if retain >= no-attack retain - this
     max_len: int = 128
+    # SNIP data: "pairs" (forget answers vs retain answers + unrelated text), "corpus" (forget
+    # corpus texts vs unrelated texts, loss on the last `last_k` tokens), "generations" (the
+    # model's own `gen_tokens` greedy tokens on forget prompts vs retain answers), "official"
+    # (corpus for RMU, generations for the others: the official code's choice)
+    data: str = "pairs"
+    gen_tokens: int = 50
 
     def __post_init__(self) -> None:
         _cells(self.grid)  # a bad grid fails here, before any model is loaded
+        if self.data not in SNIP_DATA:
+            raise InterpError(f"unknown SNIP data {self.data!r}; use one of {list(SNIP_DATA)}")
 
 
 @dataclass
@@ -299,8 +319,20 @@ def snip_data(model: HookedTransformer, data, cfg: Config) -> PruneData:
     forget = [x for x in forget if x][: cfg.n_forget]
     retain = [x for x in retain if x][: cfg.n_utility]
     texts = encode_texts(model, data.corpus("unrelated")[: cfg.n_utility], max_len=cfg.max_len)
-    texts = [t for t in texts if len(t) > 1]
-    utility = retain + [(t, max(1, len(t) - cfg.last_k)) for t in texts]
+    texts = [(t, max(1, len(t) - cfg.last_k)) for t in texts if len(t) > 1]
+    utility = retain + texts
+    if cfg.data == "official":
+        raise InterpError("SNIP data 'official' depends on the protection: give 'corpus' (RMU) "
+                          "or 'generations' (NPO, DPO)")
+    if cfg.data == "corpus":  # forget corpus against unrelated text
+        corpus = encode_texts(model, data.corpus("forget_corpus"), max_len=cfg.max_len)
+        forget = [(t, max(1, len(t) - cfg.last_k)) for t in corpus if len(t) > 1][: cfg.n_forget]
+        utility = texts
+    elif cfg.data == "generations":  # what the unlearned model says now, against retain
+        prompts = [r["prompt"] for r in rows if r["split"] == "forget"
+                   and r.get("entity", r.get("id")) in train][: cfg.n_forget]
+        forget = own_generations(model, prompts, cfg)
+        utility = retain
     if not forget or not utility:
         raise InterpError(f"{data.folder}: no forget or utility data to score for pruning")
 
@@ -310,6 +342,21 @@ def snip_data(model: HookedTransformer, data, cfg: Config) -> PruneData:
                 for i in range(0, len(pairs), cfg.batch_size)]
 
     return PruneData(batches(forget), batches(utility), len(forget), len(utility))
+
+
+def own_generations(model: HookedTransformer, prompts: list[str], cfg: Config
+                    ) -> list[tuple[list[int], int]]:
+    """Each prompt followed by the model's own greedy `gen_tokens` tokens, loss on those."""
+    from interp.model.load import get_tokenizer
+    from interp.scoring import generate_greedy
+
+    tok = get_tokenizer(model)
+    keep = max(1, cfg.max_len - cfg.gen_tokens)
+    ids = [tok(p)["input_ids"][-keep:] for p in prompts]
+    texts = generate_greedy(model, ids, max_new_tokens=cfg.gen_tokens)
+    pairs, _ = encode_pairs(model, [(p, t.strip() or ".", False) for p, t in zip(prompts, texts)],
+                            max_len=cfg.max_len, what="SNIP generations")
+    return [x for x in pairs if x]
 
 
 def _cells(grid) -> list[tuple[float, float]]:

@@ -26,6 +26,7 @@ from torch.nn.utils import parametrize
 from transformer_lens import HookedTransformer
 
 from interp.errors import InterpError
+from interp.model.layout import _ORDERS
 
 ATTN_IN = ("W_Q", "W_K", "W_V", "_W_K", "_W_V")  # (heads, d_model, d_head)
 ATTN_OUT = ("W_O",)  # (heads, d_head, d_model)
@@ -77,7 +78,14 @@ class LoRADelta(nn.Module):
         return m
 
     def forward(self, weight: Tensor) -> Tensor:
-        return weight + self.delta().to(weight.dtype)
+        delta = self.delta().to(weight.dtype)
+        order = _ORDERS.get(self.name)
+        if order is None or weight.dim() != len(order):
+            return weight + delta
+        # the sum laid out as `interp.model.layout` lays the weight out, so TransformerLens'
+        # per-forward `.T.contiguous()` / rearrange of it is a no-op, not a copy
+        inverse = [order.index(i) for i in range(len(order))]
+        return (weight.permute(order) + delta.permute(order)).permute(inverse)
 
 
 def _targets(model: HookedTransformer, cfg: LoRAConfig) -> list[tuple[nn.Module, str]]:

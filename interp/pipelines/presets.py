@@ -111,7 +111,8 @@ PRESETS: dict[str, Preset] = {
                               candidate_batch=128, objective="enhanced", resid_layers=(7, 15),
                               eval_every=25, n_train=8, heldout_limit=None),
             "prune": prune.Config(level="weight", eval_limit=200, n_forget=512, n_utility=512,
-                                  batch_size=1, max_len=512),  # the official: one sample a pass
+                                  batch_size=1, max_len=512,  # the official: one sample a pass
+                                  data="official"),  # RMU: corpus; NPO/DPO: own generations
         }),
 }
 

@@ -212,7 +212,7 @@ def _compute(p: Preset, out: Path, cell: Cell, seed: int, device, progress: bool
     module = registry().get(cell.stage)
     if module is None:
         raise InterpError(f"unknown cell {cell.name!r}")
-    cfg = p.attacks[cell.stage]
+    cfg = module.SPEC.config_for(p.attacks[cell.stage], cell.method)
     model = load(model_spec(p, out, cell.method))
     original = (load(model_spec(p, out, "original"))
                 if module.SPEC.wants_original(cfg) and cell.method != "original" else None)
