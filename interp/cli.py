@@ -58,12 +58,21 @@ def _named(pairs: list[str] | None, what: str = "FOLDER") -> dict[str, str]:
     return out
 
 
+def _letter_ids(args: argparse.Namespace) -> str | None:
+    """--letter-ids, else the --preset's rule (the paper preset: official), else None."""
+    from interp.pipelines.presets import get_preset
+
+    if args.letter_ids is None and getattr(args, "preset", None):
+        return get_preset(args.preset).letter_ids
+    return args.letter_ids
+
+
 def _load(args: argparse.Namespace, spec: str):
     from interp.model.load import load_model
 
     return load_model(spec, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
                       trust_remote_code=getattr(args, "trust_remote_code", False),
-                      letter_ids=args.letter_ids)
+                      letter_ids=_letter_ids(args))
 
 
 def _base_config(kind: str, name: str, preset: str | None):
@@ -90,7 +99,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     check_writable(Path(args.out) / "protection.json")
     report = protect(args.method, args.model, Path(args.data), Path(args.out), cfg,
                      preset=args.preset or "", device=args.device, dtype=args.dtype,
-                     tokenizer=args.tokenizer, letter_ids=args.letter_ids)
+                     tokenizer=args.tokenizer, letter_ids=_letter_ids(args))
     for key, before in report.before.items():
         after = report.after[key]
         print(f"{key:24s} {before.accuracy:.3f} -> {after.accuracy:.3f}  (n={after.n})")
@@ -123,7 +132,9 @@ def cmd_attack(args: argparse.Namespace) -> int:
     results = {}
     for name, spec in models.items():
         folder = out if len(models) == 1 else out / name
-        results[name] = module.run(_load(args, spec), Path(args.data), cfg, original=original,
+        # a recipe that depends on the protection (the paper's SNIP data) is resolved by NAME
+        results[name] = module.run(_load(args, spec), Path(args.data),
+                                   module.SPEC.config_for(cfg, name), original=original,
                                    out=folder)
         for row in results[name].rows(name):
             if row.column:

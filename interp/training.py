@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -90,6 +91,17 @@ class TrainConfig:
     seed: int = 0
     desc: str = "training"
     progress: bool = True
+    # the caller's own settings that shape the batches (max_len, loss_on, ...): a checkpoint
+    # written under other settings is refused, not resumed
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.grad_accum < 1:
+            raise InterpError(f"grad_accum must be at least 1, got {self.grad_accum}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise InterpError(f"warmup_steps must be at least 0, got {self.warmup_steps}")
+        if self.steps < 0:
+            raise InterpError(f"steps must be at least 0, got {self.steps}")
 
     def lr_at(self, step: int) -> float:
         if self.warmup_steps is not None:
@@ -142,7 +154,8 @@ def _train(params, loss_fn, batch_at, cfg: TrainConfig, run_dir, param_names, on
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     result = TrainResult()
     start = 0
-    if run_dir is not None and (Path(run_dir) / "checkpoint.json").is_file():
+    if run_dir is not None and (Path(run_dir) / "checkpoint.json").is_file() and \
+            _same_settings(Path(run_dir), cfg):
         start = _load_checkpoint(Path(run_dir), params, names, opt, result)
         result.resumed_from = start
     seed_everything(cfg.seed + start)
@@ -204,6 +217,22 @@ def _save_checkpoint(run_dir: Path, step: int, params, names, opt, result: Train
             "param_groups": [{k: v for k, v in g.items() if k != "params"}
                              for g in state["param_groups"]]}
     atomic_write_text(run_dir / "checkpoint.json", json.dumps(meta))
+
+
+RESUME_FREE = ("progress", "desc", "checkpoint_every")  # settings a resumed run may change
+
+
+def _same_settings(run_dir: Path, cfg: TrainConfig) -> bool:
+    """Whether the checkpoint was written under these settings (keys both sides have are
+    compared); if not, it is not resumed: the training starts over (and says so)."""
+    saved = json.loads((run_dir / "checkpoint.json").read_text()).get("config", {})
+    now = json.loads(json.dumps(asdict(cfg), default=str))
+    differ = sorted(k for k in saved.keys() & now.keys()
+                    if k not in RESUME_FREE and saved[k] != now[k])
+    if differ:
+        print(f"{run_dir}: checkpoint written with other settings ({', '.join(differ)}); "
+              "starting over", file=sys.stderr)
+    return not differ
 
 
 def _load_checkpoint(run_dir: Path, params, names, opt, result: TrainResult) -> int:

@@ -206,8 +206,8 @@ def test_official_means_equal_a_hand_computation(tiny_zephyr):
     shifted = copy.deepcopy(tiny_zephyr)
     with torch.no_grad():
         shifted.blocks[1].mlp.W_out.mul_(1.5)
-    cfg = OfficialRecipe(skip_first=6, outlier_tokens=40, outlier_z=1.5, pca_limit=30,
-                         batch_size=2)
+    cfg = OfficialRecipe(forget_skip=6, outlier_tokens=40, outlier_zscore=1.5, pca_limit=30,
+                         pass_batch=2)
     m = official_means(shifted, tiny_zephyr, qs, qs[:2], ["Paris is in France."] * 5, cfg, True)
     tok = get_tokenizer(tiny_zephyr)
     ids = scored_ids(tiny_zephyr, qs)

@@ -109,7 +109,7 @@ def test_paper_preset_runs_with_standins(standins, tmp_path):
     assert d["recipe"] == "official" and isinstance(d["outliers"], list)
     for m, snip_data in (("rmu", "corpus"), ("npo", "generations"), ("dpo", "generations")):
         p = json.loads((tmp_path / "run" / "attacks" / m / "prune" / "result.json").read_text())
-        assert p["level"] == "weight" and p["config"]["data"] == snip_data, m
+        assert p["level"] == "weight" and p["config"]["snip_data"] == snip_data, m
     for m in ("npo", "dpo"):
         enc = json.loads((tmp_path / "run" / "models" / m / "protection.json").read_text())
         assert enc["encoding"], m

@@ -147,13 +147,15 @@ def test_snip_data_per_protection(smoke_protected):
     model = load_model(out / "npo", device="cpu")
     tok = get_tokenizer(model)
     base = Config(n_forget=4, n_utility=4, batch_size=2, last_k=8, gen_tokens=6, max_len=64)
-    corpus = snip_data(model, folder, replace(base, data="corpus"))
-    first_text = DataFolder(folder).corpus("forget_corpus")[0]
+    corpus = snip_data(model, folder, replace(base, snip_data="corpus"))
+    train = DataFolder(folder).train_entities("forget")
+    rows_c = DataFolder(folder).rows("forget_corpus")
+    first_text = next(r["text"] for r in rows_c if r["entity"] in train)  # train entities only
     ids = tok(first_text)["input_ids"][:64]
     b = corpus.forget[0]
     assert b.tokens[0, : len(ids)].tolist() == ids
     assert int(b.loss_mask[0].sum()) == min(8, len(ids) - 1)  # the last k tokens
-    gen = snip_data(model, folder, replace(base, data="generations"))
+    gen = snip_data(model, folder, replace(base, snip_data="generations"))
     g = gen.forget[0]
     n = int(g.valid[0].sum())
     assert 1 <= int(g.loss_mask[0].sum()) <= 8  # about gen_tokens, re-tokenized in context
@@ -161,12 +163,11 @@ def test_snip_data_per_protection(smoke_protected):
     from interp.scoring import generate_greedy
 
     rows = [r for r in DataFolder(folder).preference() if r["split"] == "forget"]
-    train = DataFolder(folder).train_entities("forget")
     prompt = next(r["prompt"] for r in rows if r.get("entity", r.get("id")) in train)
     said = generate_greedy(model, [tok(prompt)["input_ids"]], max_new_tokens=6)[0]
     assert tok.decode(g.tokens[0, :n].tolist()).endswith(said.strip()[-5:])
-    assert SPEC.config_for(replace(base, data="official"), "rmu").data == "corpus"
-    assert SPEC.config_for(replace(base, data="official"), "dpo").data == "generations"
-    assert SPEC.config_for(base, "rmu").data == "pairs"
+    assert SPEC.config_for(replace(base, snip_data="official"), "rmu").snip_data == "corpus"
+    assert SPEC.config_for(replace(base, snip_data="official"), "dpo").snip_data == "generations"
+    assert SPEC.config_for(base, "rmu").snip_data == "pairs"
     with pytest.raises(InterpError, match="SNIP data"):
-        Config(data="wikitext")
+        Config(snip_data="wikitext")

@@ -41,11 +41,14 @@ RECIPES = ("toolkit", "official")
 
 @dataclass
 class OfficialRecipe:
-    skip_first: int = 40  # forget prompts only, as the official code
+    """The official recipe's knobs (names distinct from `DirectionsConfig`'s, which this recipe
+    does not read: its own skip, outlier rule and batch size apply)."""
+
+    forget_skip: int = 40  # tokens skipped at the start of each forget prompt (official: 40)
     outlier_tokens: int = 1000  # tokens of each set the outlier list is found on
-    outlier_z: float = 3.0
+    outlier_zscore: float = 3.0
     pca_limit: int = 2500  # tokens per model stacked for the PCA
-    batch_size: int = 8
+    pass_batch: int = 8  # prompts per forward pass
 
 
 def check_variants(variants: Sequence[str]) -> tuple[str, ...]:
@@ -155,21 +158,21 @@ def official_means(model: HookedTransformer, original: HookedTransformer,
     f_ids = scored_ids(model, forget)
     r_ids = scored_ids(model, retain)
     u_ids = [tok(t)["input_ids"] for t in list(unrelated)[: len(forget)]]
-    bs = cfg.batch_size
+    bs = cfg.pass_batch
 
-    a_f, i_f = first_tokens(token_activations(original, f_ids, cfg.skip_first, batch_size=bs),
+    a_f, i_f = first_tokens(token_activations(original, f_ids, cfg.forget_skip, batch_size=bs),
                             cfg.outlier_tokens)
     a_r, i_r = first_tokens(token_activations(model, r_ids, 0, batch_size=bs),
                             cfg.outlier_tokens)
-    strings = outlier_strings(a_f, i_f, tok, cfg.outlier_z) | outlier_strings(
-        a_r, i_r, tok, cfg.outlier_z)
+    strings = outlier_strings(a_f, i_f, tok, cfg.outlier_zscore) | outlier_strings(
+        a_r, i_r, tok, cfg.outlier_zscore)
     del a_f, a_r
     # every id whose string is banned, not only those seen in the first tokens
     banned = {i for i in range(min(len(tok), model.cfg.d_vocab)) if tok.decode([i]) in strings}
     keep = cfg.pca_limit if want_pca else 0
-    m_orig, p_orig = filtered_mean(token_activations(original, f_ids, cfg.skip_first,
+    m_orig, p_orig = filtered_mean(token_activations(original, f_ids, cfg.forget_skip,
                                                      batch_size=bs), banned, keep)
-    m_unl, p_unl = filtered_mean(token_activations(model, f_ids, cfg.skip_first, batch_size=bs),
+    m_unl, p_unl = filtered_mean(token_activations(model, f_ids, cfg.forget_skip, batch_size=bs),
                                  banned, keep)
     out = {"original": m_orig, "unlearned": m_unl, "outliers": sorted(strings),
            "retain": filtered_mean(token_activations(model, r_ids, 0, batch_size=bs),

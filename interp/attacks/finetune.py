@@ -14,6 +14,7 @@ adapters are scored in place (merging gives the same logits; tested) and removed
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import time
@@ -157,7 +158,8 @@ def finetune_cell(model: HookedTransformer, seqs: list[tuple[list[int], int]], c
 
         tcfg = TrainConfig(steps=steps, lr=cfg.lr, warmup_frac=cfg.warmup_frac, seed=cfg.seed,
                            schedule="linear", desc=desc, progress=progress,
-                           weight_decay=cfg.weight_decay)
+                           weight_decay=cfg.weight_decay,
+                           fingerprint=json.dumps(base.to_jsonable(cfg), sort_keys=True))
         model.train()
         try:
             result = train(params, lambda b: lm_loss(model, b), batch_at, tcfg, run_dir=run_dir,

@@ -199,9 +199,9 @@ SNIP_DATA = ("pairs", "corpus", "generations", "official")
 def official_data(cfg, method: str):
     """The official recipe's SNIP data for a protection: RMU's forget corpus against unrelated
     text, the unlearned model's own generations against the retain questions otherwise."""
-    if cfg.data != "official":
+    if cfg.snip_data != "official":
         return cfg
-    return replace(cfg, data="corpus" if method == "rmu" else "generations")
+    return replace(cfg, snip_data="corpus" if method == "rmu" else "generations")
 
 
 SPEC = AttackSpec("prune", order=50, summary="SNIP attribution and set-difference pruning",
@@ -223,13 +223,14 @@ class Config:
     # corpus texts vs unrelated texts, loss on the last `last_k` tokens), "generations" (the
     # model's own `gen_tokens` greedy tokens on forget prompts vs retain answers), "official"
     # (corpus for RMU, generations for the others: the official code's choice)
-    data: str = "pairs"
+    snip_data: str = "pairs"
     gen_tokens: int = 50
 
     def __post_init__(self) -> None:
         _cells(self.grid)  # a bad grid fails here, before any model is loaded
-        if self.data not in SNIP_DATA:
-            raise InterpError(f"unknown SNIP data {self.data!r}; use one of {list(SNIP_DATA)}")
+        if self.snip_data not in SNIP_DATA:
+            raise InterpError(f"unknown SNIP data {self.snip_data!r}; use one of "
+                              f"{list(SNIP_DATA)}")
 
 
 @dataclass
@@ -321,14 +322,16 @@ def snip_data(model: HookedTransformer, data, cfg: Config) -> PruneData:
     texts = encode_texts(model, data.corpus("unrelated")[: cfg.n_utility], max_len=cfg.max_len)
     texts = [(t, max(1, len(t) - cfg.last_k)) for t in texts if len(t) > 1]
     utility = retain + texts
-    if cfg.data == "official":
+    if cfg.snip_data == "official":
         raise InterpError("SNIP data 'official' depends on the protection: give 'corpus' (RMU) "
                           "or 'generations' (NPO, DPO)")
-    if cfg.data == "corpus":  # forget corpus against unrelated text
-        corpus = encode_texts(model, data.corpus("forget_corpus"), max_len=cfg.max_len)
+    if cfg.snip_data == "corpus":  # forget corpus (train entities only) against unrelated text
+        kept = [r["text"] for r in data.rows("forget_corpus")
+                if r.get("entity") is None or r["entity"] in train]
+        corpus = encode_texts(model, kept, max_len=cfg.max_len)
         forget = [(t, max(1, len(t) - cfg.last_k)) for t in corpus if len(t) > 1][: cfg.n_forget]
         utility = texts
-    elif cfg.data == "generations":  # what the unlearned model says now, against retain
+    elif cfg.snip_data == "generations":  # what the unlearned model says now, against retain
         prompts = [r["prompt"] for r in rows if r["split"] == "forget"
                    and r.get("entity", r.get("id")) in train][: cfg.n_forget]
         forget = own_generations(model, prompts, cfg)

@@ -157,6 +157,10 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
         else:
             model = train_smoke_model(smoke_texts(forget_facts, retain_facts), bank_tokenizer,
                                       device=device, out=model_dir, progress=progress)
+            if letter_ids is not None:
+                from interp.scoring import set_letter_ids
+
+                set_letter_ids(model, letter_ids)
         model_name = "model"  # relative to this folder (`DataFolder.model_spec`)
     else:
         model = load_model(preset.model, device=device, dtype=dtype, tokenizer=tokenizer,

@@ -112,7 +112,7 @@ PRESETS: dict[str, Preset] = {
                               eval_every=25, n_train=8, heldout_limit=None),
             "prune": prune.Config(level="weight", eval_limit=200, n_forget=512, n_utility=512,
                                   batch_size=1, max_len=512,  # the official: one sample a pass
-                                  data="official"),  # RMU: corpus; NPO/DPO: own generations
+                                  snip_data="official"),  # RMU: corpus; NPO/DPO: generations
         }),
 }
 

@@ -17,13 +17,17 @@ from interp.store import read_json, write_json
 
 def baseline(model, model_spec: str, data) -> dict[str, Measure]:
     """`measure` of the unprotected model, cached in the data folder (same for every method)."""
+    from interp.scoring import letter_rule
+
     data = as_data(data)
     path = data.folder / "baseline.json"
     cached = read_json(path) if path.is_file() else {}
-    if model_spec not in cached:
-        cached[model_spec] = {k: vars(v) for k, v in measure(model, data).items()}
+    rule = letter_rule(model)
+    key = model_spec if rule == "in-context" else f"{model_spec}|letter_ids={rule}"
+    if key not in cached:
+        cached[key] = {k: vars(v) for k, v in measure(model, data).items()}
         write_json(path, cached)
-    return {k: Measure(**v) for k, v in cached[model_spec].items()}
+    return {k: Measure(**v) for k, v in cached[key].items()}
 
 
 def protect(method: str, model_spec: str, data_dir: Path, out: Path, cfg=None, *,

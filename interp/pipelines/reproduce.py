@@ -251,6 +251,7 @@ def reproduce(preset: str | Preset, out: Path, *, seed: int = 0, device=None,
         p = replace(p, n_devices=n_devices)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    same_run_settings(out, p)
     ship_plotlyjs(out)  # one copy for every figure of the run (they open offline)
     fn = partial(run_cell, p, out, seed=seed, device=device, progress=progress)
     run_stage = stage_runner(executor, address, gpu=p.name == "paper")
@@ -259,6 +260,24 @@ def reproduce(preset: str | Preset, out: Path, *, seed: int = 0, device=None,
         for cell, result in zip(stage, run_stage(fn, stage)):
             results[cell.name] = result
     return summarize(p, out, results, seed, figures_dir)
+
+
+RUN_SETTINGS = "settings.json"
+
+
+def same_run_settings(out: Path, p: Preset) -> None:
+    """A run folder keeps the settings every cell was scored under (letter-id rule, dtype,
+    tokenizer): a rerun with others would mix them in one table, so it is refused."""
+    now = {"letter_ids": p.letter_ids, "dtype": p.dtype, "tokenizer": p.tokenizer}
+    path = out / RUN_SETTINGS
+    if not path.is_file():
+        write_json(path, now)
+        return
+    saved = read_json(path)
+    differ = [k for k in now if k in saved and saved[k] != now[k]]
+    if differ:
+        raise InterpError(f"{out} was run with {', '.join(f'{k}={saved[k]!r}' for k in differ)}; "
+                          "use the same settings or a new --out folder")
 
 
 def summarize(p: Preset, out: Path, results: dict, seed: int,

@@ -14,6 +14,7 @@ in Pang et al. 2024): a model that has never seen a refusal (the smoke model) le
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -26,6 +27,7 @@ from interp.data.folder import DataFolder
 from interp.errors import InterpError
 from interp.protections.base import ProtectionResult, ProtectionSpec, protect, refusal_rate
 from interp.protections.common import encode_pairs, select_params
+from interp.results import to_jsonable
 from interp.training import TrainConfig, batch_rng, pack, sample_indices, sequence_nll
 from interp.training import train as train_loop
 
@@ -160,7 +162,8 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
 
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.05, schedule="linear",
                        warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
-                       seed=cfg.seed, desc="DPO", checkpoint_every=50, progress=progress)
+                       seed=cfg.seed, desc="DPO", checkpoint_every=50, progress=progress,
+                       fingerprint=json.dumps(to_jsonable(cfg), sort_keys=True))
     out = train_loop(params, loss_fn, batch_at, tcfg, run_dir=run_dir, param_names=names)
     return out.losses, {"margins": [e["margin"] for e in out.extras], "encoding": enc.to_json(),
                         "refusal": refusal_rate(model, data)}

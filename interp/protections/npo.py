@@ -9,6 +9,7 @@ questions with their right answers.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -21,6 +22,7 @@ from interp.data.folder import DataFolder
 from interp.errors import InterpError
 from interp.protections.base import ProtectionResult, ProtectionSpec, protect
 from interp.protections.common import encode_pairs, select_params
+from interp.results import to_jsonable
 from interp.training import TrainConfig, lm_loss, pack, sample_indices, sequence_nll
 from interp.training import train as train_loop
 
@@ -123,7 +125,8 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
 
     tcfg = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_frac=0.05, schedule="linear",
                        warmup_steps=cfg.warmup_steps, grad_accum=cfg.grad_accum,
-                       seed=cfg.seed, desc="NPO", checkpoint_every=50, progress=progress)
+                       seed=cfg.seed, desc="NPO", checkpoint_every=50, progress=progress,
+                       fingerprint=json.dumps(to_jsonable(cfg), sort_keys=True))
     out = train_loop(params, loss_fn, batch_at, tcfg, run_dir=run_dir, param_names=names)
     return out.losses, {"forget_nll": [e["forget_nll"] for e in out.extras],
                         "encoding": {"forget": f_enc.to_json(), "retain": r_enc.to_json()}}
