@@ -335,7 +335,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result(smoke_protected, tmp
     prune = ["attack", "prune", *base, "--grid", "0.01,0.05,0.2", "--eval-limit", "20",
              "--n-forget", "16", "--n-utility", "16"]
     ft = ["attack", "finetune", *base, "--unrelated-n", "10,20", "--forget-k", "5", "--lr", "0.005",
-          "--rank", "4", "--eval-limit", "20", "--epochs", "2"]
+          "--rank", "4", "--eval-limit", "20", "--epochs", "1"]
 
     def grid_cells(d):
         return len(json.loads((d / "grid.json").read_text())["cells"]) if (

@@ -112,7 +112,8 @@ PRESETS: dict[str, Preset] = {
                               eval_every=25, n_train=8, heldout_limit=None),
             "prune": prune.Config(level="weight", eval_limit=200, n_forget=512, n_utility=512,
                                   batch_size=1, max_len=512,  # the official: one sample a pass
-                                  snip_data="official"),  # RMU: corpus; NPO/DPO: generations
+                                  # RMU: forget corpus vs unrelated; NPO/DPO: own generations
+                                  snip_data="official", last_k=50),
         }),
 }
 

@@ -221,7 +221,8 @@ def _snip(pr: Probe) -> float:
     from interp.attacks.prune import snip_data, snip_scores
 
     cfg = pr.preset.attacks["prune"]
-    sd = snip_data(pr.model, pr.data, replace(cfg, n_forget=cfg.batch_size))
+    # one batch's seconds: the synthetic pairs stand for whichever texts the recipe picks
+    sd = snip_data(pr.model, pr.data, replace(cfg, n_forget=cfg.batch_size, snip_data="pairs"))
     batch = sd.forget[:1]
     return _timed_calls(lambda: (snip_scores(pr.model, batch, progress=False),
                                  int(batch[0].tokens.shape[0]))[1], pr.steps, pr.device)
