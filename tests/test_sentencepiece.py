@@ -210,14 +210,35 @@ def test_npo_official_loss_options_by_hand(loss_on, reduction, smoke_data):
         npo.Config(loss_on="prompt")
 
 
-def test_finetune_recipe_options(zephyr_sp_tokenizer):
+def test_finetune_recipe_options(zephyr_sp_tokenizer, smoke_data, monkeypatch):
+    """The system prompt opens the conversation; weight decay reaches the optimizer's settings;
+    loss_on="all" counts the prompt's tokens too, "response" only the answer's."""
     from interp.attacks import finetune
+    from interp.training import train as real_train
 
     ids, first = encode_pair(_holder(zephyr_sp_tokenizer), "Write.", "Text.", chat=True,
                              max_len=512, system="You are a helpful assistant.")
     head = zephyr_sp_tokenizer.decode(ids[:first])
     assert head.startswith("<|system|>\nYou are a helpful assistant.</s>")
-    cfg = finetune.Config(weight_decay=0.01, loss_on="all")
-    assert cfg.weight_decay == 0.01
     with pytest.raises(InterpError, match="loss_on"):
         finetune.Config(loss_on="everything")
+
+    folder, _ = smoke_data
+    model = load_model(folder / "model", device="cpu")
+    seen = []
+
+    def spy(params, loss_fn, batch_at, cfg, **kw):
+        seen.append((cfg, batch_at(0, 0)))
+        return real_train(params, loss_fn, batch_at, cfg, **kw)
+
+    monkeypatch.setattr(finetune, "train", spy)
+    for loss_on in ("all", "response"):
+        cfg = finetune.Config(unrelated_n=(2,), forget_k=(), eval_limit=4, epochs=1,
+                              weight_decay=0.01, loss_on=loss_on, curve_points=2,
+                              lora=finetune.LoRAConfig(rank=2))
+        finetune.run(model, folder, cfg, progress=False)
+    (cfg_all, b_all), (cfg_resp, b_resp) = seen
+    assert cfg_all.weight_decay == cfg_resp.weight_decay == 0.01
+    assert bool(b_all.loss_mask[:, 0].all())  # the first prediction already counts
+    assert not bool(b_resp.loss_mask[:, 0].any())  # the prompt does not
+    assert int(b_all.loss_mask.sum()) > int(b_resp.loss_mask.sum())

@@ -70,6 +70,16 @@ def hf_block_output(hf, batch, layer: int) -> torch.Tensor:
     return seen["h"]
 
 
+def optimizer_step(loss_fn, opt) -> None:
+    """One step as both sides of a row take it: loss, backward, update, gradients cleared."""
+    from interp.training import fixed_threads
+
+    with fixed_threads():
+        loss_fn().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
 def _steps_per_second(times: list[float], steps: int) -> float:
     return steps / statistics.median(times)
 
@@ -128,7 +138,6 @@ def bench_lora_vs_peft(ctx: Context, rank: int = 16, alpha: float = 16.0) -> obj
 def bench_rmu_step(ctx: Context, layer: int = 7, alpha: float = 100.0) -> object:
     from interp.protections.common import frozen_copy, select_params
     from interp.protections.rmu import rmu_loss
-    from interp.training import fixed_threads
 
     fb, rb, _ = train_batches(ctx, first=0)
     model = copy.deepcopy(ctx.model)
@@ -142,12 +151,7 @@ def bench_rmu_step(ctx: Context, layer: int = 7, alpha: float = 100.0) -> object
     opt = torch.optim.AdamW(params, lr=5e-5)
 
     def ours():
-        with fixed_threads():
-            loss, _, _ = rmu_loss(model, frozen, fb, rb, layer, target, alpha)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return float(loss)
+        optimizer_step(lambda: rmu_loss(model, frozen, fb, rb, layer, target, alpha)[0], opt)
 
     with torch.no_grad():
         ours_loss0 = float(rmu_loss(model, frozen, fb, rb, layer, target, alpha)[0])
@@ -173,11 +177,7 @@ def bench_rmu_step(ctx: Context, layer: int = 7, alpha: float = 100.0) -> object
         return forget + alpha * (((h_r - h_r0) ** 2) * rmask).sum() / (rmask.sum() * h_r.shape[-1])
 
     def peer():
-        with fixed_threads():
-            loss = peer_loss()
-            loss.backward()
-            hf_opt.step()
-            hf_opt.zero_grad(set_to_none=True)
+        optimizer_step(peer_loss, hf_opt)
 
     with torch.no_grad():
         peer_loss0 = float(peer_loss())
@@ -194,7 +194,7 @@ def bench_rmu_step(ctx: Context, layer: int = 7, alpha: float = 100.0) -> object
 def bench_npo_step(ctx: Context, beta: float = 0.1) -> object:
     from interp.protections.common import select_params
     from interp.protections.npo import npo_loss
-    from interp.training import fixed_threads, lm_loss, sequence_nll
+    from interp.training import lm_loss, sequence_nll
 
     fb, rb, _ = train_batches(ctx, first=64)  # "answers": the second half of each text
     model = copy.deepcopy(ctx.model)
@@ -209,11 +209,7 @@ def bench_npo_step(ctx: Context, beta: float = 0.1) -> object:
         return npo_loss(sequence_nll(model, fb), ref, beta) + lm_loss(model, rb)
 
     def ours():
-        with fixed_threads():
-            loss = our_loss()
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        optimizer_step(our_loss, opt)
 
     with torch.no_grad():
         ours_loss0 = float(our_loss())
@@ -231,11 +227,7 @@ def bench_npo_step(ctx: Context, beta: float = 0.1) -> object:
         return npo_loss(hf_token_nll(hf, fb)[0], hf_ref, beta) + hf_token_nll(hf, rb)[1]
 
     def peer():
-        with fixed_threads():
-            loss = peer_loss()
-            loss.backward()
-            hf_opt.step()
-            hf_opt.zero_grad(set_to_none=True)
+        optimizer_step(peer_loss, hf_opt)
 
     with torch.no_grad():
         peer_loss0 = float(peer_loss())
