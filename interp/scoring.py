@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from interp import score_cache
 from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import readout
@@ -166,9 +167,19 @@ def evaluate(
     encoded = encode_all(model, questions, cfg)
     pad_id = get_tokenizer(model).pad_token_id or 0
     device = model.cfg.device
-    # sort by length so batches pad little; restore the order at the end
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
     probs = torch.empty((len(encoded), 4), dtype=torch.float32)
+    # the untouched protected model's own scores, kept by its protection (`interp.score_cache`)
+    kept = score_cache.cached_scores(model) if not hooks else {}
+    keys = []
+    if kept or score_cache.is_recording():
+        key_settings = {"chat": chat, "prefix": prefix, "format": fmt,
+                        "letter_ids": cfg.letter_ids}
+        keys = [score_cache.question_key(q, key_settings, model) for q in questions]
+    todo = [i for i in range(len(encoded)) if not keys or keys[i] not in kept]
+    for i in set(range(len(encoded))) - set(todo):
+        probs[i] = torch.tensor(kept[keys[i]], dtype=torch.float32)
+    # sort by length so batches pad little; restore the order at the end
+    order = sorted(todo, key=lambda i: len(encoded[i].ids))
     was_training = model.training
     model.eval()
     try:
@@ -186,6 +197,8 @@ def evaluate(
             bar.close()
     finally:
         model.train(was_training)
+    if keys:
+        score_cache.record(keys, probs)
     answers = torch.tensor([q.answer for q in questions], dtype=torch.long)
     settings = {"chat": chat, "prefix": prefix, "format": fmt or "per-question",
                 "letter_ids": cfg.letter_ids}

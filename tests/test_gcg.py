@@ -107,3 +107,22 @@ def test_token_sequences_that_do_not_tokenize_back_are_caught(bpe_tokenizer):
     assert round_trips(tok, the)
     ok = allowed_tokens(tok, len(tok), allow_non_ascii=False)
     assert ok[the[0]] and not ok[tok.eos_token_id]
+
+
+def test_allowed_tokens_are_computed_once_per_tokenizer(bpe_tokenizer, monkeypatch):
+    """The second call (another tokenizer object, the same serialization) is the memo, and equals
+    the computation; another setting is computed."""
+    import copy
+
+    from interp.attacks import gcg_tokens
+
+    first = allowed_tokens(bpe_tokenizer, len(bpe_tokenizer), allow_non_ascii=False)
+    calls = []
+    real = gcg_tokens._allowed_tokens
+    monkeypatch.setattr(gcg_tokens, "_allowed_tokens",
+                        lambda *a: calls.append(a) or real(*a))
+    again = allowed_tokens(copy.deepcopy(bpe_tokenizer), len(bpe_tokenizer), False)
+    assert not calls and torch.equal(again, first)
+    assert torch.equal(first, real(bpe_tokenizer, len(bpe_tokenizer), False))
+    allowed_tokens(bpe_tokenizer, len(bpe_tokenizer), allow_non_ascii=True)
+    assert len(calls) == 1

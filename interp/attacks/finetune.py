@@ -186,7 +186,7 @@ class Cell:
     val_forget: float | None = None  # the same adapters on the validation split
     val_retain: float | None = None
     trained_entities: list[str] = field(default_factory=list)  # forget cells: the k entities
-    curve: list[dict] = field(default_factory=list)  # {"step", "forget", "val_forget"}
+    curve: list[dict] = field(default_factory=list)  # {"step", "forget"} (test split)
 
 
 @dataclass
@@ -297,7 +297,7 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
     cells = (*cfg.unrelated_n, *cfg.forget_k)
     curve = sum(len(curve_marks(_epoch_batches(n, cfg)[0], cfg.curve_points)) - 1 for n in cells)
     return {"lora": sum(_epoch_batches(n, cfg)[0] for n in cells),
-            "score": (1 + len(cells)) * (f + r + vf + vr) + curve * (f + vf)}
+            "score": (1 + len(cells)) * (f + r + vf + vr) + curve * f}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
         out: Path | None = None, progress: bool = True) -> Result:
@@ -349,9 +349,8 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
         run_dir = Path(out) / "train" / name if out is not None else None
         trained, scores, curve = finetune_cell(
             model, seqs, cfg, run_dir, score, progress=progress, desc=f"finetune {name}",
-            curve_score=lambda: {"forget": acc(forget_q), "val_forget": acc(forget_v)})
-        curve.append({"step": len(trained.losses), "forget": scores["forget"],
-                      "val_forget": scores["val_forget"]})
+            curve_score=lambda: {"forget": acc(forget_q)})  # the curve: test only (no choice)
+        curve.append({"step": len(trained.losses), "forget": scores["forget"]})
         cells[name] = Cell(kind=kind, size=size, **scores, curve=curve,
                            steps=len(trained.losses),
                            final_loss=trained.losses[-1] if trained.losses else None,

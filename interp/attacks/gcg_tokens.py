@@ -4,6 +4,7 @@ the decode -> re-encode round trip every candidate must survive."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -51,8 +52,32 @@ def question_slots(tokenizer, q: Question, *, chat: bool, fmt: str | None,
     return Slots(before_ids, after_ids, target)
 
 
+_ALLOWED: dict[str, Tensor] = {}
+
+
+def _tokenizer_key(tokenizer, vocab: int, allow_non_ascii: bool) -> str | None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    blob = backend.to_str() + repr((sorted(tokenizer.all_special_ids or []),
+                                    type(tokenizer).__name__,
+                                    getattr(tokenizer, "clean_up_tokenization_spaces", None)))
+    return f"{hashlib.sha1(blob.encode()).hexdigest()}:{vocab}:{allow_non_ascii}"
+
+
 def allowed_tokens(tokenizer, vocab: int, allow_non_ascii: bool) -> Tensor:
-    """Tokens a prefix may use: not special, printable (ASCII unless allowed), round-tripping."""
+    """Tokens a prefix may use: not special, printable (ASCII unless allowed), round-tripping.
+    Computed once per tokenizer (its full serialization, hashed) in a process."""
+    key = _tokenizer_key(tokenizer, vocab, allow_non_ascii)
+    if key is not None and key in _ALLOWED:
+        return _ALLOWED[key].clone()
+    ok = _allowed_tokens(tokenizer, vocab, allow_non_ascii)
+    if key is not None:
+        _ALLOWED[key] = ok.clone()
+    return ok
+
+
+def _allowed_tokens(tokenizer, vocab: int, allow_non_ascii: bool) -> Tensor:
     ok = torch.zeros(vocab, dtype=torch.bool)
     special = set(tokenizer.all_special_ids or [])
     for i in range(min(vocab, len(tokenizer))):

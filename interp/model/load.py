@@ -353,6 +353,11 @@ def load_model(
         check_letter_ids(letter_ids)  # before minutes of loading
     model = linear_layout(_load_model(spec, device=device, dtype=dtype, tokenizer=tokenizer,
                                       trust_remote_code=trust_remote_code, n_devices=n_devices))
+    folder = Path(str(spec)).expanduser()
+    if tokenizer is None and folder.is_dir() and (folder / MODEL_JSON).is_file():
+        from interp.score_cache import mark_source
+
+        mark_source(model, folder)  # its protection's kept scores may serve `evaluate`
     if letter_ids is not None:
         object.__setattr__(model, "interp_letter_ids", letter_ids)
     return model

@@ -26,6 +26,7 @@ from interp.model.load import MODEL_JSON, get_tokenizer, save_model
 from interp.prompts import chat_text
 from interp.registry import discover
 from interp.results import Row
+from interp.score_cache import recording, save_scores
 from interp.scoring import evaluate, generate_greedy
 
 REPORT_JSON = "protection.json"
@@ -164,10 +165,16 @@ def protect(model: HookedTransformer, data, cfg, train: Train, result_cls: type,
     run_dir = Path(out) / "train" if out is not None else None
     losses, extras = train(model, data, cfg, run_dir=run_dir, progress=progress)
     seconds = time.perf_counter() - start
-    result = result_cls(method=method, before=before, after=measure(model, data), losses=losses,
+    with recording() as kept:  # the protected model's scores, kept for every attack's baseline
+        after = measure(model, data)
+        for split in ("forget_val", "retain_val"):
+            if data.has(split):
+                evaluate(model, data.questions(split), progress=False, batch_size=32)
+    result = result_cls(method=method, before=before, after=after, losses=losses,
                         train_seconds=round(seconds, 1), config=cfg, **(about or {}), **extras)
     if out is not None:
         save_model(model, out, meta={"protection": method, "config": asdict(cfg)})
+        save_scores(out, kept.entries)
         base.save(result, out, REPORT_JSON)
     return result
 
