@@ -309,6 +309,22 @@ def sequence_nll(model, batch: TokenBatch) -> Float[Tensor, "b"]:  # noqa: F821
     return torch.zeros(batch.tokens.shape[0], device=nll.device).index_add(0, rows, nll)
 
 
+@torch.no_grad()
+def sequence_nll_of(model, seqs: Sequence[tuple[Sequence[int], int]], which: Sequence[int],
+                    device, batch_size: int = 32) -> Float[Tensor, "n"]:  # noqa: F821
+    """`sequence_nll` of the (ids, first counted token) sequences listed in `which`, batched by
+    length (right padding: a causal model's real positions never read the pads, so each value is
+    the one a batch of any composition gives, to float noise); NaN for the others. The reference
+    model's values, computed once for the sequences a training run will draw."""
+    out = torch.full((len(seqs),), float("nan"))
+    order = sorted(set(which), key=lambda i: len(seqs[i][0]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = pack([seqs[i][0] for i in chunk], [seqs[i][1] for i in chunk], 0, device)
+        out[chunk] = sequence_nll(model, batch).float().cpu()
+    return out
+
+
 def lm_loss(model, batch: TokenBatch) -> Tensor:
     """Mean next-token cross-entropy over the counted positions."""
     nll, _ = target_nll(model, batch)

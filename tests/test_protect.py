@@ -137,3 +137,24 @@ def test_long_prompts_keep_their_answer(tiny_model, chat):
     long_answer = " ".join(["EcoRI"] * 60)
     ids, first = encode_pair(tiny_model, "What cuts DNA?", long_answer, chat=chat, max_len=48)
     assert len(ids) == 48 and first == first_short
+
+
+def test_reference_nll_of_the_drawn_rows_batched_by_length(tiny_model):
+    """NPO / DPO's reference pass: each listed sequence's summed NLL equals the sequence scored
+    alone (right padding: its real positions never read a pad), the others are NaN."""
+    import math
+
+    import torch
+
+    from interp.training import pack, sequence_nll, sequence_nll_of
+
+    seqs = [([5, 6, 7, 8, 9, 10, 11, 12], 3), ([13, 14, 15], 1), ([16, 17, 18, 19, 20], 2),
+            ([21, 22, 23, 24, 25, 26], 4), ([27, 28], 1)]
+    got = sequence_nll_of(tiny_model, seqs, [0, 2, 3, 2, 4], "cpu", batch_size=2)
+    for i, (ids, first) in enumerate(seqs):
+        if i == 1:
+            assert math.isnan(float(got[i]))
+            continue
+        with torch.no_grad():
+            alone = sequence_nll(tiny_model, pack([ids], [first], 0, "cpu"))[0]
+        torch.testing.assert_close(got[i], alone, atol=1e-5, rtol=1e-5)

@@ -28,7 +28,14 @@ from interp.errors import InterpError
 from interp.protections.base import ProtectionResult, ProtectionSpec, protect, refusal_rate
 from interp.protections.common import encode_pairs, select_params
 from interp.results import to_jsonable
-from interp.training import TrainConfig, batch_rng, pack, sample_indices, sequence_nll
+from interp.training import (
+    TrainConfig,
+    batch_rng,
+    pack,
+    sample_indices,
+    sequence_nll,
+    sequence_nll_of,
+)
 from interp.training import train as train_loop
 
 
@@ -120,16 +127,13 @@ def mixed_indices(n: int, n_forget: int, k: int, frac: float | None, seed: int, 
             for _ in range(k)]
 
 
-@torch.no_grad()
-def _reference_logps(model, pairs, device, batch_size: int = 32) -> torch.Tensor:
-    out = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        seqs = [p[0] for p in chunk] + [p[2] for p in chunk]
-        firsts = [p[1] for p in chunk] + [p[3] for p in chunk]
-        logp = -sequence_nll(model, pack(seqs, firsts, 0, device)).cpu()
-        out.append(torch.stack([logp[: len(chunk)], logp[len(chunk):]], dim=1))
-    return torch.cat(out)  # (n_pairs, 2): chosen, rejected
+def reference_logps(model, pairs, which, device) -> torch.Tensor:
+    """(n_pairs, 2) log-probabilities (chosen, rejected) of the pairs in `which` under the
+    model as it is (the reference), batched by length; NaN rows for pairs never drawn."""
+    seqs = [(p[0], p[1]) for p in pairs] + [(p[2], p[3]) for p in pairs]
+    which = sorted(set(which))
+    nll = sequence_nll_of(model, seqs, which + [len(pairs) + i for i in which], device)
+    return torch.stack([-nll[: len(pairs)], -nll[len(pairs):]], dim=1)
 
 
 def train(model: HookedTransformer, data: DataFolder, cfg: Config,
@@ -137,7 +141,11 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
     device = model.cfg.device
     pairs, n_forget, enc = build_pairs(model, data.preference(), cfg.max_len)
     model.eval()
-    ref = _reference_logps(model, pairs, device).to(device)  # once, not a copy per step
+    # the reference once (not a frozen copy per step), for the pairs training will draw
+    drawn = [i for step in range(cfg.steps) for micro in range(cfg.grad_accum)
+             for i in mixed_indices(len(pairs), n_forget, cfg.batch_size, cfg.forget_frac,
+                                    cfg.seed, step, micro)]
+    ref = reference_logps(model, pairs, drawn, device).to(device)
     params, names = select_params(model, cfg.params)
 
     def batch_at(step, micro):

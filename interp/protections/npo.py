@@ -23,7 +23,14 @@ from interp.errors import InterpError
 from interp.protections.base import ProtectionResult, ProtectionSpec, protect
 from interp.protections.common import encode_pairs, select_params
 from interp.results import to_jsonable
-from interp.training import TrainConfig, lm_loss, pack, sample_indices, sequence_nll
+from interp.training import (
+    TrainConfig,
+    lm_loss,
+    pack,
+    sample_indices,
+    sequence_nll,
+    sequence_nll_of,
+)
 from interp.training import train as train_loop
 
 
@@ -74,16 +81,6 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, out: Path 
                    before=before, about=about)
 
 
-@torch.no_grad()
-def _reference_nll(model, seqs, device, batch_size: int = 32) -> torch.Tensor:
-    out = []
-    for start in range(0, len(seqs), batch_size):
-        chunk = seqs[start:start + batch_size]
-        batch = pack([s for s, _ in chunk], [f for _, f in chunk], 0, device)
-        out.append(sequence_nll(model, batch).cpu())
-    return torch.cat(out)
-
-
 def npo_loss(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float) -> torch.Tensor:
     return -(2.0 / beta) * F.logsigmoid(beta * (nll - ref_nll)).mean()
 
@@ -105,7 +102,10 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
     if cfg.loss_on == "all":  # every token after the first: prompt and answer
         forget, retain = [(ids, 0) for ids, _ in forget], [(ids, 0) for ids, _ in retain]
     model.eval()
-    ref = _reference_nll(model, forget, device).to(device)  # once, not a copy per step
+    # the reference NLL once (not a frozen copy per step), for the rows training will draw
+    drawn = [i for step in range(cfg.steps) for micro in range(cfg.grad_accum)
+             for i in sample_indices(len(forget), cfg.batch_size, cfg.seed, step, micro)]
+    ref = sequence_nll_of(model, forget, drawn, device).to(device)
     params, names = select_params(model, cfg.params)
 
     def batch_at(step, micro):
