@@ -126,3 +126,24 @@ def test_allowed_tokens_are_computed_once_per_tokenizer(bpe_tokenizer, monkeypat
     assert torch.equal(first, real(bpe_tokenizer, len(bpe_tokenizer), False))
     allowed_tokens(bpe_tokenizer, len(bpe_tokenizer), allow_non_ascii=True)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("objective,fluency", [("plain", 0.0), ("enhanced", 0.5)])
+def test_shared_context_cache_equals_the_full_forward(tiny_model, objective, fluency):
+    """Candidates reading the chat template's keys and values from the cache (right-padded rows)
+    get the losses and token gradients of full left-padded forward passes."""
+    base = GCGConfig(n_tokens=4, fmt="letter", chat=True, objective=objective,
+                     resid_layers=(0, 1) if objective == "enhanced" else (),
+                     fluency_weight=fluency)
+    fast = _objective(tiny_model, base)
+    slow = _objective(tiny_model, GCGConfig(**{**base.__dict__, "reuse_before": False}))
+    assert fast.shared and not slow.shared and len(fast.slots[0].before) > 3
+    tok = get_tokenizer(tiny_model)
+    prefix = torch.tensor(initial_prefix(tok, base))
+    gen = torch.Generator().manual_seed(1)
+    allowed = allowed_tokens(tok, tiny_model.cfg.d_vocab, False).nonzero()[:, 0]
+    cands = prefix.repeat(6, 1)
+    cands[:, 1] = allowed[torch.randint(0, len(allowed), (6,), generator=gen)]
+    torch.testing.assert_close(fast.losses(cands), slow.losses(cands), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast.token_gradient(prefix), slow.token_gradient(prefix),
+                               atol=1e-4, rtol=1e-3)

@@ -64,6 +64,9 @@ class GCGConfig:
     n_replace: int = 1
     buffer_size: int = 4
     candidate_batch: int = 256  # sequences per forward when scoring candidates
+    # the text before the prefix (chat template, system prompt, BOS) is the same for every
+    # candidate: run it once and let candidates read its keys and values (TransformerLens' cache)
+    reuse_before: bool = True
     objective: str = "plain"  # "plain" or "enhanced"
     resid_layers: tuple[int, ...] = ()
     resid_weight: float = 1.0
@@ -137,6 +140,32 @@ class Objective:
         if bad:
             raise InterpError(f"resid layers {bad} out of range 0..{model.cfg.n_layers - 1}")
         self.reference = self._reference(original) if self.layers else None
+        before = slots[0].before
+        self.shared = (cfg.reuse_before and len(before) > 0
+                       and all(s.before == before for s in slots))
+        self._before_cache = None
+
+    @torch.no_grad()
+    def _context(self, rows: int):
+        """The keys and values of the shared text before the prefix, for `rows` rows (computed
+        once; a frozen cache, so each forward reads it and appends nothing)."""
+        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+        model = self.model
+        if self._before_cache is None:
+            cache = TransformerLensKeyValueCache.init_cache(model.cfg, self.device, 1)
+            before = torch.tensor([self.slots[0].before], device=self.device)
+            model(before, attention_mask=torch.ones_like(before), past_kv_cache=cache,
+                  return_type=None)
+            self._before_cache = cache
+        done = self._before_cache
+        out = TransformerLensKeyValueCache.init_cache(model.cfg, self.device, rows)
+        for mine, theirs in zip(out.entries, done.entries):
+            mine.past_keys = theirs.past_keys.expand(rows, -1, -1, -1)
+            mine.past_values = theirs.past_values.expand(rows, -1, -1, -1)
+        out.previous_attention_mask = done.previous_attention_mask.expand(rows, -1)
+        out.freeze()
+        return out
 
     @torch.no_grad()
     def _reference(self, original: HookedTransformer) -> Tensor:
@@ -154,26 +183,36 @@ class Objective:
         for p in pref:
             for q in qs:
                 s = self.slots[q]
-                seqs.append(s.before + p + s.after)
-                starts.append(len(s.before))
+                before = [] if self.shared else s.before  # shared: read from the cache
+                seqs.append(before + p + s.after)
+                starts.append(len(before))
         return seqs, starts
 
     def _forward(self, tokens, mask, prefix_pos, qs: Sequence[int], n_prefix: int,
-                 embed_hook=None) -> Float[Tensor, "rows"]:  # noqa: F821
+                 embed_hook=None, lengths=None) -> Float[Tensor, "rows"]:  # noqa: F821
+        """Loss per row. Left-padded rows (`lengths` None) end at the last position; with the
+        shared context cached, rows are right-padded and end at `lengths - 1`."""
         model, cfg = self.model, self.cfg
         names = [hook_name(i) for i in self.layers]
         store: dict[str, Tensor] = {}
+        rows = torch.arange(tokens.shape[0], device=self.device)
+        if lengths is not None:
+            tail_idx = lengths[:, None] - self.tail + torch.arange(self.tail, device=self.device)
 
         def keep(x, hook):
-            store[hook.name] = x[:, -self.tail:]
+            store[hook.name] = (x[:, -self.tail:] if lengths is None
+                                else x[rows[:, None], tail_idx])
 
         hooks = [(n, keep) for n in names]
         if embed_hook is not None:
             hooks.append((EMBED_HOOK, embed_hook))
+        cache = self._context(tokens.shape[0]) if self.shared else None
         with model.hooks(fwd_hooks=hooks):
-            resid = model(tokens, attention_mask=mask, stop_at_layer=model.cfg.n_layers)
+            resid = model(tokens, attention_mask=mask, past_kv_cache=cache,
+                          stop_at_layer=model.cfg.n_layers)
         targets = torch.tensor([self.slots[q].target for q in qs], device=self.device)
-        last = readout(model, resid[:, -1:])[:, 0]
+        end = resid[:, -1:] if lengths is None else resid[rows, lengths - 1][:, None]
+        last = readout(model, end)[:, 0]
         loss = F.cross_entropy(last.float(), targets, reduction="none")
         if self.layers:
             got = torch.stack([store[n] for n in names], 1)  # (rows, layers, tail, d)
@@ -190,10 +229,22 @@ class Objective:
         return loss
 
     def _batch(self, seqs, starts):
+        """(tokens, mask, prefix positions, lengths): left-padded, or right-padded after the
+        shared cached context (pads then follow every real token, so causal attention never
+        reads them, and the mask is all ones; `lengths` locates each row's end)."""
+        if self.shared:
+            width = max(len(s) for s in seqs)
+            tokens = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+            for i, seq in enumerate(seqs):
+                tokens[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+            lengths = torch.tensor([len(s) for s in seqs], device=self.device)
+            pos = torch.tensor(starts, device=self.device)
+            tokens = tokens.to(self.device)
+            return tokens, torch.ones_like(tokens), pos, lengths
         tokens, mask = pad_left(seqs, self.pad, self.device)
         width = tokens.shape[1]
         pos = torch.tensor([width - len(s) + st for s, st in zip(seqs, starts)], device=self.device)
-        return tokens, mask, pos
+        return tokens, mask, pos, None
 
     @torch.no_grad()
     def losses(self, prefixes: Int[Tensor, "c n"]) -> Float[Tensor, "c"]:  # noqa: F821
@@ -204,9 +255,9 @@ class Objective:
         for start in range(0, prefixes.shape[0], per_batch):
             chunk = prefixes[start:start + per_batch]
             seqs, starts = self._rows(chunk, range(nq))
-            tokens, mask, pos = self._batch(seqs, starts)
+            tokens, mask, pos, lengths = self._batch(seqs, starts)
             qs = list(range(nq)) * chunk.shape[0]
-            loss = self._forward(tokens, mask, pos, qs, chunk.shape[1])
+            loss = self._forward(tokens, mask, pos, qs, chunk.shape[1], lengths=lengths)
             out.append(loss.view(chunk.shape[0], nq).mean(-1))
         return torch.cat(out)
 
@@ -218,7 +269,7 @@ class Objective:
         one_hot = F.one_hot(prefix, w_e.shape[0]).to(w_e.dtype).requires_grad_(True)
         nq = len(self.slots)
         seqs, starts = self._rows(prefix[None], range(nq))
-        tokens, mask, pos = self._batch(seqs, starts)
+        tokens, mask, pos, lengths = self._batch(seqs, starts)
         n = prefix.shape[0]
         idx = pos[:, None] + torch.arange(n, device=self.device)[None]
 
@@ -231,7 +282,8 @@ class Objective:
         for p in model.parameters():
             p.requires_grad_(False)
         try:
-            loss = self._forward(tokens, mask, pos, list(range(nq)), n, embed_hook=swap_in).mean()
+            loss = self._forward(tokens, mask, pos, list(range(nq)), n, embed_hook=swap_in,
+                                 lengths=lengths).mean()
             (grad,) = torch.autograd.grad(loss, one_hot)
         finally:
             for p, f in zip(model.parameters(), flags):
