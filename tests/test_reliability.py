@@ -182,7 +182,8 @@ def ex_pruned(m, mp):
 def ex_lora(m, mp):
     from interp.model.lora import LoRAConfig, lora_adapters
 
-    _raise_inside(lora_adapters(m, LoRAConfig(rank=2)))
+    for impl in ("hooks", "weights"):  # hooks beside the matmuls; parametrized weights
+        _raise_inside(lora_adapters(m, LoRAConfig(rank=2, impl=impl)))
 
 
 def _objective(m, enhanced=False):
@@ -252,15 +253,17 @@ EXERCISES = {
     "interp.pipelines.probes.peak_memory": ex_peak_memory,
     "interp.model.load._config_folder": ex_config_folder,
     "interp.model.lora.add_lora": ex_lora,
-    "interp.attacks.gcg.Objective._forward": ex_gcg_forward,
-    "interp.attacks.gcg.Objective._reference": ex_gcg_reference,
+    "interp.attacks.gcg_objective.Objective._forward": ex_gcg_forward,
+    "interp.attacks.gcg_objective.Objective._reference": ex_gcg_reference,
+    "interp.model.lora._add_hooks": ex_lora,
 }
 
 
 def test_every_hook_context_is_exercised():
     found = hook_contexts()
     # methods are found by name only; qualify the Objective ones
-    qualified = {f.replace("interp.attacks.gcg._", "interp.attacks.gcg.Objective._") for f in found}
+    qualified = {f.replace("interp.attacks.gcg_objective._",
+                           "interp.attacks.gcg_objective.Objective._") for f in found}
     untested = qualified - set(EXERCISES)
     assert not untested, f"new hook contexts without a hygiene test: {sorted(untested)}"
 
