@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -69,33 +70,23 @@ def untouched(model: nn.Module) -> bool:
 
 
 def question_key(question, settings: dict, model: nn.Module) -> str:
-    blob = json.dumps([question.to_json() if hasattr(question, "to_json") else vars(question),
-                       settings, str(model.cfg.dtype), torch.device(model.cfg.device).type],
-                      sort_keys=True, default=str)
+    blob = json.dumps([question.to_json(), settings, str(model.cfg.dtype),
+                       torch.device(model.cfg.device).type], sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
-class Recorder:
-    """Collects (key, probs) of every `evaluate` call made inside `recording(...)`."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, list[float]] = {}
+_RECORDER: dict[str, list[float]] | None = None
 
 
-_RECORDER: Recorder | None = None
-
-
-class recording:
-    """`with recording() as rec:` keeps the scores of every evaluation made inside."""
-
-    def __enter__(self) -> Recorder:
-        global _RECORDER
-        self.previous, _RECORDER = _RECORDER, Recorder()
-        return _RECORDER
-
-    def __exit__(self, *exc) -> None:
-        global _RECORDER
-        _RECORDER = self.previous
+@contextmanager
+def recording() -> Iterator[dict[str, list[float]]]:
+    """`with recording() as kept:` keeps (key -> probabilities) of every evaluation inside."""
+    global _RECORDER
+    previous, _RECORDER = _RECORDER, {}
+    try:
+        yield _RECORDER
+    finally:
+        _RECORDER = previous
 
 
 def is_recording() -> bool:
@@ -105,7 +96,7 @@ def is_recording() -> bool:
 def record(keys: Sequence[str], probs: torch.Tensor) -> None:
     if _RECORDER is not None:
         for k, p in zip(keys, probs.tolist()):
-            _RECORDER.entries[k] = p
+            _RECORDER[k] = p
 
 
 def save_scores(folder: Path, entries: dict[str, list[float]]) -> None:

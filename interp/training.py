@@ -309,6 +309,14 @@ def sequence_nll(model, batch: TokenBatch) -> Float[Tensor, "b"]:  # noqa: F821
     return torch.zeros(batch.tokens.shape[0], device=nll.device).index_add(0, rows, nll)
 
 
+def drawn_indices(rows_at: Callable[[int, int], Sequence[int]], steps: int,
+                  grad_accum: int = 1) -> list[int]:
+    """Every row index `rows_at(step, micro)` gives over a run (batches are pure functions of
+    the step, so this is known before training)."""
+    return [i for step in range(steps) for micro in range(grad_accum)
+            for i in rows_at(step, micro)]
+
+
 @torch.no_grad()
 def sequence_nll_of(model, seqs: Sequence[tuple[Sequence[int], int]], which: Sequence[int],
                     device, batch_size: int = 32) -> Float[Tensor, "n"]:  # noqa: F821

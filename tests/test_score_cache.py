@@ -28,7 +28,7 @@ def kept_folder(tiny_model, tmp_path):
     save_model(tiny_model, folder)
     with score_cache.recording() as rec:
         scoring.evaluate(tiny_model, QUESTIONS[:3], progress=False)
-    score_cache.save_scores(folder, rec.entries)
+    score_cache.save_scores(folder, rec)
     return folder
 
 

@@ -174,7 +174,7 @@ def protect(model: HookedTransformer, data, cfg, train: Train, result_cls: type,
                         train_seconds=round(seconds, 1), config=cfg, **(about or {}), **extras)
     if out is not None:
         save_model(model, out, meta={"protection": method, "config": asdict(cfg)})
-        save_scores(out, kept.entries)
+        save_scores(out, kept)
         base.save(result, out, REPORT_JSON)
     return result
 

@@ -31,6 +31,7 @@ from interp.results import to_jsonable
 from interp.training import (
     TrainConfig,
     batch_rng,
+    drawn_indices,
     pack,
     sample_indices,
     sequence_nll,
@@ -141,16 +142,17 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
     device = model.cfg.device
     pairs, n_forget, enc = build_pairs(model, data.preference(), cfg.max_len)
     model.eval()
+    def rows_at(step, micro):
+        return mixed_indices(len(pairs), n_forget, cfg.batch_size, cfg.forget_frac, cfg.seed,
+                             step, micro)
+
     # the reference once (not a frozen copy per step), for the pairs training will draw
-    drawn = [i for step in range(cfg.steps) for micro in range(cfg.grad_accum)
-             for i in mixed_indices(len(pairs), n_forget, cfg.batch_size, cfg.forget_frac,
-                                    cfg.seed, step, micro)]
+    drawn = drawn_indices(rows_at, cfg.steps, cfg.grad_accum)
     ref = reference_logps(model, pairs, drawn, device).to(device)
     params, names = select_params(model, cfg.params)
 
     def batch_at(step, micro):
-        idx = mixed_indices(len(pairs), n_forget, cfg.batch_size, cfg.forget_frac, cfg.seed,
-                            step, micro)
+        idx = rows_at(step, micro)
         chunk = [pairs[i] for i in idx]
         seqs = [p[0] for p in chunk] + [p[2] for p in chunk]
         firsts = [p[1] for p in chunk] + [p[3] for p in chunk]

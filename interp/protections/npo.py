@@ -25,6 +25,7 @@ from interp.protections.common import encode_pairs, select_params
 from interp.results import to_jsonable
 from interp.training import (
     TrainConfig,
+    drawn_indices,
     lm_loss,
     pack,
     sample_indices,
@@ -102,14 +103,16 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
     if cfg.loss_on == "all":  # every token after the first: prompt and answer
         forget, retain = [(ids, 0) for ids, _ in forget], [(ids, 0) for ids, _ in retain]
     model.eval()
+    def forget_rows(step, micro):
+        return sample_indices(len(forget), cfg.batch_size, cfg.seed, step, micro)
+
     # the reference NLL once (not a frozen copy per step), for the rows training will draw
-    drawn = [i for step in range(cfg.steps) for micro in range(cfg.grad_accum)
-             for i in sample_indices(len(forget), cfg.batch_size, cfg.seed, step, micro)]
+    drawn = drawn_indices(forget_rows, cfg.steps, cfg.grad_accum)
     ref = sequence_nll_of(model, forget, drawn, device).to(device)
     params, names = select_params(model, cfg.params)
 
     def batch_at(step, micro):
-        fi = sample_indices(len(forget), cfg.batch_size, cfg.seed, step, micro)
+        fi = forget_rows(step, micro)
         ri = sample_indices(len(retain), cfg.batch_size, cfg.seed, step, micro + 1000)
         return (fi, pack([forget[i][0] for i in fi], [forget[i][1] for i in fi], 0, device),
                 pack([retain[i][0] for i in ri], [retain[i][1] for i in ri], 0, device))
