@@ -126,6 +126,19 @@ def ex_evaluate(m, mp):
         evaluate(m, _questions(), hooks=[("blocks.0.hook_resid_post", _boom)], progress=False)
 
 
+def ex_score_recording(m, mp):
+    from interp import score_cache
+    from interp.scoring import evaluate
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with score_cache.recording() as kept:
+            evaluate(m, _questions(), progress=False)
+            assert len(kept) == 2  # both questions recorded inside
+            Fault(m, mp)
+            evaluate(m, _questions()[:1], progress=False)
+    assert not score_cache.is_recording()  # the recorder is closed after the failure
+
+
 def ex_generate(m, mp):
     from interp.scoring import generate_greedy
 
@@ -256,6 +269,7 @@ EXERCISES = {
     "interp.attacks.gcg_objective.Objective._forward": ex_gcg_forward,
     "interp.attacks.gcg_objective.Objective._reference": ex_gcg_reference,
     "interp.model.lora._add_hooks": ex_lora,
+    "interp.score_cache.recording": ex_score_recording,
 }
 
 
