@@ -79,3 +79,31 @@ def test_finetune_attack_trains_scores_and_resumes(smoke_protected, tmp_path):
     assert again.cells["forget-k5"].forget == r.cells["forget-k5"].forget
     assert again.cells["forget-k5"].final_loss == r.cells["forget-k5"].final_loss
     assert WIKI_PREFIX.startswith("Of course")
+
+
+def test_learning_rate_grid_is_chosen_on_validation(smoke_protected, tmp_path):
+    folder, out, _ = smoke_protected
+    model = load_model(out / "rmu", device="cpu")
+    common = dict(unrelated_n=(), forget_k=(5,), epochs=2, batch_size=4, curve_points=2,
+                  lora=LoRAConfig(rank=4, alpha=8.0))
+    grid = (1e-5, 2e-2)
+    r = finetune_attack(model, folder, FinetuneConfig(lrs=grid, **common),
+                        out=tmp_path / "grid", progress=False)
+    cell = r.cells["forget-k5"]
+    tried = [__import__("json").loads((tmp_path / "grid" / "cells" / "forget-k5" /
+                                       f"lr-{lr:g}.json").read_text()) for lr in grid]
+    # the choice reads validation only: the best val forget (then val retain, then grid order)
+    best = max(range(2), key=lambda i: (tried[i]["val_forget"], tried[i]["val_retain"], -i))
+    assert cell.lr == grid[best]
+    assert [g["lr"] for g in cell.lr_grid] == list(grid)
+    assert all("forget" not in g and "retain" not in g for g in cell.lr_grid)  # no test numbers
+    assert [g["val_forget"] for g in cell.lr_grid] == [t["val_forget"] for t in tried]
+    # the reported numbers are a plain run at the chosen rate, computed again without the grid
+    plain = finetune_attack(model, folder, FinetuneConfig(lr=grid[best], **common),
+                            out=tmp_path / "plain", progress=False).cells["forget-k5"]
+    assert (plain.forget, plain.retain, plain.val_forget) == (cell.forget, cell.retain,
+                                                              cell.val_forget)
+    assert plain.final_loss == cell.final_loss and plain.curve == cell.curve
+    rows = r.rows("rmu")
+    assert rows[0].note == f"lr {grid[best]:g} of 2"
+    assert not has_lora(model)

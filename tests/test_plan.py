@@ -25,6 +25,9 @@ SMALL = {
                                     eval_limit=10),
     "finetune": finetune.Config(unrelated_n=(3,), forget_k=(2,), epochs=1, batch_size=2,
                                 max_len=32, eval_limit=6),
+    # a learning-rate grid: every cell trained and scored once per value
+    "finetune-grid": finetune.Config(unrelated_n=(3,), forget_k=(2,), epochs=1, batch_size=2,
+                                     max_len=32, eval_limit=6, lrs=(1e-3, 3e-3)),
     "gcg": gcg.Config(n_tokens=3, steps=3, search_width=4, topk=4, eval_every=2, n_train=2,
                       heldout_limit=5, progress=False),
     "prune": prune.Config(grid=(0.05, 0.2), n_forget=3, n_utility=3, eval_limit=4, max_len=48),
@@ -52,7 +55,7 @@ def test_cost_counts_what_the_attack_does(tiny, name, monkeypatch):
     scorer and the step timer, equals the module's `cost`."""
     model, data = tiny
     module = {"directions": directions, "finetune": finetune, "gcg": gcg, "prune": prune,
-              "lens": lens}[name]
+              "lens": lens}[name.removesuffix("-grid")]
     scored = {"n": 0, "prompts": 0}
     real_evaluate = module.__dict__.get("evaluate")
 
@@ -100,8 +103,8 @@ def test_cost_counts_what_the_attack_does(tiny, name, monkeypatch):
     if name == "directions":
         # the prompts the means read are a subset of the training questions, on both models
         assert 0 < scored["prompts"] <= expected["directions"]
-    if name in ("finetune", "gcg"):
-        assert len(steps) == expected["lora" if name == "finetune" else "gcg"]
+    if name in ("finetune", "finetune-grid", "gcg"):
+        assert len(steps) == expected["gcg" if name == "gcg" else "lora"]
     if name == "prune":
         assert scored["snip"] == expected["snip"] == 3 + 3 + 3
 

@@ -18,7 +18,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -48,6 +48,10 @@ class FinetuneConfig:
     forget_k: tuple[int, ...] = (5, 10, 50)
     lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(rank=16, alpha=16.0))
     lr: float = 2e-4
+    # a learning-rate grid: every cell trains once per value and keeps the one with the best
+    # forget accuracy on the validation split (ties: retain on validation, then grid order);
+    # empty: `lr` alone
+    lrs: tuple[float, ...] = ()
     epochs: int = 3
     batch_size: int = 8
     min_steps: int = 0  # small sets repeat epochs until this many steps
@@ -67,6 +71,8 @@ class FinetuneConfig:
         if any(int(v) < 1 for v in (*self.unrelated_n, *self.forget_k)):
             raise InterpError(f"finetune sample counts (unrelated_n, forget_k) must be at least "
                               f"1, got {list(self.unrelated_n)} and {list(self.forget_k)}")
+        if any(not float(v) > 0 for v in self.lrs):
+            raise InterpError(f"finetune lrs must all be positive, got {list(self.lrs)}")
         if self.loss_on not in ("response", "all"):
             raise InterpError(f"finetune loss_on must be 'response' or 'all', got "
                               f"{self.loss_on!r}")
@@ -169,6 +175,22 @@ def finetune_cell(model: HookedTransformer, seqs: list[tuple[list[int], int]], c
         return result, score(), sorted(curve, key=lambda p: p["step"])
 
 
+def choose_lr(tried: list[Cell]) -> Cell:
+    """The grid value with the best validation forget accuracy (ties: validation retain, then
+    grid order); its test numbers are the cell's. One value: that one."""
+    if len(tried) == 1:
+        return tried[0]
+
+    def val(c: Cell) -> tuple[float, float]:
+        return (-1.0 if c.val_forget is None else c.val_forget,
+                -1.0 if c.val_retain is None else c.val_retain)
+
+    best = max(range(len(tried)), key=lambda i: (val(tried[i]), -i))
+    grid = [{"lr": c.lr, "val_forget": c.val_forget, "val_retain": c.val_retain,
+             "steps": c.steps, "final_loss": c.final_loss} for c in tried]
+    return replace(tried[best], lr_grid=grid, seconds=round(sum(c.seconds for c in tried), 1))
+
+
 SPEC = AttackSpec("finetune", order=10, summary="LoRA finetuning on unrelated text (n samples) "
                   "or on k forget samples")
 
@@ -187,6 +209,10 @@ class Cell:
     val_retain: float | None = None
     trained_entities: list[str] = field(default_factory=list)  # forget cells: the k entities
     curve: list[dict] = field(default_factory=list)  # {"step", "forget"} (test split)
+    lr: float | None = None  # the learning rate these numbers are from
+    # with a grid: every value tried, {"lr", "val_forget", "val_retain", "steps", "final_loss"};
+    # the choice reads these validation numbers only
+    lr_grid: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -207,8 +233,9 @@ class Result(base.Result):
             val = (None if c.val_forget is None or self.no_attack_val is None else
                    Baseline(c.val_forget, c.val_retain, self.no_attack_val.n_forget,
                             self.no_attack_val.n_retain))
+            detail = f"lr {c.lr:g} of {len(c.lr_grid)}" if c.lr_grid else None
             out += base.score_rows(model, attack, Scores(c.forget, c.retain), self.no_attack,
-                                   self.format, f"ft {name}", None, val)
+                                   self.format, f"ft {name}", detail, val)
         return out
 
     def plot(self):
@@ -296,8 +323,9 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
     vf, vr = capped(sizes.forget_val, cfg.eval_limit), capped(sizes.retain_val, cfg.eval_limit)
     cells = (*cfg.unrelated_n, *cfg.forget_k)
     curve = sum(len(curve_marks(_epoch_batches(n, cfg)[0], cfg.curve_points)) - 1 for n in cells)
-    return {"lora": sum(_epoch_batches(n, cfg)[0] for n in cells),
-            "score": (1 + len(cells)) * (f + r + vf + vr) + curve * f}
+    runs = max(1, len(cfg.lrs))  # every cell trains once per grid value
+    return {"lora": runs * sum(_epoch_batches(n, cfg)[0] for n in cells),
+            "score": (f + r + vf + vr) * (1 + runs * len(cells)) + runs * curve * f}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
         out: Path | None = None, progress: bool = True) -> Result:
@@ -323,6 +351,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
     cells = {}
     config = base.to_jsonable(cfg)
     plan = [("unrelated", n) for n in cfg.unrelated_n] + [("forget", k) for k in cfg.forget_k]
+    grid = tuple(cfg.lrs) or (cfg.lr,)
     for kind, size in plan:
         name = f"{kind}-{'n' if kind == 'unrelated' else 'k'}{size}"
         path = Path(out) / "cells" / f"{name}.json" if out is not None else None
@@ -345,16 +374,31 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
                     "val_forget": acc(forget_v), "val_retain": acc(retain_v),
                     "trained_entities": sorted(entities)}
 
-        start = time.perf_counter()
-        run_dir = Path(out) / "train" / name if out is not None else None
-        trained, scores, curve = finetune_cell(
-            model, seqs, cfg, run_dir, score, progress=progress, desc=f"finetune {name}",
-            curve_score=lambda: {"forget": acc(forget_q)})  # the curve: test only (no choice)
-        curve.append({"step": len(trained.losses), "forget": scores["forget"]})
-        cells[name] = Cell(kind=kind, size=size, **scores, curve=curve,
-                           steps=len(trained.losses),
-                           final_loss=trained.losses[-1] if trained.losses else None,
-                           seconds=round(time.perf_counter() - start, 1), config=config)
+        tried = []
+        for lr in grid:
+            sub = f"{name}/lr-{lr:g}" if len(grid) > 1 else name
+            sub_path = (Path(out) / "cells" / f"{sub}.json"
+                        if out is not None and len(grid) > 1 else None)
+            if sub_path is not None and sub_path.is_file() and \
+                    read_json(sub_path).get("config") == config:
+                tried.append(Cell(**read_json(sub_path)))
+                continue
+            start = time.perf_counter()
+            run_dir = Path(out) / "train" / sub if out is not None else None
+            lr_cfg = cfg if len(grid) == 1 else replace(cfg, lr=lr)
+            trained, scores, curve = finetune_cell(
+                model, seqs, lr_cfg, run_dir, score, progress=progress,
+                desc=f"finetune {sub}",
+                curve_score=lambda: {"forget": acc(forget_q)})  # the curve: test only
+            curve.append({"step": len(trained.losses), "forget": scores["forget"]})
+            tried.append(Cell(kind=kind, size=size, **scores, curve=curve,
+                              steps=len(trained.losses),
+                              final_loss=trained.losses[-1] if trained.losses else None,
+                              seconds=round(time.perf_counter() - start, 1), config=config,
+                              lr=lr))
+            if sub_path is not None:
+                write_json(sub_path, base.to_jsonable(tried[-1]))
+        cells[name] = choose_lr(tried)
         if path is not None:
             write_json(path, base.to_jsonable(cells[name]))  # each finished cell is kept
     result = Result(config=cfg, no_attack=no_attack, cells=cells, no_attack_val=no_attack_val,
