@@ -84,12 +84,14 @@ def test_finetune_attack_trains_scores_and_resumes(smoke_protected, tmp_path):
 def test_learning_rate_grid_is_chosen_on_validation(smoke_protected, tmp_path):
     folder, out, _ = smoke_protected
     model = load_model(out / "rmu", device="cpu")
-    common = dict(unrelated_n=(), forget_k=(5,), epochs=2, batch_size=4, curve_points=2,
-                  lora=LoRAConfig(rank=4, alpha=8.0))
+    # forget cells at their own batch size and epochs (the paper's batch 1): 2 x 5 steps
+    common = dict(unrelated_n=(), forget_k=(5,), epochs=1, batch_size=4, curve_points=2,
+                  forget_batch_size=1, forget_epochs=2, lora=LoRAConfig(rank=4, alpha=8.0))
     grid = (1e-5, 2e-2)
     r = finetune_attack(model, folder, FinetuneConfig(lrs=grid, **common),
                         out=tmp_path / "grid", progress=False)
     cell = r.cells["forget-k5"]
+    assert cell.steps == 10
     tried = [__import__("json").loads((tmp_path / "grid" / "cells" / "forget-k5" /
                                        f"lr-{lr:g}.json").read_text()) for lr in grid]
     # the choice reads validation only: the best val forget (then val retain, then grid order)

@@ -25,9 +25,11 @@ SMALL = {
                                     eval_limit=10),
     "finetune": finetune.Config(unrelated_n=(3,), forget_k=(2,), epochs=1, batch_size=2,
                                 max_len=32, eval_limit=6),
-    # a learning-rate grid: every cell trained and scored once per value
+    # a learning-rate grid (every cell trained and scored once per value), forget cells at
+    # their own batch size and epochs
     "finetune-grid": finetune.Config(unrelated_n=(3,), forget_k=(2,), epochs=1, batch_size=2,
-                                     max_len=32, eval_limit=6, lrs=(1e-3, 3e-3)),
+                                     max_len=32, eval_limit=6, lrs=(1e-3, 3e-3),
+                                     forget_batch_size=1, forget_epochs=2),
     "gcg": gcg.Config(n_tokens=3, steps=3, search_width=4, topk=4, eval_every=2, n_train=2,
                       heldout_limit=5, progress=False),
     "prune": prune.Config(grid=(0.05, 0.2), n_forget=3, n_utility=3, eval_limit=4, max_len=48),

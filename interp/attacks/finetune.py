@@ -54,6 +54,9 @@ class FinetuneConfig:
     lrs: tuple[float, ...] = ()
     epochs: int = 3
     batch_size: int = 8
+    # forget-kK cells only (None: as above); the paper trains them at batch 1 for 3 epochs
+    forget_batch_size: int | None = None
+    forget_epochs: int | None = None
     min_steps: int = 0  # small sets repeat epochs until this many steps
     max_steps: int | None = None  # cap on optimizer steps per cell
     warmup_frac: float = 0.05
@@ -71,6 +74,9 @@ class FinetuneConfig:
         if any(int(v) < 1 for v in (*self.unrelated_n, *self.forget_k)):
             raise InterpError(f"finetune sample counts (unrelated_n, forget_k) must be at least "
                               f"1, got {list(self.unrelated_n)} and {list(self.forget_k)}")
+        if any(v is not None and int(v) < 1 for v in (self.forget_batch_size,
+                                                      self.forget_epochs)):
+            raise InterpError("finetune forget_batch_size and forget_epochs must be at least 1")
         if any(not float(v) > 0 for v in self.lrs):
             raise InterpError(f"finetune lrs must all be positive, got {list(self.lrs)}")
         if self.loss_on not in ("response", "all"):
@@ -113,6 +119,15 @@ def forget_samples(data, k: int, seed: int) -> tuple[list[str], set[str]]:
                           "statements about training-split entities")
     chosen = random.Random(seed).sample(rows, k)
     return [r["text"] for r in chosen], {r.get("entity", "") for r in chosen}
+
+
+def kind_config(cfg: FinetuneConfig, kind: str) -> FinetuneConfig:
+    """The settings a cell of this kind trains with: forget cells take `forget_batch_size` and
+    `forget_epochs` where set."""
+    if kind != "forget" or (cfg.forget_batch_size is None and cfg.forget_epochs is None):
+        return cfg
+    return replace(cfg, batch_size=cfg.forget_batch_size or cfg.batch_size,
+                   epochs=cfg.forget_epochs or cfg.epochs)
 
 
 def _epoch_batches(n: int, cfg: FinetuneConfig) -> tuple[int, list[list[int]]]:
@@ -321,10 +336,12 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
     """Steps of `run` (`interp.cost`): every cell's optimizer steps and scores."""
     f, r = capped(sizes.forget_eval, cfg.eval_limit), capped(sizes.retain_eval, cfg.eval_limit)
     vf, vr = capped(sizes.forget_val, cfg.eval_limit), capped(sizes.retain_val, cfg.eval_limit)
-    cells = (*cfg.unrelated_n, *cfg.forget_k)
-    curve = sum(len(curve_marks(_epoch_batches(n, cfg)[0], cfg.curve_points)) - 1 for n in cells)
+    cells = [(n, cfg) for n in cfg.unrelated_n] + [(k, kind_config(cfg, "forget"))
+                                                    for k in cfg.forget_k]
+    steps = [_epoch_batches(n, c)[0] for n, c in cells]
+    curve = sum(len(curve_marks(s, cfg.curve_points)) - 1 for s in steps)
     runs = max(1, len(cfg.lrs))  # every cell trains once per grid value
-    return {"lora": runs * sum(_epoch_batches(n, cfg)[0] for n in cells),
+    return {"lora": runs * sum(steps),
             "score": (f + r + vf + vr) * (1 + runs * len(cells)) + runs * curve * f}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
@@ -385,7 +402,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
                 continue
             start = time.perf_counter()
             run_dir = Path(out) / "train" / sub if out is not None else None
-            lr_cfg = cfg if len(grid) == 1 else replace(cfg, lr=lr)
+            lr_cfg = kind_config(cfg if len(grid) == 1 else replace(cfg, lr=lr), kind)
             trained, scores, curve = finetune_cell(
                 model, seqs, lr_cfg, run_dir, score, progress=progress,
                 desc=f"finetune {sub}",
