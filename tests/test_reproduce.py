@@ -108,6 +108,27 @@ def test_a_finished_run_is_not_recomputed(smoke_run):
     assert new and not any(e["ran"] for e in new), new  # every cell read back
 
 
+def test_a_finished_cell_with_other_settings_is_refused(smoke_run):
+    """A changed preset does not silently reuse cells computed with the old settings."""
+    from dataclasses import replace
+
+    from interp.errors import InterpError
+    from interp.pipelines.presets import PRESETS
+
+    run, _ = smoke_run
+    smoke = PRESETS["smoke"]
+    gcg_cfg = smoke.attacks["gcg"]
+    changed = replace(smoke, attacks={**smoke.attacks,
+                                      "gcg": replace(gcg_cfg, steps=gcg_cfg.steps + 1)})
+    with pytest.raises(InterpError, match=r"gcg.*other settings: steps="):
+        reproduce(changed, run, device="cpu", progress=False)
+    rmu_cfg = smoke.protections["rmu"]
+    changed = replace(smoke, protections={**smoke.protections,
+                                          "rmu": replace(rmu_cfg, lr=rmu_cfg.lr * 2)})
+    with pytest.raises(InterpError, match=r"rmu/protect.*other settings: lr="):
+        reproduce(changed, run, device="cpu", progress=False)
+
+
 def test_same_seed_same_cell(smoke_protected, tmp_path):
     """Determinism: one smoke cell (pruning grid and a GCG run) twice gives identical JSON."""
     from interp.attacks import gcg, prune

@@ -177,6 +177,7 @@ def run_cell(p: Preset, out: Path, cell: Cell, seed: int = 0, device=None,
 
     out = Path(out)
     if done_marker(out, p, cell).is_file():
+        same_cell_settings(p, out, cell)
         _log(out, cell, False, 0.0, seed, None)
         return read_cell(p, out, cell)
     load = partial(load_model, device=device, dtype=p.dtype, tokenizer=p.tokenizer,
@@ -186,6 +187,33 @@ def run_cell(p: Preset, out: Path, cell: Cell, seed: int = 0, device=None,
     _log(out, cell, True, round(time.perf_counter() - start, 1), seed, config)
     gc.collect()
     return read_cell(p, out, cell)  # as written: the same whichever process computed it
+
+
+def cell_config(p: Preset, cell: Cell) -> dict | None:
+    """The settings a protection or attack cell computes with (None: data, compare, external)."""
+    if cell.stage == "protect":
+        cfg = None if cell.method in p.external else p.protections[cell.method]
+    elif cell.stage in p.attacks:
+        cfg = registry()[cell.stage].SPEC.config_for(p.attacks[cell.stage], cell.method)
+    else:
+        cfg = None
+    return None if cfg is None else json.loads(json.dumps(attack_base.to_jsonable(cfg)))
+
+
+def same_cell_settings(p: Preset, out: Path, cell: Cell) -> None:
+    """A finished cell is reused only if it was computed with the preset's settings now: a
+    setting both name with another value is refused (settings added since are not compared)."""
+    now = cell_config(p, cell)
+    saved = read_json(done_marker(out, p, cell)).get("config") if now is not None else None
+    if not isinstance(saved, dict):
+        return
+    differ = sorted(k for k in now.keys() & saved.keys()
+                    if k != "progress" and now[k] != saved[k])
+    if differ:
+        shown = ", ".join(f"{k}={saved[k]!r} (now {now[k]!r})" for k in differ[:3])
+        raise InterpError(f"{cell.name} in {out} was computed with other settings: {shown}; "
+                          f"use a new --out folder, or delete {cell_folder(out, cell)} to "
+                          "recompute it (and the cells that read it)")
 
 
 def _compute(p: Preset, out: Path, cell: Cell, seed: int, device, progress: bool, load):
