@@ -106,6 +106,27 @@ def test_learning_rate_grid_is_chosen_on_validation(smoke_protected, tmp_path):
     assert (plain.forget, plain.retain, plain.val_forget) == (cell.forget, cell.retain,
                                                               cell.val_forget)
     assert plain.final_loss == cell.final_loss and plain.curve == cell.curve
+    # a grid of one value trains at that value, not at `lr`
+    one = finetune_attack(model, folder, FinetuneConfig(lrs=(grid[best],), **common),
+                          progress=False).cells["forget-k5"]
+    assert one.lr == grid[best] and one.final_loss == plain.final_loss
     rows = r.rows("rmu")
     assert rows[0].note == f"lr {grid[best]:g} of 2"
     assert not has_lora(model)
+
+
+def test_choose_lr_reads_validation_only():
+    """Made-up cells whose validation and test rankings disagree: the validation one wins."""
+    from interp.attacks.finetune import Cell, choose_lr
+
+    def cell(lr, val_forget, val_retain, forget):
+        return Cell(kind="forget", size=5, forget=forget, retain=0.9, steps=3, final_loss=1.0,
+                    seconds=1.0, config={}, val_forget=val_forget, val_retain=val_retain, lr=lr)
+
+    tried = [cell(1e-4, 0.30, 0.9, 0.80), cell(1e-3, 0.60, 0.9, 0.40), cell(1e-2, 0.60, 0.5, 0.9)]
+    chosen = choose_lr(tried)
+    assert chosen.lr == 1e-3 and chosen.forget == 0.40  # its own test number, not the best one
+    assert chosen.seconds == 3.0 and len(chosen.lr_grid) == 3
+    # a tie on both validation numbers goes to the earlier grid value
+    tie = choose_lr([cell(1e-4, 0.5, 0.9, 0.2), cell(1e-3, 0.5, 0.9, 0.9)])
+    assert tie.lr == 1e-4

@@ -105,8 +105,11 @@ def test_cost_counts_what_the_attack_does(tiny, name, monkeypatch):
     if name == "directions":
         # the prompts the means read are a subset of the training questions, on both models
         assert 0 < scored["prompts"] <= expected["directions"]
-    if name in ("finetune", "finetune-grid", "gcg"):
-        assert len(steps) == expected["gcg" if name == "gcg" else "lora"]
+    if name == "gcg":
+        assert len(steps) == expected["gcg"]
+    if name.startswith("finetune"):  # forget cells at their own batch size: a stage of their own
+        assert len(steps) == expected["lora"] + expected["lora_forget"]
+        assert (expected["lora_forget"] > 0) == (name == "finetune-grid")
     if name == "prune":
         assert scored["snip"] == expected["snip"] == 3 + 3 + 3
 

@@ -116,6 +116,7 @@ def test_a_finished_cell_with_other_settings_is_refused(smoke_run):
     from interp.pipelines.presets import PRESETS
 
     run, _ = smoke_run
+    log_lines = len((run / "run.log").read_text().splitlines())
     smoke = PRESETS["smoke"]
     gcg_cfg = smoke.attacks["gcg"]
     changed = replace(smoke, attacks={**smoke.attacks,
@@ -127,6 +128,24 @@ def test_a_finished_cell_with_other_settings_is_refused(smoke_run):
                                           "rmu": replace(rmu_cfg, lr=rmu_cfg.lr * 2)})
     with pytest.raises(InterpError, match=r"rmu/protect.*other settings: lr="):
         reproduce(changed, run, device="cpu", progress=False)
+    # refused before any cell ran or was read back
+    assert len((run / "run.log").read_text().splitlines()) == log_lines
+
+
+def test_settings_added_since_compare_with_their_default():
+    """A stored config from before a setting existed behaved as its default."""
+    from interp.attacks import finetune
+    from interp.attacks.base import to_jsonable
+    from interp.model.lora import LoRAConfig
+    from interp.pipelines.reproduce import config_differences
+
+    saved = to_jsonable(finetune.Config())
+    del saved["forget_batch_size"], saved["lora"]["impl"]
+    assert config_differences(finetune.Config(), saved) == []
+    assert config_differences(finetune.Config(forget_batch_size=1), saved) == [
+        "forget_batch_size=None (now 1)"]
+    assert config_differences(finetune.Config(lora=LoRAConfig(rank=8, alpha=16.0)), saved) == [
+        "lora.rank=16 (now 8)"]
 
 
 def test_same_seed_same_cell(smoke_protected, tmp_path):

@@ -79,6 +79,8 @@ class FinetuneConfig:
             raise InterpError("finetune forget_batch_size and forget_epochs must be at least 1")
         if any(not float(v) > 0 for v in self.lrs):
             raise InterpError(f"finetune lrs must all be positive, got {list(self.lrs)}")
+        if len({f"{v:g}" for v in self.lrs}) < len(self.lrs):
+            raise InterpError(f"finetune lrs has a value twice: {list(self.lrs)}")
         if self.loss_on not in ("response", "all"):
             raise InterpError(f"finetune loss_on must be 'response' or 'all', got "
                               f"{self.loss_on!r}")
@@ -121,10 +123,15 @@ def forget_samples(data, k: int, seed: int) -> tuple[list[str], set[str]]:
     return [r["text"] for r in chosen], {r.get("entity", "") for r in chosen}
 
 
+def own_forget_batches(cfg: FinetuneConfig) -> bool:
+    """Forget cells train with settings of their own (`interp plan` times their steps apart)."""
+    return cfg.forget_batch_size is not None or cfg.forget_epochs is not None
+
+
 def kind_config(cfg: FinetuneConfig, kind: str) -> FinetuneConfig:
     """The settings a cell of this kind trains with: forget cells take `forget_batch_size` and
     `forget_epochs` where set."""
-    if kind != "forget" or (cfg.forget_batch_size is None and cfg.forget_epochs is None):
+    if kind != "forget" or not own_forget_batches(cfg):
         return cfg
     return replace(cfg, batch_size=cfg.forget_batch_size or cfg.batch_size,
                    epochs=cfg.forget_epochs or cfg.epochs)
@@ -158,8 +165,11 @@ def finetune_cell(model: HookedTransformer, seqs: list[tuple[list[int], int]], c
     With `curve_score`, it is also called at `curve_marks` steps before the last: the budget
     curve (kept in `run_dir/curve.json`, so a resumed cell keeps its earlier points)."""
     steps, batches = _epoch_batches(len(seqs), cfg)
+    fingerprint = json.dumps(base.to_jsonable(cfg), sort_keys=True)
     curve_path = Path(run_dir) / "curve.json" if run_dir is not None else None
-    curve = read_json(curve_path)["points"] if curve_path and curve_path.is_file() else []
+    kept = read_json(curve_path) if curve_path and curve_path.is_file() else {}
+    # points of an interrupted run with these settings; another run's are dropped
+    curve = kept.get("points", []) if kept.get("fingerprint") == fingerprint else []
     marks = set(curve_marks(steps, cfg.curve_points)) - {steps} if curve_score else set()
 
     def on_step(step: int) -> None:
@@ -168,7 +178,7 @@ def finetune_cell(model: HookedTransformer, seqs: list[tuple[list[int], int]], c
             curve.append({"step": step, **curve_score()})
             model.train()
             if curve_path is not None:
-                write_json(curve_path, {"points": curve})
+                write_json(curve_path, {"fingerprint": fingerprint, "points": curve})
     device = model.cfg.device
     with lora_adapters(model, cfg.lora) as params:
         names = [f"lora{i}" for i in range(len(params))]
@@ -180,7 +190,7 @@ def finetune_cell(model: HookedTransformer, seqs: list[tuple[list[int], int]], c
         tcfg = TrainConfig(steps=steps, lr=cfg.lr, warmup_frac=cfg.warmup_frac, seed=cfg.seed,
                            schedule="linear", desc=desc, progress=progress,
                            weight_decay=cfg.weight_decay,
-                           fingerprint=json.dumps(base.to_jsonable(cfg), sort_keys=True))
+                           fingerprint=fingerprint)
         model.train()
         try:
             result = train(params, lambda b: lm_loss(model, b), batch_at, tcfg, run_dir=run_dir,
@@ -336,12 +346,15 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
     """Steps of `run` (`interp.cost`): every cell's optimizer steps and scores."""
     f, r = capped(sizes.forget_eval, cfg.eval_limit), capped(sizes.retain_eval, cfg.eval_limit)
     vf, vr = capped(sizes.forget_val, cfg.eval_limit), capped(sizes.retain_val, cfg.eval_limit)
-    cells = [(n, cfg) for n in cfg.unrelated_n] + [(k, kind_config(cfg, "forget"))
-                                                    for k in cfg.forget_k]
-    steps = [_epoch_batches(n, c)[0] for n, c in cells]
-    curve = sum(len(curve_marks(s, cfg.curve_points)) - 1 for s in steps)
+    unrelated = [_epoch_batches(n, cfg)[0] for n in cfg.unrelated_n]
+    forget = [_epoch_batches(k, kind_config(cfg, "forget"))[0] for k in cfg.forget_k]
+    curve = sum(len(curve_marks(s, cfg.curve_points)) - 1 for s in (*unrelated, *forget))
+    cells = (*unrelated, *forget)
     runs = max(1, len(cfg.lrs))  # every cell trains once per grid value
-    return {"lora": runs * sum(steps),
+    # forget cells at their own batch size are timed apart by `interp plan`
+    apart = own_forget_batches(cfg)
+    return {"lora": runs * (sum(unrelated) + (0 if apart else sum(forget))),
+            "lora_forget": runs * sum(forget) if apart else 0,
             "score": (f + r + vf + vr) * (1 + runs * len(cells)) + runs * curve * f}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
@@ -369,6 +382,9 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
     config = base.to_jsonable(cfg)
     plan = [("unrelated", n) for n in cfg.unrelated_n] + [("forget", k) for k in cfg.forget_k]
     grid = tuple(cfg.lrs) or (cfg.lr,)
+    if len(grid) > 1 and not forget_v:
+        raise InterpError(f"a learning-rate grid is chosen on the validation split, and "
+                          f"{data.folder} has no forget_val questions")
     for kind, size in plan:
         name = f"{kind}-{'n' if kind == 'unrelated' else 'k'}{size}"
         path = Path(out) / "cells" / f"{name}.json" if out is not None else None
@@ -396,26 +412,28 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
             sub = f"{name}/lr-{lr:g}" if len(grid) > 1 else name
             sub_path = (Path(out) / "cells" / f"{sub}.json"
                         if out is not None and len(grid) > 1 else None)
+            # what this one training depends on (not the rest of the grid, not the other kind)
+            run_cfg = replace(kind_config(cfg, kind), lr=lr, lrs=())
+            run_key = base.to_jsonable(run_cfg)
             if sub_path is not None and sub_path.is_file() and \
-                    read_json(sub_path).get("config") == config:
+                    read_json(sub_path).get("config") == run_key:
                 tried.append(Cell(**read_json(sub_path)))
                 continue
             start = time.perf_counter()
             run_dir = Path(out) / "train" / sub if out is not None else None
-            lr_cfg = kind_config(cfg if len(grid) == 1 else replace(cfg, lr=lr), kind)
             trained, scores, curve = finetune_cell(
-                model, seqs, lr_cfg, run_dir, score, progress=progress,
+                model, seqs, run_cfg, run_dir, score, progress=progress,
                 desc=f"finetune {sub}",
                 curve_score=lambda: {"forget": acc(forget_q)})  # the curve: test only
             curve.append({"step": len(trained.losses), "forget": scores["forget"]})
             tried.append(Cell(kind=kind, size=size, **scores, curve=curve,
                               steps=len(trained.losses),
                               final_loss=trained.losses[-1] if trained.losses else None,
-                              seconds=round(time.perf_counter() - start, 1), config=config,
+                              seconds=round(time.perf_counter() - start, 1), config=run_key,
                               lr=lr))
             if sub_path is not None:
                 write_json(sub_path, base.to_jsonable(tried[-1]))
-        cells[name] = choose_lr(tried)
+        cells[name] = replace(choose_lr(tried), config=config)
         if path is not None:
             write_json(path, base.to_jsonable(cells[name]))  # each finished cell is kept
     result = Result(config=cfg, no_attack=no_attack, cells=cells, no_attack_val=no_attack_val,

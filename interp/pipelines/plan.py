@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from interp.attacks.finetune import own_forget_batches
 from interp.cost import Sizes, add, measure_cost
 from interp.data.prepare import split_counts
 from interp.errors import InterpError
@@ -34,9 +35,11 @@ from interp.pipelines.probes import (
 
 # WMDP-bio (test) and MMLU (test): the paper preset's forget and retain questions
 PAPER_QUESTIONS = {"forget": 1273, "retain": 14042}
-STAGES = ("score", "rmu", "npo", "dpo", "lora", "gcg", "snip", "directions", "lens")
+STAGES = ("score", "rmu", "npo", "dpo", "lora", "lora_forget", "gcg", "snip", "directions",
+          "lens")
 UNITS = {"score": "question scored", "rmu": "training step", "npo": "training step",
-         "dpo": "training step", "lora": "optimizer step", "gcg": "search step",
+         "dpo": "training step", "lora": "optimizer step",
+         "lora_forget": "optimizer step (forget cells at their own batch)", "gcg": "search step",
          "snip": "sample attributed", "directions": "prompt (per model)",
          "lens": "question read"}
 
@@ -231,8 +234,8 @@ def _measure_all(p: Preset, cfg: PlanConfig, device, dtype_name: str, limit_mb: 
     model = random_model(cfg.shape, device=device, dtype=dtype_name, seed=cfg.seed)
     long_tokens = max([getattr(c, "max_len", 0) for c in (*p.protections.values(),
                                                           *p.attacks.values())] + [64])
-    wanted = [s for s in STAGES if s not in NEEDS or
-              NEEDS[s][1] in getattr(p, NEEDS[s][0])]
+    wanted = [s for s in STAGES if (s not in NEEDS or NEEDS[s][1] in getattr(p, NEEDS[s][0]))
+              and (s != "lora_forget" or own_forget_batches(p.attacks["finetune"]))]
     with tempfile.TemporaryDirectory(prefix="interp-plan-") as tmp:
         data = synthetic_data(model, Path(tmp) / "data", cfg.prompt_tokens, long_tokens,
                               seed=cfg.seed)

@@ -204,6 +204,20 @@ def _lora(pr: Probe) -> float:
     return _median_after_warmup(times)
 
 
+def _lora_forget(pr: Probe) -> float:
+    """A forget cell's optimizer step: forget statements at `forget_batch_size`."""
+    from interp.attacks import finetune
+    from interp.protections.common import encode_texts
+
+    cfg = finetune.kind_config(pr.preset.attacks["finetune"], "forget")
+    cfg = replace(cfg, min_steps=0, max_steps=pr.steps, epochs=1)
+    texts = [r["text"] for r in pr.data.rows("forget_corpus")][: cfg.batch_size * pr.steps]
+    seqs = [(ids, 1) for ids in encode_texts(pr.model, texts, max_len=cfg.max_len)]
+    with timing.step_times() as times:
+        finetune.finetune_cell(pr.model, seqs, cfg, None, lambda: None, progress=False)
+    return _median_after_warmup(times)
+
+
 def _gcg(pr: Probe) -> float:
     from interp.attacks import gcg
 
@@ -248,9 +262,11 @@ def _lens(pr: Probe) -> float:
 
 MEASURES: dict[str, Callable[[Probe], float]] = {
     "score": _score, "rmu": _protection("rmu"), "npo": _protection("npo"),
-    "dpo": _protection("dpo"), "lora": _lora, "gcg": _gcg, "snip": _snip,
+    "dpo": _protection("dpo"), "lora": _lora, "lora_forget": _lora_forget, "gcg": _gcg,
+    "snip": _snip,
     "directions": _directions, "lens": _lens}
 NEEDS = {"rmu": ("protections", "rmu"), "npo": ("protections", "npo"),
          "dpo": ("protections", "dpo"), "lora": ("attacks", "finetune"),
+         "lora_forget": ("attacks", "finetune"),
          "gcg": ("attacks", "gcg"), "snip": ("attacks", "prune"),
          "directions": ("attacks", "directions"), "lens": ("attacks", "lens")}

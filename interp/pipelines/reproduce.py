@@ -18,6 +18,7 @@ their cells come from the registries of protections and attacks and the preset's
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import shutil
@@ -189,31 +190,57 @@ def run_cell(p: Preset, out: Path, cell: Cell, seed: int = 0, device=None,
     return read_cell(p, out, cell)  # as written: the same whichever process computed it
 
 
-def cell_config(p: Preset, cell: Cell) -> dict | None:
-    """The settings a protection or attack cell computes with (None: data, compare, external)."""
+def cell_config(p: Preset, cell: Cell) -> Any:
+    """The config a protection or attack cell computes with (None: data, compare, external)."""
     if cell.stage == "protect":
-        cfg = None if cell.method in p.external else p.protections[cell.method]
-    elif cell.stage in p.attacks:
-        cfg = registry()[cell.stage].SPEC.config_for(p.attacks[cell.stage], cell.method)
-    else:
-        cfg = None
-    return None if cfg is None else json.loads(json.dumps(attack_base.to_jsonable(cfg)))
+        return None if cell.method in p.external else p.protections[cell.method]
+    if cell.stage in p.attacks:
+        return registry()[cell.stage].SPEC.config_for(p.attacks[cell.stage], cell.method)
+    return None
+
+
+def _jsonable(value) -> Any:
+    return json.loads(json.dumps(attack_base.to_jsonable(value)))
+
+
+def config_differences(cfg, saved: dict, prefix: str = "") -> list[str]:
+    """Settings of `cfg` whose stored value differs; a setting the stored config lacks (added
+    since) is compared with its default, the value the old code behaved as; nested configs
+    setting by setting."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        if f.name == "progress" or not f.init:
+            continue
+        value, key = getattr(cfg, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            inner = saved.get(f.name, {})
+            out += (config_differences(value, inner, key + ".") if isinstance(inner, dict)
+                    else [key])
+            continue
+        if f.name in saved:
+            old = saved[f.name]
+        elif f.default is not dataclasses.MISSING:
+            old = _jsonable(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            old = _jsonable(f.default_factory())
+        else:
+            continue
+        if _jsonable(value) != old:
+            out.append(f"{key}={old!r} (now {_jsonable(value)!r})")
+    return out
 
 
 def same_cell_settings(p: Preset, out: Path, cell: Cell) -> None:
-    """A finished cell is reused only if it was computed with the preset's settings now: a
-    setting both name with another value is refused (settings added since are not compared)."""
-    now = cell_config(p, cell)
-    saved = read_json(done_marker(out, p, cell)).get("config") if now is not None else None
-    if not isinstance(saved, dict):
+    """A finished cell is reused only if it was computed with the preset's settings now."""
+    cfg = cell_config(p, cell)
+    if cfg is None:
         return
-    differ = sorted(k for k in now.keys() & saved.keys()
-                    if k != "progress" and now[k] != saved[k])
+    saved = read_json(done_marker(out, p, cell)).get("config")
+    differ = config_differences(cfg, saved) if isinstance(saved, dict) else []
     if differ:
-        shown = ", ".join(f"{k}={saved[k]!r} (now {now[k]!r})" for k in differ[:3])
-        raise InterpError(f"{cell.name} in {out} was computed with other settings: {shown}; "
-                          f"use a new --out folder, or delete {cell_folder(out, cell)} to "
-                          "recompute it (and the cells that read it)")
+        raise InterpError(f"{cell.name} in {out} was computed with other settings: "
+                          f"{', '.join(differ[:3])}; use a new --out folder, or delete "
+                          f"{cell_folder(out, cell)} to recompute it (and the cells that read it)")
 
 
 def _compute(p: Preset, out: Path, cell: Cell, seed: int, device, progress: bool, load):
@@ -280,6 +307,9 @@ def reproduce(preset: str | Preset, out: Path, *, seed: int = 0, device=None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     same_run_settings(out, p)
+    for cell in (c for stage in plan(p) for c in stage):  # before anything computes
+        if done_marker(out, p, cell).is_file():
+            same_cell_settings(p, out, cell)
     ship_plotlyjs(out)  # one copy for every figure of the run (they open offline)
     fn = partial(run_cell, p, out, seed=seed, device=device, progress=progress)
     run_stage = stage_runner(executor, address, gpu=p.name == "paper")
