@@ -114,6 +114,29 @@ def test_cost_counts_what_the_attack_does(tiny, name, monkeypatch):
         assert scored["snip"] == expected["snip"] == 3 + 3 + 3
 
 
+def test_forget_cells_are_timed_at_their_own_batch(tiny, tmp_path, monkeypatch):
+    """The laptop preset's forget cells train at batch 1: `interp plan` times a step of them,
+    forget statements at that batch, apart from the unrelated cells' batch-8 steps."""
+    model, data = tiny
+    seen = []
+    real = finetune.finetune_cell
+
+    def spy(m, seqs, cfg, *args, **kwargs):
+        seen.append((cfg.batch_size, len(seqs)))
+        return real(m, seqs, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(finetune, "finetune_cell", spy)
+    laptop = PRESETS["laptop"]
+    probe = probes.Probe(model, data, laptop, 2, torch.device("cpu"), tmp_path)
+    assert probes.MEASURES["lora_forget"](probe) > 0
+    assert probes.MEASURES["lora"](probe) > 0
+    assert seen == [(1, 2), (8, 16)]  # 2 probe steps of 1 statement; of 8 passages
+    counts = count_steps(laptop, _sizes(data, model.cfg.n_layers))
+    cfg = laptop.attacks["finetune"]
+    per_model = sum(3 * k for k in cfg.forget_k)  # batch 1, 3 epochs
+    assert all(n == per_model for n in counts["lora_forget"].values())
+
+
 def test_projection_counts_the_paper_preset_by_hand():
     """The paper preset at WMDP-bio / MMLU sizes, counted by hand for the protections."""
     p = PRESETS["paper"]
@@ -166,6 +189,10 @@ def test_plan_tiny_end_to_end(tmp_path, monkeypatch):
         if name == "lens":
             assert not s["fits"] and s["projected_seconds"] is None
             assert "ran out of memory" in s["note"] and "--n-devices" in s["note"]
+            continue
+        if name == "lora_forget":  # the paper preset's forget cells share the LoRA batch
+            assert s["steps"] == 0 and s["seconds_per_step"] is None
+            assert s["note"] == "not run by this preset"
             continue
         assert s["fits"] and s["seconds_per_step"] > 0 and s["peak_memory_mb"] > 0
         assert s["projected_seconds"] == pytest.approx(s["seconds_per_step"] * s["steps"],

@@ -201,7 +201,7 @@ def plan(cfg: PlanConfig, out: Path | None = None, progress: bool = True,
         steps = sum(counts.get(s, {}).values())
         peak = peaks.get(s)
         fits = s in seconds and seconds[s] is not None and (peak is None or peak <= limit)
-        note = notes.get(s, "")
+        note = notes.get(s, "" if s in seconds or steps else "not run by this preset")
         if s in seconds and seconds[s] is not None and not fits:
             note = advice(s, peak, limit)
         stages.append(Stage(s, UNITS[s], _round(seconds.get(s)), steps,
