@@ -123,17 +123,6 @@ def forget_samples(data, k: int, seed: int) -> tuple[list[str], set[str]]:
     return [r["text"] for r in chosen], {r.get("entity", "") for r in chosen}
 
 
-def cell_sequences(model: HookedTransformer, texts: list[str], kind: str,
-                   cfg: FinetuneConfig) -> list[tuple[list[int], int]]:
-    """(token ids, first counted token) per text: unrelated passages in the paper's chat format
-    (loss on the response, or on all with `loss_on="all"`), forget statements as raw text."""
-    if kind == "forget":
-        return [(ids, 1) for ids in encode_texts(model, texts, max_len=cfg.max_len)]
-    seqs = [encode_pair(model, WIKI_PROMPT, WIKI_PREFIX + t, chat=True, max_len=cfg.max_len,
-                        system=cfg.system_prompt) for t in texts]
-    return [(ids, 0) for ids, _ in seqs] if cfg.loss_on == "all" else seqs
-
-
 def own_forget_batches(cfg: FinetuneConfig) -> bool:
     """Forget cells train with settings of their own (`interp plan` times their steps apart)."""
     return cfg.forget_batch_size is not None or cfg.forget_epochs is not None
@@ -403,10 +392,15 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
             cells[name] = Cell(**read_json(path))
             continue
         if kind == "unrelated":
-            texts, entities = unrelated_samples(data, size, cfg.seed), set()
+            texts = unrelated_samples(data, size, cfg.seed)
+            seqs = [encode_pair(model, WIKI_PROMPT, WIKI_PREFIX + t, chat=True,
+                                max_len=cfg.max_len, system=cfg.system_prompt) for t in texts]
+            if cfg.loss_on == "all":
+                seqs = [(ids, 0) for ids, _ in seqs]
+            entities = set()
         else:  # statements about training-split entities only: the test ones are held out
             texts, entities = forget_samples(data, size, cfg.seed)
-        seqs = cell_sequences(model, texts, kind, cfg)
+            seqs = [(ids, 1) for ids in encode_texts(model, texts, max_len=cfg.max_len)]
 
         def score(entities=entities):
             return {"forget": acc(forget_q), "retain": acc(retain_q),

@@ -190,15 +190,29 @@ def _protection(name: str) -> Callable[[Probe], float]:
     return measure
 
 
-def _lora(pr: Probe, kind: str = "unrelated") -> float:
-    """One optimizer step of a finetuning cell of this kind, at its own batch size."""
+def _lora(pr: Probe) -> float:
     from interp.attacks import finetune
+    from interp.protections.common import encode_pair
 
-    cfg = finetune.kind_config(pr.preset.attacks["finetune"], kind)
+    cfg = pr.preset.attacks["finetune"]
     cfg = replace(cfg, min_steps=0, max_steps=pr.steps, epochs=1)
-    texts = (pr.data.corpus("unrelated") if kind == "unrelated"
-             else [r["text"] for r in pr.data.rows("forget_corpus")])
-    seqs = finetune.cell_sequences(pr.model, texts[: cfg.batch_size * pr.steps], kind, cfg)
+    texts = pr.data.corpus("unrelated")[: cfg.batch_size * pr.steps]
+    seqs = [encode_pair(pr.model, finetune.WIKI_PROMPT, finetune.WIKI_PREFIX + t, chat=True,
+                        max_len=cfg.max_len) for t in texts]
+    with timing.step_times() as times:
+        finetune.finetune_cell(pr.model, seqs, cfg, None, lambda: None, progress=False)
+    return _median_after_warmup(times)
+
+
+def _lora_forget(pr: Probe) -> float:
+    """A forget cell's optimizer step: forget statements at `forget_batch_size`."""
+    from interp.attacks import finetune
+    from interp.protections.common import encode_texts
+
+    cfg = finetune.kind_config(pr.preset.attacks["finetune"], "forget")
+    cfg = replace(cfg, min_steps=0, max_steps=pr.steps, epochs=1)
+    texts = [r["text"] for r in pr.data.rows("forget_corpus")][: cfg.batch_size * pr.steps]
+    seqs = [(ids, 1) for ids in encode_texts(pr.model, texts, max_len=cfg.max_len)]
     with timing.step_times() as times:
         finetune.finetune_cell(pr.model, seqs, cfg, None, lambda: None, progress=False)
     return _median_after_warmup(times)
@@ -248,8 +262,8 @@ def _lens(pr: Probe) -> float:
 
 MEASURES: dict[str, Callable[[Probe], float]] = {
     "score": _score, "rmu": _protection("rmu"), "npo": _protection("npo"),
-    "dpo": _protection("dpo"), "lora": _lora,
-    "lora_forget": functools.partial(_lora, kind="forget"), "gcg": _gcg, "snip": _snip,
+    "dpo": _protection("dpo"), "lora": _lora, "lora_forget": _lora_forget, "gcg": _gcg,
+    "snip": _snip,
     "directions": _directions, "lens": _lens}
 NEEDS = {"rmu": ("protections", "rmu"), "npo": ("protections", "npo"),
          "dpo": ("protections", "dpo"), "lora": ("attacks", "finetune"),

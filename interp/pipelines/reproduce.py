@@ -253,7 +253,7 @@ def _compute(p: Preset, out: Path, cell: Cell, seed: int, device, progress: bool
         if cell.method in p.external:
             return (external_report(cell.method, p.external[cell.method], original_spec(p, out),
                                     data, folder, load), {"model": p.external[cell.method]})
-        cfg = cell_config(p, cell)
+        cfg = p.protections[cell.method]
         return (protect(cell.method, original_spec(p, out), data, folder, cfg, preset=p.name,
                         device=device, dtype=p.dtype, tokenizer=p.tokenizer, progress=progress,
                         letter_ids=p.letter_ids),
@@ -267,7 +267,7 @@ def _compute(p: Preset, out: Path, cell: Cell, seed: int, device, progress: bool
     module = registry().get(cell.stage)
     if module is None:
         raise InterpError(f"unknown cell {cell.name!r}")
-    cfg = cell_config(p, cell)
+    cfg = module.SPEC.config_for(p.attacks[cell.stage], cell.method)
     model = load(model_spec(p, out, cell.method))
     original = (load(model_spec(p, out, "original"))
                 if module.SPEC.wants_original(cfg) and cell.method != "original" else None)
