@@ -8,10 +8,10 @@ The public API (what a notebook imports), loaded on first use:
     questions = interp.load_questions("bank:capitals")
     interp.evaluate(model, questions).accuracy
 
-Protections and attacks are modules with one shape, `Config` / `run` / `Result`:
-`interp.rmu`, `interp.npo`, `interp.dpo`; `interp.directions`, `interp.lens`, `interp.prune`,
-`interp.finetune`, `interp.gcg` (and `interp.compare` across models). A `Result` has `rows()`,
-`plot()`, `to_json()` and `from_json()`.
+Protections and attacks are modules with one shape, `Config` / `run` / `Result`, reached by their
+registry name (`interp.rmu`, `interp.gcg`, ...; `interp.attack_registry()` and
+`interp.protection_registry()` list them, `interp.register(module)` adds one of your own), and
+`interp.compare` across models. A `Result` has `rows()`, `plot()`, `to_json()` and `from_json()`.
 """
 
 from __future__ import annotations
@@ -55,20 +55,29 @@ _NAMES = {
     "save_figure": "interp.plots", "InterpError": "interp.errors",
 }
 _ALIASES = {"load_questions": ("interp.data.sources", "load_source")}
-_MODULES = {
-    "rmu": "interp.protections.rmu", "npo": "interp.protections.npo",
-    "dpo": "interp.protections.dpo", "directions": "interp.attacks.directions",
-    "lens": "interp.attacks.lens", "prune": "interp.attacks.prune",
-    "finetune": "interp.attacks.finetune", "gcg": "interp.attacks.gcg",
-    "compare": "interp.attacks.compare",
-}
-_FUNCTIONS = {"attack_registry": ("interp.attacks.base", "registry"),
-              "protection_registry": ("interp.protections.base", "registry")}
+_MODULES = {"compare": "interp.attacks.compare"}  # the cross-model analysis, not an attack
+_FUNCTIONS = {"attack_registry": ("interp.registry", "attacks"),
+              "protection_registry": ("interp.registry", "protections"),
+              "register": ("interp.registry", "register"),
+              "unregister": ("interp.registry", "unregister")}
 
-__all__ = sorted([*_NAMES, *_ALIASES, *_MODULES, *_FUNCTIONS, "__version__"])
+
+def _registered(plugins: bool = True) -> list[str]:
+    """Every attack's and protection's name (`interp.registry`; listing imports none of the
+    built-in or installed ones)."""
+    from interp.registry import REGISTRIES
+
+    return [n for r in REGISTRIES.values() for n in r.names(plugins)]
+
+
+# plugin files (`INTERP_PLUGINS`) are imported on first use, not by `import interp`
+__all__ = sorted([*_NAMES, *_ALIASES, *_MODULES, *_FUNCTIONS, *_registered(False),
+                  "__version__"])
 
 
 def __getattr__(name: str):
+    from interp.registry import REGISTRIES
+
     if name in _NAMES:
         value = getattr(importlib.import_module(_NAMES[name]), name)
     elif name in _ALIASES:
@@ -79,6 +88,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(module), attr)
     elif name in _MODULES:
         value = importlib.import_module(_MODULES[name])
+    elif any(name in r.names() for r in REGISTRIES.values()):
+        return next(r.get(name) for r in REGISTRIES.values() if name in r.names())
     else:
         raise AttributeError(f"module 'interp' has no attribute {name!r}")
     globals()[name] = value
@@ -86,4 +97,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return __all__
+    return sorted({*__all__, *_registered()})

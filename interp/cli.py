@@ -316,10 +316,18 @@ def _add_attacks(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `interp` command's parser; its subcommands and options come from the registry."""
+    from interp.data.build import BENCHMARKS
+    from interp.pipelines.presets import AUDIT_LIMITS
+
     parser = argparse.ArgumentParser(
         prog="interp",
         description="Is the knowledge gone, or only hidden? Attacks on unlearned models.",
     )
+    parser.add_argument("--plugin", action="append", metavar="MODULE_OR_FILE",
+                        help="add an attack or protection module of your own (a dotted module "
+                             "name or a .py file; repeatable, anywhere on the line; the "
+                             "processes a run starts load it too)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("eval", help="score multiple-choice questions (the paper's scorer)")
@@ -370,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget", required=True, help="forget questions (any --data source)")
     p.add_argument("--retain", required=True, help="retain questions (any --data source)")
     p.add_argument("--out", required=True)
-    p.add_argument("--budget", choices=["quick", "full"], default="quick")
+    p.add_argument("--budget", choices=sorted(AUDIT_LIMITS), default="quick")
     p.add_argument("--subject", default=None)
     p.add_argument("--limit", type=int, default=None, help="use only the first N of each set")
     p.add_argument("--retain-drop", type=float, default=0.10,
@@ -414,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="build the embedded benchmark")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     b = data_sub.add_parser("build", help="questions, corpora and preference data as JSONL")
-    b.add_argument("--preset", choices=["smoke", "laptop"], default="laptop")
+    b.add_argument("--preset", choices=sorted(BENCHMARKS), default="laptop")
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--model", default=None,
@@ -424,9 +432,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`--plugin X` / `--plugin=X` anywhere in `argv`: (the plugins, the other arguments)."""
+    plugins, rest = [], []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--plugin":
+            plugins.append(next(it, ""))
+        elif arg.startswith("--plugin="):
+            plugins.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return plugins, rest
+
+
 def main(argv: list[str] | None = None) -> int:
     from interp.errors import InterpError
+    from interp.registry import register
 
+    plugins, argv = take_plugins(sys.argv[1:] if argv is None else list(argv))
+    try:  # before the parser: a plugin brings its own subcommand and options
+        for entry in plugins:
+            if not entry:
+                raise InterpError("--plugin needs a module name or a .py file")
+            register(entry)
+    except InterpError as exc:
+        print(f"interp: error: {exc}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -6,11 +6,19 @@ measures: "score" (one question scored), "rmu" / "npo" / "dpo" (one training ste
 finetuning step), "gcg" (one search step), "snip" (one attribution sample), "directions" (one prompt
 through the difference-in-means pass, per model), "lens" (one question through the logit lens).
 The counts follow each module's own loops (the tests compare them with what a run does).
+
+A module also says how `interp plan` times one step of each kind it counts: `probes(cfg) ->
+{kind: StepProbe}` for an attack; a protection's own kind (its name) is timed by its `train` with
+`steps` set, unless the module gives `probes` too. A kind nothing can time, or a module without
+`cost`, is named in the plan, not skipped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
+
+SMALLER_BATCH = "half the batch_size with grad_accum 2 (the same effective batch)"
 
 
 @dataclass
@@ -18,15 +26,15 @@ class Sizes:
     """The data a preset runs on, as the data layout splits it."""
 
     forget_train: int
-    forget_eval: int  # the test split
+    forget_test: int  # the test split
     retain_train: int
-    retain_eval: int
+    retain_test: int
     unrelated: int
     n_layers: int
     forget_val: int = 0
     retain_val: int = 0
     letter: bool = True  # WMDP-style letter questions: the no-attack scores are raw and chat
-    letter_eval: int = 0  # questions of the `*_eval_letter` sample sets (scored raw and chat)
+    letter_test: int = 0  # questions of the `*_test_letter` sample sets (scored raw and chat)
 
 
 def capped(n: int, limit: int | None) -> int:
@@ -35,10 +43,21 @@ def capped(n: int, limit: int | None) -> int:
 
 def measure_cost(s: Sizes) -> dict[str, int]:
     """The protections' no-attack scores (`protections.base.measure`), once."""
-    return {"score": (s.forget_eval + s.retain_eval) * (2 if s.letter else 1) + 2 * s.letter_eval}
+    return {"score": (s.forget_test + s.retain_test) * (2 if s.letter else 1) + 2 * s.letter_test}
 
 
 def add(total: dict[str, int], part: dict[str, int]) -> dict[str, int]:
     for k, v in part.items():
         total[k] = total.get(k, 0) + int(v)
     return total
+
+
+@dataclass(frozen=True)
+class StepProbe:
+    """How `interp plan` times one step of a kind: `measure(probe, cfg)` runs the module's real
+    code for `probe.steps` steps on a random-weight model (`probe`: model, data, steps, device,
+    original) and returns seconds per step; `knob` is what to lower when it does not fit."""
+
+    unit: str
+    measure: Callable[[Any, Any], float]
+    knob: str = SMALLER_BATCH

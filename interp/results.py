@@ -15,7 +15,7 @@ from interp.store import read_json, write_json
 RESULT_JSON = "result.json"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Row:
     """One measurement: accuracy of `model` after `attack` on a split, in a format and mode."""
 
@@ -53,24 +53,30 @@ class Scores:
 
 
 @dataclass
-class Baseline(Scores):
-    """Forget and retain accuracy before the attack, and how many questions each was on."""
+class Measured(Scores):
+    """Forget and retain accuracy, and how many questions each was on."""
 
     n_forget: int = 0
     n_retain: int = 0
 
 
+@dataclass
+class Baseline(Measured):
+    """Forget and retain accuracy before the attack (no attack), with their question counts."""
+
+
 def score_rows(model: str, attack: str, scores: Scores, base: Baseline, fmt: str,
                column: str | None = None, note: str | None = None,
-               val: Baseline | None = None) -> list[Row]:
+               val: Measured | None = None) -> list[Row]:
     """The forget and retain rows of one attacked model (the forget one fills `column`); `val`:
     the same attack's scores on the validation split."""
     vf, vr, nf, nr = ((val.forget, val.retain, val.n_forget, val.n_retain) if val is not None
                       else (None, None, None, None))
-    return [Row(model, attack, "forget", fmt, "raw", scores.forget, base.n_forget, column, note,
-                vf, nf),
-            Row(model, attack, "retain", fmt, "raw", scores.retain, base.n_retain, None, None,
-                vr, nr)]
+    return [Row(model=model, attack=attack, split="forget", format=fmt, mode="raw",
+                accuracy=scores.forget, n=base.n_forget, column=column, note=note, val=vf,
+                n_val=nf),
+            Row(model=model, attack=attack, split="retain", format=fmt, mode="raw",
+                accuracy=scores.retain, n=base.n_retain, val=vr, n_val=nr)]
 
 
 # ------------------------------------------------------------------------------- JSON round trip
@@ -124,8 +130,12 @@ class Result:
     def to_json(self) -> dict:
         return to_jsonable(self)
 
+    # fields an older result.json wrote under another name (old -> new), read under the new one
+    renamed: ClassVar[dict[str, str]] = {}
+
     @classmethod
     def from_json(cls, data: dict):
+        data = {cls.renamed.get(k, k): v for k, v in data.items()}
         return from_jsonable(cls, data)
 
     def rows(self, model: str) -> list[Row]:

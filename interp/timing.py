@@ -27,3 +27,32 @@ def step_times() -> Iterator[list[float]]:
 def record(seconds: float) -> None:
     for times in _collectors:
         times.append(seconds)
+
+
+def median_after_warmup(times: list[float]) -> float:
+    """The median seconds per step, the first (warm-up) step left out when there are others."""
+    import statistics
+
+    from interp.errors import InterpError
+
+    if not times:
+        raise InterpError("no step was timed")
+    return statistics.median(times[1:] if len(times) > 1 else times)
+
+
+def timed_calls(fn, steps: int, device) -> float:
+    """Seconds per unit over `steps` calls of `fn` (each returns how many units it did)."""
+    import time
+
+    import torch
+
+    times = []
+    for _ in range(steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        units = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - t) / max(1, units))
+    return median_after_warmup(times)

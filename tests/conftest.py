@@ -13,6 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -256,9 +257,47 @@ def smoke_audit(smoke_run, tmp_path_factory):
 
     run, _ = smoke_run
     data = DataFolder(run / "data")
-    forget, retain = data.questions("forget_eval"), data.questions("retain_eval")
+    forget, retain = data.questions("forget_test"), data.questions("retain_test")
     original = data.model_spec
     folder = tmp_path_factory.mktemp("audit")
     result = audit(original, str(run / "models" / "npo"), forget, retain, folder,
                    budget="quick", progress=False)
     return run, folder, forget, retain, result
+
+
+TOYS = Path(__file__).parent / "plugins"
+
+
+@contextmanager
+def registered_toys():
+    """The toy attack and protection (tests/plugins/), registered by file as `--plugin` does
+    (every stage, and every process the run starts, finds them), removed on exit."""
+    from interp.registry import register, unregister
+
+    try:
+        for name in ("zero_mlp.py", "noise_mlp.py"):
+            register(str((TOYS / name).resolve()))
+        yield
+    finally:
+        unregister("zero-mlp")
+        unregister("noise-mlp")
+
+
+@pytest.fixture()
+def toy_plugins():
+    with registered_toys():
+        yield
+
+
+@pytest.fixture(scope="session")
+def toy_run(smoke_run, tmp_path_factory):
+    """The smoke reproduction resumed with the toys registered: only their cells compute (the
+    toy protection, every attack on it, the toy attack on every model): (run folder, summary)."""
+    import shutil
+
+    from interp.pipelines.reproduce import reproduce
+
+    run = tmp_path_factory.mktemp("toy-run") / "run"
+    shutil.copytree(smoke_run[0], run)
+    with registered_toys():
+        return run, reproduce("smoke", run, device="cpu", progress=False)

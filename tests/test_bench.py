@@ -173,7 +173,7 @@ def test_bench_gcg_runs_ours_then_the_peer_row(tmp_path, monkeypatch):
     monkeypatch.delenv(bench.NANOGCG_ENV, raising=False)
     seen = []
 
-    def fake_run_gcg(model, train, heldout, cfg):
+    def fake_run_gcg(model, train, val, cfg):
         seen.append((train, cfg))
         return SimpleNamespace(candidates_per_second=7.0, losses=[1.0])
 

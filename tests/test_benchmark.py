@@ -78,8 +78,8 @@ def test_smoke_benchmark(smoke_data):
     folder, manifest = smoke_data
     before = manifest["accuracy_before_filtering"]
     # the smoke model learned its facts: >= 85% before filtering, forget and retain
-    assert before["forget_eval"]["accuracy"] >= 0.85
-    assert before["retain_eval"]["accuracy"] >= 0.85
+    assert before["forget_test"]["accuracy"] >= 0.85
+    assert before["retain_test"]["accuracy"] >= 0.85
     counts = manifest["counts"]
     # train / val / test by entity: disjoint, each non-empty, counted in the manifest
     for domain in ("forget", "retain"):
@@ -91,20 +91,20 @@ def test_smoke_benchmark(smoke_data):
                     or ents["val"] & ents["test"])
         assert ents["val"] | ents["test"] == {(q.meta["relation"], q.meta["entity"]) for q in
                                               load_questions(folder / f"{domain}_val.jsonl") +
-                                              load_questions(folder / f"{domain}_eval.jsonl")}
+                                              load_questions(folder / f"{domain}_test.jsonl")}
         for split in ("val", "test"):
             assert len(ents[split]) == manifest["entities"][domain][split]
         assert len(ents["train"]) <= manifest["entities"][domain]["train"]
-    for name in ("forget_eval", "retain_eval", "forget_train", "retain_train", "forget_val",
+    for name in ("forget_test", "retain_test", "forget_train", "retain_train", "forget_val",
                  "retain_val"):
         qs = load_questions(folder / f"{name}.jsonl")
         assert len(qs) == counts[name] > 0
         assert all(q.format == "cloze" for q in qs)
-    forget = {q.meta["entity"] for q in load_questions(folder / "forget_eval.jsonl")}
-    retain = load_questions(folder / "retain_eval.jsonl")
+    forget = {q.meta["entity"] for q in load_questions(folder / "forget_test.jsonl")}
+    retain = load_questions(folder / "retain_test.jsonl")
     assert {q.meta["relation"] for q in retain} == set(PRESETS["smoke"].retain)
     assert all(q.meta["relation"] == "capitals" for q in
-               load_questions(folder / "forget_eval.jsonl"))
+               load_questions(folder / "forget_test.jsonl"))
     assert forget
     prefs = [json.loads(x) for x in (folder / "preference.jsonl").read_text().splitlines()]
     assert {p["split"] for p in prefs} == {"forget", "retain"}

@@ -97,5 +97,16 @@ def test_audit_on_ray_equals_the_serial_audit(smoke_audit, local_ray, tmp_path):
     distributed = audit(serial["original"], serial["unlearned"], forget, retain,
                         tmp_path / "audit", budget="quick", progress=False, executor="ray")
     assert distributed["executor"] == "ray"
-    for key in ("no_attack", "attacks", "headline", "n_forget_eval", "n_retain_eval"):
+    for key in ("no_attack", "attacks", "headline", "n_forget_test", "n_retain_test"):
         assert distributed[key] == serial[key], key
+
+
+def test_ray_runs_the_plugins_as_the_serial_run(smoke_run, toy_run, toy_plugins, local_ray,
+                                                tmp_path):
+    """The toy attack and protection reach the Ray workers by the plugin mechanism alone (the
+    workers are other processes): the resumed grid's rows equal the serial run's."""
+    run = tmp_path / "ray-toys"
+    shutil.copytree(smoke_run[0], run)
+    distributed = reproduce("smoke", run, device="cpu", progress=False, executor="ray")
+    assert any(r["attack"] == "zero-mlp" for r in distributed["rows"])
+    assert sorted(distributed["rows"], key=_key) == sorted(toy_run[1]["rows"], key=_key)

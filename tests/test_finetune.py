@@ -21,7 +21,7 @@ from interp.model.lora import LoRAConfig, has_lora
 def test_unrelated_finetuning_data_names_no_forget_entity(smoke_data):
     folder, _ = smoke_data
     names = forget_names(folder)
-    questions = load_questions(folder / "forget_eval.jsonl")
+    questions = load_questions(folder / "forget_test.jsonl")
     assert {q.meta["entity"] for q in questions} <= set(names)
     assert {q.choices[q.answer] for q in questions} <= set(names)
     texts = unrelated_samples(folder, 100, seed=0)
@@ -41,7 +41,7 @@ def test_forget_samples_one_per_entity(smoke_data):
     assert all(any(e in t for e in entities) for t in texts)
     # training-split entities only: never one the validation or test questions ask about
     train = {q.meta["entity"] for q in load_questions(folder / "forget_train.jsonl")}
-    asked = {q.meta["entity"] for name in ("forget_val", "forget_eval")
+    asked = {q.meta["entity"] for name in ("forget_val", "forget_test")
              for q in load_questions(folder / f"{name}.jsonl")}
     assert entities <= train and not entities & asked
 
@@ -117,11 +117,12 @@ def test_learning_rate_grid_is_chosen_on_validation(smoke_protected, tmp_path):
 
 def test_choose_lr_reads_validation_only():
     """Made-up cells whose validation and test rankings disagree: the validation one wins."""
-    from interp.attacks.finetune import Cell, choose_lr
+    from interp.attacks.finetune import FinetuneCell, choose_lr
 
     def cell(lr, val_forget, val_retain, forget):
-        return Cell(kind="forget", size=5, forget=forget, retain=0.9, steps=3, final_loss=1.0,
-                    seconds=1.0, config={}, val_forget=val_forget, val_retain=val_retain, lr=lr)
+        return FinetuneCell(kind="forget", size=5, forget=forget, retain=0.9, steps=3,
+                            final_loss=1.0, seconds=1.0, config={}, val_forget=val_forget,
+                            val_retain=val_retain, lr=lr)
 
     tried = [cell(1e-4, 0.30, 0.9, 0.80), cell(1e-3, 0.60, 0.9, 0.40), cell(1e-2, 0.60, 0.5, 0.9)]
     chosen = choose_lr(tried)

@@ -80,7 +80,7 @@ def test_gcg_lowers_the_loss_and_repeats_exactly(tiny_model):
     assert a.losses[-1] < start
     assert all(x >= y for x, y in zip(a.losses, a.losses[1:]))  # the buffer keeps the best
     assert round_trips(tok, a.prefix_ids)
-    assert a.candidates_scored > 0 and len(a.heldout) == 1
+    assert a.candidates_scored > 0 and len(a.val) == 1
     b = run_gcg(tiny_model, qs[:2], qs[2:], cfg)
     assert (a.prefix_ids, a.losses) == (b.prefix_ids, b.losses)
 

@@ -95,7 +95,7 @@ def test_paper_preset_runs_with_standins(standins, tmp_path):
     assert not (tmp_path / "run" / "models" / "rmu" / "protection.json").exists()
     manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
     counts = manifest["counts"]
-    assert counts["forget_train"] + counts["forget_val"] + counts["forget_eval"] == len(TOPICS)
+    assert counts["forget_train"] + counts["forget_val"] + counts["forget_test"] == len(TOPICS)
     assert manifest["entities"]["forget"] == {"train": 3, "val": 2, "test": 7}
     assert "| rmu |" in (tmp_path / "run" / "table.md").read_text()
     # the official scorer's letter ids, recorded; the official directions recipe, every variant

@@ -46,8 +46,8 @@ def tiny(tmp_path_factory):
 
 
 def _sizes(data, n_layers: int) -> Sizes:
-    n = {s: len(data.questions(s)) for s in ("forget_train", "forget_eval", "retain_train",
-                                              "retain_eval", "forget_val", "retain_val")}
+    n = {s: len(data.questions(s)) for s in ("forget_train", "forget_test", "retain_train",
+                                              "retain_test", "forget_val", "retain_val")}
     return Sizes(**n, unrelated=len(data.corpus("unrelated")), n_layers=n_layers)
 
 
@@ -98,7 +98,7 @@ def test_cost_counts_what_the_attack_does(tiny, name, monkeypatch):
         module.run(protected, data, SMALL[name], original=original, progress=False)
     expected = module.cost(SMALL[name], _sizes(data, model.cfg.n_layers))
     if name == "lens":
-        val, test = (len(data.questions(n, limit=7)) for n in ("forget_val", "forget_eval"))
+        val, test = (len(data.questions(n, limit=7)) for n in ("forget_val", "forget_test"))
         assert scored["lens"] == expected["lens"] == val + test  # both splits, 7 at most
         return
     assert scored["n"] == expected["score"]
@@ -143,8 +143,8 @@ def test_projection_counts_the_paper_preset_by_hand():
     sizes = planning.preset_sizes(p, PlanConfig(), 32)
     # by entity (a WMDP or MMLU question is its own): a quarter, at most 64, trains the
     # attacks; a fifth, at most 200, is where they choose; the rest is the test split
-    assert (sizes.forget_train, sizes.forget_val, sizes.forget_eval) == (64, 200, 1009)
-    assert (sizes.retain_train, sizes.retain_val, sizes.retain_eval) == (64, 200, 13778)
+    assert (sizes.forget_train, sizes.forget_val, sizes.forget_test) == (64, 200, 1009)
+    assert (sizes.retain_train, sizes.retain_val, sizes.retain_test) == (64, 200, 13778)
     counts = count_steps(p, sizes)
     measure = (1009 + 13778) * 2  # forget and retain test split, raw and chat
     for method in ("rmu", "npo", "dpo"):  # measured before and after protecting

@@ -54,7 +54,7 @@ def test_protected_model_reloads_with_same_scores(protected):
 
     folder, out, reports = protected
     model = load_model(out / "rmu", device="cpu")
-    acc = evaluate(model, load_questions(folder / "forget_eval.jsonl"), progress=False).accuracy
+    acc = evaluate(model, load_questions(folder / "forget_test.jsonl"), progress=False).accuracy
     assert acc == pytest.approx(reports["rmu"].after["forget/cloze/raw"].accuracy)
 
 

@@ -65,7 +65,7 @@ def _row(rows, **kw):
 def test_rows_match_independent_recomputation(smoke_run):
     run, summary = smoke_run
     rows = summary["rows"]
-    forget = load_questions(run / "data" / "forget_eval.jsonl")
+    forget = load_questions(run / "data" / "forget_test.jsonl")
     rmu = load_model(run / "models" / "rmu", device="cpu")
     # no attack: the saved protected model scored afresh
     acc = evaluate(rmu, forget, progress=False).accuracy
@@ -211,7 +211,7 @@ def test_audit_on_two_models_of_the_run(smoke_audit):
                key=lambda a: a["val_forget"])
     assert h["recoverable_forget"] == best["forget"] and h["best_attack"] == best["attack"]
     low, high = h["recoverable_forget_ci"]
-    assert low <= h["recoverable_forget"] <= high and h["n_forget"] == r["n_forget_eval"]
+    assert low <= h["recoverable_forget"] <= high and h["n_forget"] == r["n_forget_test"]
     assert h["retain_floor"] == pytest.approx(r["no_attack"]["unlearned_val"]["retain"] - 0.10)
     assert (folder / "report.html").read_text().count("<tr>") >= 5
     # the unrelated finetuning data of an audit names no forget answer
@@ -251,10 +251,10 @@ def test_choices_on_validation_numbers_on_test(smoke_run):
     run, summary = smoke_run
     data = DataFolder(run / "data")
     ents = {name: {q.meta["entity"] for q in data.questions(name)}
-            for name in ("forget_train", "forget_val", "forget_eval")}
-    assert not (ents["forget_val"] & ents["forget_eval"])
-    assert not (ents["forget_train"] & (ents["forget_val"] | ents["forget_eval"]))
-    n_val, n_test = len(data.questions("forget_val")), len(data.questions("forget_eval"))
+            for name in ("forget_train", "forget_val", "forget_test")}
+    assert not (ents["forget_val"] & ents["forget_test"])
+    assert not (ents["forget_train"] & (ents["forget_val"] | ents["forget_test"]))
+    n_val, n_test = len(data.questions("forget_val")), len(data.questions("forget_test"))
     for m in ("rmu", "npo", "dpo"):
         a = run / "attacks" / m
         d = json.loads((a / "directions" / "result.json").read_text())
@@ -270,9 +270,9 @@ def test_choices_on_validation_numbers_on_test(smoke_run):
             assert cell["curve"][-1]["step"] == cell["steps"]
             assert cell["curve"][-1]["forget"] == cell["forget"]
         g = json.loads((a / "gcg" / "result.json").read_text())
-        chosen = max(g["heldout_per_step"], key=lambda h: (h["accuracy"], h["step"]))
+        chosen = max(g["val_per_step"], key=lambda h: (h["accuracy"], h["step"]))
         assert g["chosen_step"] == chosen["step"] and g["prefix_ids"] == chosen["prefix_ids"]
-        assert g["n_val"] == n_val and g["n_heldout"] == n_test
+        assert g["n_val"] == n_val and g["n_test"] == n_test
         p = json.loads((a / "prune" / "result.json").read_text())
         assert p["n_val_forget"] == n_val and p["no_attack"]["n_forget"] == n_test
     rows = summary["rows"]

@@ -28,7 +28,8 @@ def test_wilson_is_a_proper_interval_and_narrows_with_n():
 
 
 def test_rows_carry_their_interval_and_overlap_is_symmetric():
-    row = Row("rmu", "orthogonalize", "forget", "cloze", "raw", 0.685, 200)
+    row = Row(model="rmu", attack="orthogonalize", split="forget", format="cloze", mode="raw",
+              accuracy=0.685, n=200)
     data = row.to_json()
     assert data["ci"] == list(wilson(0.685, 200))
     assert data["ci"][0] < 0.685 < data["ci"][1]
@@ -39,11 +40,14 @@ def test_rows_carry_their_interval_and_overlap_is_symmetric():
 def test_table_marks_an_attack_whose_interval_overlaps_no_attack():
     from interp.pipelines.report import OVERLAP, make_table
 
-    rows = [Row("rmu", "none", "forget", "cloze", "raw", 0.30, 50, "forget"),
-            Row("rmu", "prune", "forget", "cloze", "raw", 0.36, 50, "prune"),
-            Row("rmu", "orthogonalize", "forget", "cloze", "raw", 0.80, 50, "orthogonalize"),
-            Row("rmu", "gcg-none", "forget-heldout", "cloze", "raw", 0.10, 40),
-            Row("rmu", "gcg", "forget-heldout", "cloze", "raw", 0.40, 40, "GCG raw")]
+    def row(attack, split, accuracy, n, column=None):
+        return Row(model="rmu", attack=attack, split=split, format="cloze", mode="raw",
+                   accuracy=accuracy, n=n, column=column)
+
+    rows = [row("none", "forget", 0.30, 50, "forget"), row("prune", "forget", 0.36, 50, "prune"),
+            row("orthogonalize", "forget", 0.80, 50, "orthogonalize"),
+            row("gcg-none", "forget-heldout", 0.10, 40),
+            row("gcg", "forget-heldout", 0.40, 40, "GCG raw")]
     columns, (entry,) = make_table(rows, ["rmu"])
     assert columns == ["forget", "prune", "orthogonalize", "GCG raw"]
     assert entry["prune"].endswith(OVERLAP) and OVERLAP not in entry["orthogonalize"]

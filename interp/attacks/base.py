@@ -11,20 +11,22 @@ An attack is one module of `interp.attacks` holding
   contributes), `plot()` (a plotly `Figure`) and optionally `plot_models(results)` (one figure for
   several protected models);
 - `SPEC = AttackSpec(...)`: what the pipelines need to know to schedule it.
-`registry()` finds every such module, so adding an attack is one new file plus a preset entry.
+`interp.registry` lists every such module (entry points, `--plugin`), so adding an attack is one
+file: its `SPEC.presets` and `SPEC.budgets` put it in `interp reproduce` and `interp audit`, an
+optional `cost(cfg, sizes)` and `probes(cfg)` put it in `interp plan` (`interp.cost`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar, Mapping
 
-from interp.errors import InterpError
-from interp.registry import discover
+from interp.registry import REGISTRIES, register, unregister  # noqa: F401 - re-exported
 from interp.results import (  # noqa: F401 - the names an attack module uses, in one import
     RESULT_JSON,
     Baseline,
+    Measured,
     Result,
     Row,
     Scores,
@@ -39,14 +41,24 @@ from interp.results import (  # noqa: F401 - the names an attack module uses, in
 
 @dataclass(frozen=True)
 class AttackSpec:
+    """What the pipelines need to know of an attack: its place, what it reads, its settings."""
+
     name: str
     order: int  # position in the results table and in each stage of the pipelines
     needs_original: bool = False  # `run` takes the model before the protection
     on_original: bool = False  # also run on the unprotected model (the lens)
     summary: str = ""
     original_if: Callable[[Any], bool] | None = None  # needs the original for some configs
-    # the config for one protected model (by method name), where the recipe depends on it
+    # the config for one protected model (by protection name), where the recipe depends on it
     per_model: Callable[[Any, str], Any] | None = None
+    # the attack's `Config` in each preset of `interp reproduce` (smoke, laptop, paper; a preset
+    # it is missing from does not run it) and each budget of `interp audit` (quick, full)
+    presets: Mapping[str, Any] = field(default_factory=dict)
+    budgets: Mapping[str, Any] = field(default_factory=dict)
+    # its finished folders are compared across protected models (`interp.attacks.compare`,
+    # keyword `name`) when this says so of the config
+    compared: Callable[[Any], bool] | None = None
+    kind: ClassVar[str] = "attack"
 
     def config_for(self, cfg, method: str):
         return self.per_model(cfg, method) if self.per_model is not None else cfg
@@ -56,34 +68,11 @@ class AttackSpec:
 
 
 # ---------------------------------------------------------------------------------- registry
-_REGISTRY: dict[str, ModuleType] = {}
-
-
 def registry() -> dict[str, ModuleType]:
-    """Every attack module (name -> module), in table order."""
-    if not _REGISTRY:
-        _REGISTRY.update(discover("interp.attacks"))
-    return _REGISTRY
-
-
-def register(module: ModuleType) -> None:
-    """Add an attack module from outside the package (a plugin with the same shape)."""
-    for name in ("SPEC", "Config", "Result", "run"):
-        if not hasattr(module, name):
-            raise InterpError(f"{module.__name__} is not an attack: it has no {name}")
-    attacks = registry()
-    attacks[module.SPEC.name] = module
-    ordered = sorted(attacks.items(), key=lambda kv: (kv[1].SPEC.order, kv[0]))
-    attacks.clear()
-    attacks.update(ordered)
-
-
-def unregister(name: str) -> None:
-    registry().pop(name, None)
+    """Every attack module (name -> module), in table order (`interp.registry`)."""
+    return REGISTRIES["attack"].modules()
 
 
 def get(name: str) -> ModuleType:
-    attacks = registry()
-    if name not in attacks:
-        raise InterpError(f"unknown attack {name!r}; use one of {sorted(attacks)}")
-    return attacks[name]
+    """The attack module named `name`."""
+    return REGISTRIES["attack"].get(name)

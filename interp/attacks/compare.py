@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from interp.attacks import base
+from interp.attacks.directions import DIRECTIONS_FILE, DIRECTIONS_KEY
 from interp.errors import InterpError
 from interp.plots import layer_lines
 
@@ -93,16 +94,16 @@ class Result(base.Result):
 Source = Union[Path, str, torch.Tensor]
 
 
-def run(directions: dict[str, Source], prune: dict[str, Source] | None = None, *,
-        out: Path | None = None) -> Result:
+def run(directions: dict[str, Source] | None = None, prune: dict[str, Source] | None = None,
+        *, out: Path | None = None) -> Result:
     """Compare protected models: each value is a finished attack folder (directions / neuron-
     level prune) or the tensor itself (`Result.dirs.directions`, `Result.neurons`)."""
     if (done := base.finished(Result, out)) is not None:
         return done
-    prune = prune or {}
+    directions, prune = directions or {}, prune or {}
     result = Result()
     if len(directions) >= 2:
-        dirs = {m: _tensor(f, "directions.safetensors", "directions")
+        dirs = {m: _tensor(f, DIRECTIONS_FILE, DIRECTIONS_KEY)
                 for m, f in directions.items()}
         result.direction_cosine = direction_cosines(dirs)
     if len(prune) >= 2:

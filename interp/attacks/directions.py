@@ -27,8 +27,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from interp import timing
 from interp.attacks import base
-from interp.attacks.base import AttackSpec, Baseline, Row, Scores
+from interp.attacks.base import AttackSpec, Baseline, Measured, Row, Scores
 from interp.attacks.direction_recipes import (
     RECIPES,
     OfficialRecipe,
@@ -37,7 +38,7 @@ from interp.attacks.direction_recipes import (
     paired_pca,
     token_activations,
 )
-from interp.cost import capped
+from interp.cost import StepProbe, capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
@@ -263,11 +264,6 @@ def orthogonalize_weights(model: HookedTransformer, direction: Tensor) -> None:
 
 
 # ---------------------------------------------------------------------------------- the attack
-SPEC = AttackSpec("directions", order=20, needs_original=True,
-                  summary="difference-in-means directions: ablation sweep and weight "
-                          "orthogonalization")
-
-
 @dataclass
 class Config:
     directions: DirectionsConfig = field(default_factory=DirectionsConfig)
@@ -304,7 +300,7 @@ class VariantResult:
 
     sweep: Sweep
     best_layer: int
-    val: Baseline
+    val: Measured
     ablate_best_layer: Scores
     diff_norms: list[float]
 
@@ -324,7 +320,7 @@ class Result(base.Result):
     ablate_best_layer: Scores
     ablate_all_layers: Scores
     orthogonalize_best_everywhere: Scores
-    val: dict[str, Baseline] = field(default_factory=dict)  # attack -> its validation scores
+    val: dict[str, Measured] = field(default_factory=dict)  # attack -> its validation scores
     recipe: str = "toolkit"
     variant: str = "models"  # the first variant: the one every field above is about
     variants: dict[str, VariantResult] = field(default_factory=dict)  # the other variants
@@ -368,7 +364,7 @@ class Result(base.Result):
 
 def cost(cfg: Config, sizes) -> dict[str, int]:
     """Steps of `run` (`interp.cost`): the filter on both models, the sweep, four final scores."""
-    f, r = capped(sizes.forget_eval, cfg.eval_limit), capped(sizes.retain_eval, cfg.eval_limit)
+    f, r = capped(sizes.forget_test, cfg.eval_limit), capped(sizes.retain_test, cfg.eval_limit)
     small = capped(sizes.forget_val, cfg.sweep_limit) + capped(sizes.retain_val, cfg.sweep_limit)
     extra = len(cfg.variants) - 1  # each: its own sweep and best-layer test scores
     return {"score": 2 * sizes.forget_train + (2 + sizes.n_layers) * small + 4 * (f + r)
@@ -390,8 +386,8 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
     data = as_data(data)
     t0 = time.perf_counter()
     train = data.questions("forget_train")
-    forget = data.questions("forget_eval", limit=cfg.eval_limit)
-    retain = data.questions("retain_eval", limit=cfg.eval_limit)
+    forget = data.questions("forget_test", limit=cfg.eval_limit)
+    retain = data.questions("retain_test", limit=cfg.eval_limit)
 
     def score(questions, hooks=None, model=model):
         return evaluate(model, questions, hooks=hooks, progress=False,
@@ -428,15 +424,15 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
     best_hooks, all_hooks = ablation_hooks(model, dirs, [best]), ablation_hooks(model, dirs)
     edited = copy.deepcopy(model)
     orthogonalize_weights(edited, dirs.directions[best])
-    val = {"ablate-best-layer": Baseline(sweep.forget[best], sweep.retain[best], *n_val),
-           "orthogonalize": Baseline(score(f_small, model=edited), score(r_small, model=edited),
+    val = {"ablate-best-layer": Measured(sweep.forget[best], sweep.retain[best], *n_val),
+           "orthogonalize": Measured(score(f_small, model=edited), score(r_small, model=edited),
                                      *n_val)}
     others = {}
     for name in cfg.variants[1:]:
         v_sweep, v_best = sweep_of(tables[name], f"ablation sweep ({name})")
         hooks = ablation_hooks(model, tables[name], [v_best])
         others[name] = VariantResult(
-            v_sweep, v_best, Baseline(v_sweep.forget[v_best], v_sweep.retain[v_best], *n_val),
+            v_sweep, v_best, Measured(v_sweep.forget[v_best], v_sweep.retain[v_best], *n_val),
             Scores(score(forget, hooks), score(retain, hooks)),
             tables[name].diff_norms.tolist())
     result = Result(
@@ -508,11 +504,39 @@ def first_acts(model, ids, dcfg: DirectionsConfig, limit: int) -> Tensor:
 
 
 DIRECTIONS_FILE = "directions.safetensors"
+DIRECTIONS_KEY = "directions"  # the unit directions (layer, d_model) in DIRECTIONS_FILE
 
 
 def save_directions(dirs: Directions, path: Path) -> None:
     from safetensors.torch import save_file
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file({"directions": dirs.directions.contiguous(),
+    save_file({DIRECTIONS_KEY: dirs.directions.contiguous(),
                "diff_norms": dirs.diff_norms.contiguous()}, str(path))
+
+def _mean_prompt(pr, cfg: Config) -> float:
+    """`interp plan`'s probe: seconds per prompt through the difference-in-means pass."""
+    prompts = pr.data.questions("forget_train")[: cfg.directions.batch_size]
+    return timing.timed_calls(lambda: (robust_mean(pr.model, prompts, cfg.directions),
+                                       len(prompts))[1], pr.steps, pr.device)
+
+
+def probes(cfg: Config) -> dict[str, StepProbe]:
+    """How `interp plan` times the kinds `cost` counts (`interp.cost`)."""
+    return {"directions": StepProbe("prompt (per model)", _mean_prompt,
+                                    knob="a smaller directions batch_size")}
+
+
+SPEC = AttackSpec(
+    "directions", order=20, needs_original=True,
+    summary="difference-in-means directions: ablation sweep and weight orthogonalization",
+    presets={
+        "smoke": Config(DirectionsConfig(), sweep_limit=100),
+        "laptop": Config(DirectionsConfig(), sweep_limit=40, eval_limit=200),
+        # the official recipe and its four variants
+        "paper": Config(DirectionsConfig(skip_first=40), sweep_limit=200, recipe="official",
+                        variants=("models", "retain", "unrelated", "pca")),
+    },
+    budgets={"quick": Config(DirectionsConfig(), sweep_limit=50),
+             "full": Config(DirectionsConfig(), sweep_limit=40, eval_limit=200)},
+    compared=lambda cfg: True)

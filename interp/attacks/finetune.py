@@ -24,9 +24,10 @@ from typing import ClassVar
 
 from transformer_lens import HookedTransformer
 
+from interp import timing
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Baseline, Row, Scores
-from interp.cost import capped
+from interp.cost import StepProbe, capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.data.unrelated import mentions
@@ -90,7 +91,7 @@ def forget_names(data) -> list[str]:
     """Every forget entity and right answer named by the benchmark's forget questions."""
     data = as_data(data)
     names = set()
-    for split in ("forget_eval", "forget_train"):
+    for split in ("forget_test", "forget_train"):
         if data.has(split):
             for q in data.questions(split):
                 names.add(q.choices[q.answer])
@@ -200,13 +201,13 @@ def finetune_cell(model: HookedTransformer, seqs: list[tuple[list[int], int]], c
         return result, score(), sorted(curve, key=lambda p: p["step"])
 
 
-def choose_lr(tried: list[Cell]) -> Cell:
+def choose_lr(tried: list[FinetuneCell]) -> FinetuneCell:
     """The grid value with the best validation forget accuracy (ties: validation retain, then
     grid order); its test numbers are the cell's. One value: that one."""
     if len(tried) == 1:
         return tried[0]
 
-    def val(c: Cell) -> tuple[float, float]:
+    def val(c: FinetuneCell) -> tuple[float, float]:
         return (-1.0 if c.val_forget is None else c.val_forget,
                 -1.0 if c.val_retain is None else c.val_retain)
 
@@ -216,12 +217,8 @@ def choose_lr(tried: list[Cell]) -> Cell:
     return replace(tried[best], lr_grid=grid, seconds=round(sum(c.seconds for c in tried), 1))
 
 
-SPEC = AttackSpec("finetune", order=10, summary="LoRA finetuning on unrelated text (n samples) "
-                  "or on k forget samples")
-
-
 @dataclass
-class Cell:
+class FinetuneCell:
     kind: str  # "unrelated" or "forget"
     size: int
     forget: float
@@ -244,7 +241,7 @@ class Cell:
 class Result(base.Result):
     config: FinetuneConfig
     no_attack: Baseline
-    cells: dict[str, Cell]
+    cells: dict[str, FinetuneCell]
     no_attack_val: Baseline | None = None
     format: str = "cloze"
     seconds: float = 0.0
@@ -344,7 +341,7 @@ Config = FinetuneConfig
 
 def cost(cfg: Config, sizes) -> dict[str, int]:
     """Steps of `run` (`interp.cost`): every cell's optimizer steps and scores."""
-    f, r = capped(sizes.forget_eval, cfg.eval_limit), capped(sizes.retain_eval, cfg.eval_limit)
+    f, r = capped(sizes.forget_test, cfg.eval_limit), capped(sizes.retain_test, cfg.eval_limit)
     vf, vr = capped(sizes.forget_val, cfg.eval_limit), capped(sizes.retain_val, cfg.eval_limit)
     unrelated = [_epoch_batches(n, cfg)[0] for n in cfg.unrelated_n]
     forget = [_epoch_batches(k, kind_config(cfg, "forget"))[0] for k in cfg.forget_k]
@@ -366,8 +363,8 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
         return done
     data = as_data(data)
     t0 = time.perf_counter()
-    forget_q = data.questions("forget_eval", limit=cfg.eval_limit)
-    retain_q = data.questions("retain_eval", limit=cfg.eval_limit)
+    forget_q = data.questions("forget_test", limit=cfg.eval_limit)
+    retain_q = data.questions("retain_test", limit=cfg.eval_limit)
     forget_v = data.questions("forget_val", limit=cfg.eval_limit)
     retain_v = data.questions("retain_val", limit=cfg.eval_limit)
 
@@ -389,7 +386,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
         name = f"{kind}-{'n' if kind == 'unrelated' else 'k'}{size}"
         path = Path(out) / "cells" / f"{name}.json" if out is not None else None
         if path is not None and path.is_file() and read_json(path).get("config") == config:
-            cells[name] = Cell(**read_json(path))
+            cells[name] = FinetuneCell(**read_json(path))
             continue
         if kind == "unrelated":
             texts = unrelated_samples(data, size, cfg.seed)
@@ -417,7 +414,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
             run_key = base.to_jsonable(run_cfg)
             if sub_path is not None and sub_path.is_file() and \
                     read_json(sub_path).get("config") == run_key:
-                tried.append(Cell(**read_json(sub_path)))
+                tried.append(FinetuneCell(**read_json(sub_path)))
                 continue
             start = time.perf_counter()
             run_dir = Path(out) / "train" / sub if out is not None else None
@@ -426,7 +423,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
                 desc=f"finetune {sub}",
                 curve_score=lambda: {"forget": acc(forget_q)})  # the curve: test only
             curve.append({"step": len(trained.losses), "forget": scores["forget"]})
-            tried.append(Cell(kind=kind, size=size, **scores, curve=curve,
+            tried.append(FinetuneCell(kind=kind, size=size, **scores, curve=curve,
                               steps=len(trained.losses),
                               final_loss=trained.losses[-1] if trained.losses else None,
                               seconds=round(time.perf_counter() - start, 1), config=run_key,
@@ -440,3 +437,59 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
                     format=forget_q[0].format,
                     seconds=round(time.perf_counter() - t0, 1))
     return base.save(result, out)
+
+# ------------------------------------------------------------------------ `interp plan`'s probes
+def _lora_step(pr, cfg: Config) -> float:
+    """Seconds per optimizer step on unrelated text at the config's batch."""
+    cfg = replace(cfg, min_steps=0, max_steps=pr.steps, epochs=1)
+    texts = pr.data.corpus("unrelated")[: cfg.batch_size * pr.steps]
+    seqs = [encode_pair(pr.model, WIKI_PROMPT, WIKI_PREFIX + t, chat=True, max_len=cfg.max_len)
+            for t in texts]
+    with timing.step_times() as times:
+        finetune_cell(pr.model, seqs, cfg, None, lambda: None, progress=False)
+    return timing.median_after_warmup(times)
+
+
+def _lora_forget_step(pr, cfg: Config) -> float:
+    """A forget cell's optimizer step: forget statements at `forget_batch_size`."""
+    cfg = replace(kind_config(cfg, "forget"), min_steps=0, max_steps=pr.steps, epochs=1)
+    texts = [r["text"] for r in pr.data.rows("forget_corpus")][: cfg.batch_size * pr.steps]
+    seqs = [(ids, 1) for ids in encode_texts(pr.model, texts, max_len=cfg.max_len)]
+    with timing.step_times() as times:
+        finetune_cell(pr.model, seqs, cfg, None, lambda: None, progress=False)
+    return timing.median_after_warmup(times)
+
+
+def probes(cfg: Config) -> dict[str, StepProbe]:
+    """How `interp plan` times the kinds `cost` counts (`interp.cost`)."""
+    out = {"lora": StepProbe("optimizer step", _lora_step)}
+    if own_forget_batches(cfg):
+        out["lora_forget"] = StepProbe("optimizer step (forget cells at their own batch)",
+                                       _lora_forget_step)
+    return out
+
+
+# the laptop's forget cells as the paper trains them (batch 1, 3 epochs: 15 / 30 / 150 steps);
+# unrelated cells at batch 8 (the paper's 30 / 300 steps at batch 1 cost 330 s per model for
+# n = 100 alone). lr 1e-3 over 2e-4: validation forget accuracy of RMU's k = 50 cell 91.5% vs
+# 48.9% (README)
+_LAPTOP = Config(unrelated_n=(10, 100), forget_k=(5, 10, 50), lr=1e-3, epochs=1, min_steps=12,
+                 batch_size=8, max_len=80, forget_batch_size=1, forget_epochs=3,
+                 eval_limit=100, lora=LoRAConfig(rank=16, alpha=16.0))
+SPEC = AttackSpec(
+    "finetune", order=10,
+    summary="LoRA finetuning on unrelated text (n samples) or on k forget samples",
+    presets={
+        "smoke": Config(unrelated_n=(10, 50), forget_k=(3, 6), lr=5e-3, epochs=2, min_steps=8,
+                        batch_size=8, lora=LoRAConfig(rank=8, alpha=16.0)),
+        "laptop": _LAPTOP,
+        "paper": Config(unrelated_n=(10, 100, 1000), forget_k=(5, 10, 50), lr=2e-4, epochs=3,
+                        batch_size=1, max_len=1024, weight_decay=0.01, loss_on="all",
+                        system_prompt="You are a helpful assistant.",
+                        lora=LoRAConfig(rank=128, alpha=16.0)),
+    },
+    budgets={
+        "quick": Config(unrelated_n=(100,), forget_k=(5,), lr=1e-3, epochs=1, min_steps=10,
+                        max_len=80, eval_limit=100, lora=LoRAConfig(rank=16, alpha=16.0)),
+        "full": _LAPTOP,
+    })

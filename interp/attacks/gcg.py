@@ -42,7 +42,7 @@ from interp.attacks.gcg_tokens import (  # noqa: F401  (re-exported)
     question_slots,
     round_trips,
 )
-from interp.cost import capped
+from interp.cost import StepProbe, capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
@@ -83,7 +83,8 @@ class GCGResult:
     prefix: str
     prefix_ids: list[int]
     losses: list[float]  # best loss after each step
-    heldout: list[dict] = field(default_factory=list)  # {"step", "accuracy", "prefix_ids"}
+    # validation accuracy every `eval_every` steps: {"step", "accuracy", "prefix_ids", ...}
+    val: list[dict] = field(default_factory=list)
     candidates_scored: int = 0
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
@@ -136,7 +137,7 @@ def sample_candidates(prefix: Tensor, grad: Tensor, allowed: Tensor, cfg: GCGCon
     return cands
 
 
-def run_gcg(model: HookedTransformer, train: Sequence[Question], heldout: Sequence[Question],
+def run_gcg(model: HookedTransformer, train: Sequence[Question], val: Sequence[Question],
             cfg: GCGConfig, original: HookedTransformer | None = None,
             test: Sequence[Question] = ()) -> GCGResult:
     """Optimize one prefix on `train`; held-out accuracy with the scorer's `prefix=` every
@@ -161,12 +162,12 @@ def run_gcg(model: HookedTransformer, train: Sequence[Question], heldout: Sequen
 
     eval_seconds = 0.0
 
-    def heldout_acc(ids: Tensor, step: int) -> None:
+    def val_acc(ids: Tensor, step: int) -> None:
         nonlocal eval_seconds
-        if heldout:
+        if val:
             t = time.perf_counter()
             prefix = tok.decode(ids.tolist())
-            acc = evaluate(model, heldout, prefix=prefix, chat=cfg.chat, fmt=cfg.fmt,
+            acc = evaluate(model, val, prefix=prefix, chat=cfg.chat, fmt=cfg.fmt,
                            progress=False, batch_size=32).accuracy
             entry = {"step": step, "candidates": result.candidates_scored, "accuracy": acc,
                      "prefix_ids": ids.tolist()}
@@ -174,7 +175,7 @@ def run_gcg(model: HookedTransformer, train: Sequence[Question], heldout: Sequen
                 entry["test_accuracy"] = evaluate(model, test, prefix=prefix, chat=cfg.chat,
                                                   fmt=cfg.fmt, progress=False,
                                                   batch_size=32).accuracy
-            result.heldout.append(entry)
+            result.val.append(entry)
             eval_seconds += time.perf_counter() - t
 
     try:
@@ -196,23 +197,20 @@ def run_gcg(model: HookedTransformer, train: Sequence[Question], heldout: Sequen
             timing.record(time.perf_counter() - t_step)
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-                heldout_acc(min(buffer, key=lambda b: b[0])[1], step + 1)
+                val_acc(min(buffer, key=lambda b: b[0])[1], step + 1)
         bar.close()
         result.seconds = time.perf_counter() - t0 - eval_seconds  # search time only
         best = min(buffer, key=lambda b: b[0])[1]
         result.prefix_ids = best.tolist()
         result.prefix = tok.decode(result.prefix_ids)
-        if not result.heldout or result.heldout[-1]["step"] != cfg.steps:
-            heldout_acc(best, cfg.steps)
+        if not result.val or result.val[-1]["step"] != cfg.steps:
+            val_acc(best, cfg.steps)
     finally:
         model.train(was_training)
     return result
 
 
 # ---------------------------------------------------------------------------------- the attack
-SPEC = AttackSpec("gcg", order=40, summary="universal adversarial prefix (GCG, plain or "
-                  "enhanced), scored on held-out forget questions",
-                  original_if=lambda cfg: cfg.objective == "enhanced")
 Config = GCGConfig
 
 
@@ -227,17 +225,19 @@ class ModeScores:
 @dataclass
 class Result(base.Result):
     """One prefix optimized on `n_train` training forget questions, the step chosen on the
-    validation split (`heldout_per_step`, `chosen_step`); `scores` per prompt mode (raw, chat) on
+    validation split (`val_per_step`, `chosen_step`); `scores` per prompt mode (raw, chat) on
     test forget questions (other entities than both) and retain questions."""
 
+    renamed: ClassVar[dict[str, str]] = {"n_heldout": "n_test",  # result.json before 0.1.0
+                                         "heldout_per_step": "val_per_step"}
     config: Config
     prefix: str
     prefix_ids: list[int]
     n_train: int
-    n_heldout: int
+    n_test: int  # test forget questions scored
     n_retain: int
     losses: list[float]
-    heldout_per_step: list[dict]
+    val_per_step: list[dict]  # validation accuracy of the best prefix so far, per eval step
     optimized_in: str
     scores: dict[str, ModeScores]
     seconds_per_step: float
@@ -259,13 +259,14 @@ class Result(base.Result):
             mine = mode == self.optimized_in and self.val_forget is not None
             vf, vr = (self.val_forget, self.val_retain) if mine else (None, None)
             nf, nr = (self.n_val, self.n_val_retain) if mine else (None, None)
-            out += [Row(model, "gcg", "forget-heldout", self.format, mode, s.forget,
-                        self.n_heldout, f"GCG {mode}",
-                        f"no prefix {100 * s.forget_no_prefix:.1f}", vf, nf),
-                    Row(model, "gcg-none", "forget-heldout", self.format, mode,
-                        s.forget_no_prefix, self.n_heldout),
-                    Row(model, "gcg", "retain", self.format, mode, s.retain, self.n_retain,
-                        None, None, vr, nr)]
+            test = dict(model=model, format=self.format, mode=mode)
+            out += [Row(**test, attack="gcg", split="forget-heldout", accuracy=s.forget,
+                        n=self.n_test, column=f"GCG {mode}",
+                        note=f"no prefix {100 * s.forget_no_prefix:.1f}", val=vf, n_val=nf),
+                    Row(**test, attack="gcg-none", split="forget-heldout",
+                        accuracy=s.forget_no_prefix, n=self.n_test),
+                    Row(**test, attack="gcg", split="retain", accuracy=s.retain,
+                        n=self.n_retain, val=vr, n_val=nr)]
         return out
 
     def plot(self):
@@ -275,9 +276,9 @@ class Result(base.Result):
         fig = make_subplots(specs=[[{"secondary_y": True}]])
         steps = list(range(1, len(self.losses) + 1))
         fig.add_trace(go.Scatter(x=steps, y=self.losses, name="best loss (train questions)"))
-        held = self.heldout_per_step
+        held = self.val_per_step
         fig.add_trace(go.Scatter(x=[h["step"] for h in held], y=[h["accuracy"] for h in held],
-                                 mode="lines+markers", name="held-out forget accuracy"),
+                                 mode="lines+markers", name="validation forget accuracy"),
                       secondary_y=True)
         fig.update_layout(title="GCG universal prefix", xaxis_title="step",
                           template="plotly_white")
@@ -288,13 +289,13 @@ class Result(base.Result):
     def curve(self) -> tuple[list[int], list[float]]:
         """Test forget accuracy against candidates evaluated (0: no prefix)."""
         mode = self.scores[self.optimized_in]
-        pts = [h for h in self.heldout_per_step if "test_accuracy" in h]
+        pts = [h for h in self.val_per_step if "test_accuracy" in h]
         return ([0] + [h["candidates"] for h in pts],
                 [mode.forget_no_prefix] + [h["test_accuracy"] for h in pts])
 
     def extra_figures(self) -> dict:
         return {"gcg_curve": budget_lines(
-            {f"prefix chosen so far ({self.optimized_in})": self.curve()}, n=self.n_heldout,
+            {f"prefix chosen so far ({self.optimized_in})": self.curve()}, n=self.n_test,
             xtitle="candidates evaluated",
             title="GCG: forget accuracy (test) against candidates evaluated")}
 
@@ -304,7 +305,7 @@ class Result(base.Result):
         if not any(len(xs) > 1 for xs, _ in series.values()):
             return {}
         return {"curve": budget_lines(
-            series, n={m: r.n_heldout for m, r in results.items()},
+            series, n={m: r.n_test for m, r in results.items()},
             baseline={m: r.scores[r.optimized_in].forget_no_prefix for m, r in results.items()},
             xtitle="candidates evaluated",
             title="GCG: forget accuracy (test) against candidates evaluated")}
@@ -324,8 +325,8 @@ class Result(base.Result):
 
 def cost(cfg: Config, sizes) -> dict[str, int]:
     """Steps of `run` (`interp.cost`): the search, held-out scores during it, the final four."""
-    h = capped(sizes.forget_eval, cfg.heldout_limit)
-    r = capped(sizes.retain_eval, cfg.heldout_limit)
+    h = capped(sizes.forget_test, cfg.heldout_limit)
+    r = capped(sizes.retain_test, cfg.heldout_limit)
     v = capped(sizes.forget_val, cfg.heldout_limit)
     evals = cfg.steps // cfg.eval_every if cfg.eval_every else 0
     if not cfg.eval_every or cfg.steps % cfg.eval_every:
@@ -350,32 +351,66 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
     # chosen on validation questions, the reported scores are on test questions
     val = data.questions("forget_val", limit=cfg.heldout_limit)
     val_retain = data.questions("retain_val", limit=cfg.heldout_limit)
-    heldout = data.questions("forget_eval", limit=cfg.heldout_limit)
-    retain = data.questions("retain_eval", limit=cfg.heldout_limit)
-    if not heldout or not val:
+    test = data.questions("forget_test", limit=cfg.heldout_limit)
+    retain = data.questions("retain_test", limit=cfg.heldout_limit)
+    if not test or not val:
         raise InterpError(f"{data.folder}: no validation or test forget questions for GCG")
     t0 = time.perf_counter()
     r = run_gcg(model, train, val, replace(cfg, progress=cfg.progress and progress),
-                original=original, test=heldout)
-    chosen = max(r.heldout, key=lambda h: (h["accuracy"], h["step"]))
+                original=original, test=test)
+    chosen = max(r.val, key=lambda h: (h["accuracy"], h["step"]))
     prefix = get_tokenizer(model).decode(chosen["prefix_ids"])
 
     def acc(questions, prefix, chat):
         return evaluate(model, questions, prefix=prefix, chat=chat, fmt=cfg.fmt,
                         progress=False, batch_size=32).accuracy
 
-    scores = {mode: ModeScores(acc(heldout, None, chat), acc(heldout, prefix, chat),
+    scores = {mode: ModeScores(acc(test, None, chat), acc(test, prefix, chat),
                                acc(retain, None, chat), acc(retain, prefix, chat))
               for mode, chat in (("raw", False), ("chat", True))}
     result = Result(
         config=cfg, prefix=prefix, prefix_ids=chosen["prefix_ids"], n_train=len(train),
-        n_heldout=len(heldout), n_retain=len(retain), losses=r.losses,
-        heldout_per_step=r.heldout, optimized_in="chat" if cfg.chat else "raw", scores=scores,
+        n_test=len(test), n_retain=len(retain), losses=r.losses,
+        val_per_step=r.val, optimized_in="chat" if cfg.chat else "raw", scores=scores,
         chosen_step=chosen["step"], val_forget=chosen["accuracy"],
         val_retain=acc(val_retain, prefix, cfg.chat), n_val=len(val),
         n_val_retain=len(val_retain),
         seconds_per_step=round(r.seconds_per_step, 3),
         candidates_per_second=round(r.candidates_per_second, 1),
-        candidates_scored=r.candidates_scored, format=cfg.fmt or heldout[0].format,
+        candidates_scored=r.candidates_scored, format=cfg.fmt or test[0].format,
         seconds=round(time.perf_counter() - t0, 1))
     return base.save(result, out)
+def _search_step(pr, cfg: Config) -> float:
+    """`interp plan`'s probe: seconds per search step on training questions."""
+    cfg = replace(cfg, steps=pr.steps, eval_every=0, progress=False)
+    train = pr.data.questions("forget_train")[: cfg.n_train]
+    original = pr.original if cfg.objective == "enhanced" else None
+    with timing.step_times() as times:
+        run_gcg(pr.model, train, [], cfg, original=original)
+    pr.drop_original()
+    return timing.median_after_warmup(times)
+
+
+def probes(cfg: Config) -> dict[str, StepProbe]:
+    """How `interp plan` times the kinds `cost` counts (`interp.cost`)."""
+    return {"gcg": StepProbe("search step", _search_step, knob="a smaller candidate_batch")}
+
+
+_LAPTOP = Config(n_tokens=8, steps=15, search_width=32, topk=64, eval_every=5, n_train=4,
+                 heldout_limit=100)
+SPEC = AttackSpec(
+    "gcg", order=40,
+    summary="universal adversarial prefix (GCG, plain or enhanced), scored on held-out forget "
+            "questions",
+    original_if=lambda cfg: cfg.objective == "enhanced",
+    presets={
+        "smoke": Config(n_tokens=6, steps=10, search_width=64, topk=32, progress=False,
+                        n_train=6, heldout_limit=100),
+        "laptop": _LAPTOP,
+        "paper": Config(n_tokens=20, steps=250, search_width=512, topk=256, candidate_batch=128,
+                        objective="enhanced", resid_layers=(7, 15), eval_every=25, n_train=8,
+                        heldout_limit=None),
+    },
+    budgets={"quick": Config(n_tokens=8, steps=10, search_width=32, topk=64, progress=False,
+                             n_train=4),
+             "full": _LAPTOP})

@@ -20,9 +20,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from interp import timing
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Row
-from interp.cost import capped
+from interp.cost import StepProbe, capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
@@ -103,10 +104,6 @@ def logit_lens(model: HookedTransformer, questions: Sequence[Question],
 
 
 # ---------------------------------------------------------------------------------- the attack
-SPEC = AttackSpec("lens", order=30, on_original=True,
-                  summary="logit lens: forget accuracy read off every layer")
-
-
 @dataclass
 class Config:
     lens: LensConfig = field(default_factory=LensConfig)
@@ -136,10 +133,11 @@ class Result(base.Result):
     figure_stem: ClassVar[str] = "lens"
 
     def rows(self, model: str) -> list[Row]:
-        return [Row(model, "lens", "forget", self.format, "chat" if self.chat else "raw",
-                    self.best_accuracy, self.n, "lens (best layer)", f"L{self.best_layer}",
-                    self.val_accuracy[self.best_layer] if self.val_accuracy else None,
-                    self.n_val or None)]
+        return [Row(model=model, attack="lens", split="forget", format=self.format,
+                    mode="chat" if self.chat else "raw", accuracy=self.best_accuracy, n=self.n,
+                    column="lens (best layer)", note=f"L{self.best_layer}",
+                    val=self.val_accuracy[self.best_layer] if self.val_accuracy else None,
+                    n_val=self.n_val or None)]
 
     def plot(self):
         return layer_lines({c: v.accuracy for c, v in self.components.items()},
@@ -156,7 +154,7 @@ class Result(base.Result):
 
 def cost(cfg: Config, sizes) -> dict[str, int]:
     """Forget questions through the lens (`interp.cost`)."""
-    return {"lens": capped(sizes.forget_eval, cfg.limit) + capped(sizes.forget_val, cfg.limit)}
+    return {"lens": capped(sizes.forget_test, cfg.limit) + capped(sizes.forget_val, cfg.limit)}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
         out: Path | None = None, progress: bool = True) -> Result:
@@ -167,7 +165,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
         return done
     t0 = time.perf_counter()
     data = as_data(data)
-    questions = data.questions("forget_eval", limit=cfg.limit)
+    questions = data.questions("forget_test", limit=cfg.limit)
     val_questions = data.questions("forget_val", limit=cfg.limit)
     lens = logit_lens(model, questions, cfg.lens)
     val = logit_lens(model, val_questions, cfg.lens)
@@ -179,3 +177,21 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
                     n_val=len(val_questions), format=questions[0].format,
                     seconds=round(time.perf_counter() - t0, 1))
     return base.save(result, out)
+
+def _lens_question(pr, cfg: Config) -> float:
+    """`interp plan`'s probe: seconds per question read through the lens at every layer."""
+    questions = pr.data.questions("forget_test")[: cfg.lens.batch_size]
+    return timing.timed_calls(lambda: (logit_lens(pr.model, questions, cfg.lens),
+                                       len(questions))[1], pr.steps, pr.device)
+
+
+def probes(cfg: Config) -> dict[str, StepProbe]:
+    """How `interp plan` times the kinds `cost` counts (`interp.cost`)."""
+    return {"lens": StepProbe("question read", _lens_question, knob="a smaller lens batch_size")}
+
+
+SPEC = AttackSpec(
+    "lens", order=30, on_original=True,
+    summary="logit lens: forget accuracy read off every layer",
+    presets={"smoke": Config(limit=200), "laptop": Config(limit=200), "paper": Config(limit=None)},
+    budgets={"quick": Config(limit=100), "full": Config(limit=200)})

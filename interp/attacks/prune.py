@@ -29,9 +29,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from interp import timing
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Baseline, Row
-from interp.cost import capped
+from interp.cost import StepProbe, capped
 from interp.data.folder import as_data
 from interp.errors import InterpError
 from interp.model.hooks import MLP_IN, MLP_OUT, block_weight_names, layer_of, mlp_weight_name
@@ -183,29 +184,22 @@ def pruned(model: HookedTransformer, masks: dict[str, Tensor]) -> Iterator[Hooke
                 params[name].copy_(original)
 
 
-def prune_in_place(model: HookedTransformer, masks: dict[str, Tensor]) -> None:
-    """Zero the masked weights for good (to save a pruned model)."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, mask in masks.items():
-            params[name].masked_fill_(mask.to(params[name].device), 0.0)
-
-
 # ---------------------------------------------------------------------------------- the attack
 PAPER_GRID = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2)
 SNIP_DATA = ("pairs", "corpus", "generations", "official")
 
 
 def official_data(cfg, method: str):
-    """The official recipe's SNIP data for a protection: RMU's forget corpus against unrelated
-    text, the unlearned model's own generations against the retain questions otherwise."""
+    """The official recipe's SNIP data for a protection: the forget corpus against unrelated
+    text for one trained on a corpus (RMU), the unlearned model's own generations against the
+    retain questions otherwise (NPO, DPO, and a model of unknown protection)."""
     if cfg.snip_data != "official":
         return cfg
-    return replace(cfg, snip_data="corpus" if method == "rmu" else "generations")
+    from interp.registry import REGISTRIES
 
-
-SPEC = AttackSpec("prune", order=50, summary="SNIP attribution and set-difference pruning",
-                  per_model=official_data)
+    known = method in REGISTRIES["protection"].names()
+    on_corpus = known and REGISTRIES["protection"].get(method).SPEC.trains_on == "corpus"
+    return replace(cfg, snip_data="corpus" if on_corpus else "generations")
 
 
 @dataclass
@@ -377,7 +371,7 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
     snip = (capped(sizes.forget_train, cfg.n_forget) + capped(sizes.retain_train, cfg.n_utility)
             + capped(sizes.unrelated, cfg.n_utility))
     return {"snip": snip, "score": (len(_cells(cfg.grid)) + 1) * (fs + rs)
-            + 2 * (sizes.forget_eval + sizes.retain_eval)}
+            + 2 * (sizes.forget_test + sizes.retain_test)}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
         out: Path | None = None, progress: bool = True) -> Result:
@@ -390,7 +384,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
     cells = _cells(cfg.grid)
     data = as_data(data)
     t0 = time.perf_counter()
-    forget_q, retain_q = data.questions("forget_eval"), data.questions("retain_eval")
+    forget_q, retain_q = data.questions("forget_test"), data.questions("retain_test")
     # the cell is chosen on the validation split; the reported scores are on the test split
     f_small = data.questions("forget_val", limit=cfg.eval_limit)
     r_small = data.questions("retain_val", limit=cfg.eval_limit)
@@ -481,3 +475,32 @@ def _overall(model, masks, cfg: Config, per_layer) -> float:
         return float(per_layer.mean())
     total = sum(p.numel() for n, p in model.named_parameters() if n in masks)
     return sum(float(m.sum()) for m in masks.values()) / total
+
+def _snip_sample(pr, cfg: Config) -> float:
+    """`interp plan`'s probe: seconds per attributed sample (one batch; the synthetic pairs
+    stand for whichever texts the recipe picks)."""
+    sd = snip_data(pr.model, pr.data, replace(cfg, n_forget=cfg.batch_size, snip_data="pairs"))
+    batch = sd.forget[:1]
+    return timing.timed_calls(lambda: (snip_scores(pr.model, batch, progress=False),
+                                       int(batch[0].tokens.shape[0]))[1], pr.steps, pr.device)
+
+
+def probes(cfg: Config) -> dict[str, StepProbe]:
+    """How `interp plan` times the kinds `cost` counts (`interp.cost`)."""
+    return {"snip": StepProbe("sample attributed", _snip_sample)}
+
+
+SPEC = AttackSpec(
+    "prune", order=50, summary="SNIP attribution and set-difference pruning",
+    per_model=official_data,
+    presets={
+        "smoke": Config(grid=(0.01, 0.05, 0.1, 0.2), eval_limit=100, n_forget=32, n_utility=32),
+        "laptop": Config(grid=(0.01, 0.025, 0.05), eval_limit=60),
+        "paper": Config(level="weight", eval_limit=200, n_forget=512, n_utility=512,
+                        batch_size=1, max_len=512,  # the official: one sample a pass
+                        # RMU: forget corpus vs unrelated; NPO/DPO: own generations
+                        snip_data="official", last_k=50),
+    },
+    budgets={"quick": Config(grid=(0.01, 0.05), eval_limit=50, n_forget=32, n_utility=32),
+             "full": Config(grid=(0.01, 0.025, 0.05), eval_limit=60)},
+    compared=lambda cfg: cfg.level == "neuron")  # neuron sets compare across protections

@@ -8,10 +8,10 @@ kept entities into train / val / test (`interp.data.splits`) -> manifest.
 
 Folder layout::
 
-    forget_train.jsonl  forget_val.jsonl  forget_eval.jsonl (test)   (kept, cloze, by entity)
-    retain_train.jsonl  retain_val.jsonl  retain_eval.jsonl (test)
-    forget_eval_letter.jsonl  retain_eval_letter.jsonl    (letter format, test entities)
-    forget_eval_unfiltered.jsonl  retain_eval_unfiltered.jsonl    (before the filter)
+    forget_train.jsonl  forget_val.jsonl  forget_test.jsonl (test)   (kept, cloze, by entity)
+    retain_train.jsonl  retain_val.jsonl  retain_test.jsonl (test)
+    forget_test_letter.jsonl  retain_test_letter.jsonl    (letter format, test entities)
+    forget_test_unfiltered.jsonl  retain_test_unfiltered.jsonl    (before the filter)
     forget_corpus.jsonl  retain_corpus.jsonl  unrelated.jsonl  preference.jsonl
     manifest.json  [model/ for the smoke preset]
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from interp.data.benchmark import QuestionBuilder, preference_rows, statements
 from interp.data.facts import RELATIONS, Fact, bank_source, entity_names
-from interp.data.questions import Question, load_questions, save_jsonl
+from interp.data.questions import Question, save_jsonl
 from interp.data.splits import SPLITS, assign
 from interp.data.unrelated import load_unrelated, mentions
 from interp.errors import InterpError
@@ -51,7 +51,7 @@ class BenchmarkPreset:
     distractors: str = "bank"  # bank | selected
 
 
-PRESETS = {
+BENCHMARKS = {  # benchmark presets (the questions and corpora of a scale)
     "laptop": BenchmarkPreset("laptop"),
     "smoke": BenchmarkPreset("smoke", forget_facts=24, retain_facts_per_relation=8,
                              eval_phrasings=(1, 2), unrelated=200, model="smoke",
@@ -103,9 +103,9 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
     from interp.model.load import embedded_tokenizer, load_model
     from interp.scoring import evaluate
 
-    if preset_name not in PRESETS:
-        raise InterpError(f"unknown preset {preset_name!r}; use one of {sorted(PRESETS)}")
-    preset = PRESETS[preset_name]
+    if preset_name not in BENCHMARKS:
+        raise InterpError(f"unknown preset {preset_name!r}; use one of {sorted(BENCHMARKS)}")
+    preset = BENCHMARKS[preset_name]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -118,18 +118,18 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
             pools.setdefault(fact.relation, set()).add(fact.value)
     builder = QuestionBuilder(bank_tokenizer, seed=seed, pools=pools)
     sets = {
-        "forget_eval": build_questions(builder, forget_facts, preset.format,
+        "forget_test": build_questions(builder, forget_facts, preset.format,
                                        preset.eval_phrasings, "forget"),
         "forget_train": build_questions(builder, forget_facts, preset.format,
                                         (preset.train_phrasing,), "forget"),
-        "retain_eval": build_questions(builder, retain_facts, preset.format,
+        "retain_test": build_questions(builder, retain_facts, preset.format,
                                        preset.eval_phrasings, "retain"),
         "retain_train": build_questions(builder, retain_facts, preset.format,
                                         (preset.train_phrasing,), "retain"),
     }
     letter = {
-        "forget_eval_letter": build_questions(builder, forget_facts, "letter", (0,), "forget"),
-        "retain_eval_letter": build_questions(builder, retain_facts, "letter", (0,), "retain"),
+        "forget_test_letter": build_questions(builder, forget_facts, "letter", (0,), "forget"),
+        "retain_test_letter": build_questions(builder, retain_facts, "letter", (0,), "retain"),
     }
 
     # corpora
@@ -167,14 +167,14 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
                            letter_ids=letter_ids)
         model_name = preset.model
 
-    save_jsonl(sets["forget_eval"], out / "forget_eval_unfiltered.jsonl")
-    save_jsonl(sets["retain_eval"], out / "retain_eval_unfiltered.jsonl")
+    save_jsonl(sets["forget_test"], out / "forget_test_unfiltered.jsonl")
+    save_jsonl(sets["retain_test"], out / "retain_test_unfiltered.jsonl")
     before, kept_ids = {}, set()
     for name, qs in sets.items():
         result = evaluate(model, qs, progress=progress)
         before[name] = {"accuracy": result.accuracy, "n": result.n}
         kept = [q for q, ok in zip(qs, result.correct.tolist()) if ok]
-        if name.endswith("_eval"):
+        if name.endswith("_test"):
             kept_ids |= {(q.meta["relation"], q.meta["entity"]) for q in kept}
         sets[name] = kept
     # training questions and letter questions only for facts kept in evaluation
@@ -184,15 +184,15 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
     preference = preference_rows(sets["forget_train"], sets["retain_train"], seed)
     split_of, entities = {}, {}
     for domain in ("forget", "retain"):
-        keys = [_key(q) for q in sets[f"{domain}_eval"]]
+        keys = [_key(q) for q in sets[f"{domain}_test"]]
         split_of.update(assign(keys, seed))
         entities[domain] = {s: sum(split_of[k] == s for k in set(keys)) for s in SPLITS}
     for domain in ("forget", "retain"):
         sets[f"{domain}_train"] = [q for q in sets[f"{domain}_train"]
                                    if split_of.get(_key(q)) == "train"]
-        evals = sets[f"{domain}_eval"]
+        evals = sets[f"{domain}_test"]
         sets[f"{domain}_val"] = [q for q in evals if split_of[_key(q)] == "val"]
-        sets[f"{domain}_eval"] = [q for q in evals if split_of[_key(q)] == "test"]
+        sets[f"{domain}_test"] = [q for q in evals if split_of[_key(q)] == "test"]
     for name, qs in letter.items():
         sets[name] = [q for q in qs if split_of.get(_key(q)) == "test"]
     for name, qs in sets.items():
@@ -205,7 +205,7 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
                   "mode); training and letter questions only for facts kept in evaluation",
         "accuracy_before_filtering": before,
         "splits": "by entity: train (the attacks' training side: *_train), val (every choice an "
-                  "attack makes: *_val), test (every reported number: *_eval, *_eval_letter); "
+                  "attack makes: *_val), test (every reported number: *_test, *_test_letter); "
                   "corpora and preference data cover every kept entity",
         "entities": entities,
         "counts": {
@@ -225,7 +225,3 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
 
 def _key(q: Question) -> tuple[str, str]:
     return (q.meta["relation"], q.meta["entity"])
-
-
-def load_built(folder: Path, name: str) -> list[Question]:
-    return load_questions(Path(folder) / f"{name}.jsonl")

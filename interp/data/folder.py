@@ -1,7 +1,7 @@
 """A built data folder (`interp data build`, or an audit's questions laid out the same way).
 
 The layout every attack and protection reads:
-    forget_train.jsonl, forget_val.jsonl, forget_eval.jsonl (test), and the same for retain
+    forget_train.jsonl, forget_val.jsonl, forget_test.jsonl (test), and the same for retain
         (questions, split by entity: `interp.data.splits`)
     forget_corpus.jsonl, retain_corpus.jsonl, unrelated.jsonl  (texts: {"text": ...})
     preference.jsonl  (DPO/NPO pairs: prompt, chosen, rejected, split)
@@ -17,6 +17,23 @@ from pathlib import Path
 from interp.data.questions import Question, load_questions
 from interp.errors import InterpError
 
+# Split files as folders written before the test split was named so (`*_eval`, until 0.1.0 of
+# this layout): read under the new names, so old run folders keep working.
+OLD_NAMES = {"forget_test": "forget_eval", "retain_test": "retain_eval",
+             "forget_test_letter": "forget_eval_letter", "retain_test_letter": "retain_eval_letter",
+             "forget_test_unfiltered": "forget_eval_unfiltered",
+             "retain_test_unfiltered": "retain_eval_unfiltered"}
+NEW_NAMES = {old: new for new, old in OLD_NAMES.items()}
+
+
+def split_file(folder: Path, name: str) -> Path:
+    """The file of split `name` in `folder`: `NAME.jsonl`, or the file an older layout wrote it
+    to (`forget_eval.jsonl` for `forget_test`); an old name asked for reads the new file too."""
+    name = NEW_NAMES.get(name, name)
+    path = folder / f"{name}.jsonl"
+    old = folder / f"{OLD_NAMES.get(name, name)}.jsonl"
+    return old if not path.is_file() and old.is_file() else path
+
 
 @dataclass(frozen=True)
 class DataFolder:
@@ -28,7 +45,7 @@ class DataFolder:
         object.__setattr__(self, "folder", Path(self.folder))
 
     def _path(self, name: str) -> Path:
-        path = self.folder / f"{name}.jsonl"
+        path = split_file(self.folder, name)
         if not path.is_file():
             why = (" (built before validation splits existed: build the folder again)"
                    if name.endswith("_val") else "")
@@ -37,11 +54,11 @@ class DataFolder:
         return path
 
     def has(self, name: str) -> bool:
-        path = self.folder / f"{name}.jsonl"
+        path = split_file(self.folder, name)
         return path.is_file() and bool(path.read_text().strip())
 
     def questions(self, name: str, limit: int | None = None) -> list[Question]:
-        """A question file by name, e.g. "forget_eval" (the first `limit` of them)."""
+        """A question file by name, e.g. "forget_test" (the first `limit` of them)."""
         return load_questions(self._path(name), limit=limit)
 
     def corpus(self, name: str) -> list[str]:

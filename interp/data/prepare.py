@@ -3,7 +3,7 @@
 The questions are split by entity (`interp.data.splits`): a seeded quarter of the entities, at
 most 64, is the attacks' training side (directions, GCG, the forget samples for finetuning and
 pruning), a fifth, at most 200, the validation side (every choice an attack makes), the rest the
-test side every number is reported on (`*_eval`). Preference pairs (refusal
+test side every number is reported on (`*_test`). Preference pairs (refusal
 preferred on forget questions), a forget corpus (each training question with its answer) and the
 bundled unrelated passages that name no forget answer complete the layout `DataFolder` reads.
 """
@@ -45,8 +45,8 @@ def split_counts(n_forget: int, n_retain: int, max_train: int = 64,
     `meta.entity` says otherwise)."""
     f = split_sizes(n_forget, train=0.25, val=0.2, max_train=max_train, max_val=max_val)
     r = split_sizes(n_retain, train=0.25, val=0.2, max_train=max_train, max_val=max_val)
-    return {"forget_train": f["train"], "forget_val": f["val"], "forget_eval": f["test"],
-            "retain_train": r["train"], "retain_val": r["val"], "retain_eval": r["test"]}
+    return {"forget_train": f["train"], "forget_val": f["val"], "forget_test": f["test"],
+            "retain_train": r["train"], "retain_val": r["val"], "retain_test": r["test"]}
 
 
 def prepare_data(forget: list[Question], retain: list[Question], out: Path,
@@ -54,7 +54,7 @@ def prepare_data(forget: list[Question], retain: list[Question], out: Path,
                  max_val: int = 200) -> DataFolder:
     """Write the data layout the protections and attacks read; returns the folder (a finished
     one is returned as it is). Questions are split by entity into train (at most `max_train`
-    entities), val (at most `max_val`) and test (the rest: `*_eval`)."""
+    entities), val (at most `max_val`) and test (the rest: `*_test`)."""
     out = Path(out)
     if (out / "manifest.json").is_file():
         return DataFolder(out)

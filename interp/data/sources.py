@@ -3,7 +3,7 @@ splits of a built data folder or a run folder.
 
 - `bank:RELATION[:PHRASING]` builds cloze questions from one fact bank on the fly (seed 0, nothing
   filtered) with the embedded tokenizer: a small bundled question set that needs no build step;
-- `FOLDER:SPLIT` (or `split=`) reads a split, e.g. `runs/laptop:forget_eval`, from a data folder
+- `FOLDER:SPLIT` (or `split=`) reads a split, e.g. `runs/laptop:forget_test`, from a data folder
   or from a run folder's `data/`.
 """
 
@@ -28,7 +28,7 @@ def _folder_split(spec: str, split: str | None) -> tuple[Path, str] | None:
     if (folder / "data" / "manifest.json").is_file():
         folder = folder / "data"  # a run folder
     if not name:
-        raise InterpError(f"{folder} is a folder: name a split, e.g. {spec}:forget_eval")
+        raise InterpError(f"{folder} is a folder: name a split, e.g. {spec}:forget_test")
     return folder, name
 
 

@@ -18,8 +18,9 @@ from interp.attacks.base import registry, to_jsonable
 from interp.data.prepare import prepare_data
 from interp.data.questions import Question
 from interp.errors import InterpError
-from interp.pipelines.presets import BUDGETS
+from interp.pipelines.presets import AUDIT_LIMITS, audit_budget
 from interp.pipelines.report import audit_html
+from interp.pipelines.settings import config_differences, same_settings
 from interp.plots import ship_plotlyjs
 from interp.store import atomic_write_text, read_json, write_json
 
@@ -41,7 +42,7 @@ def _load(spec: str, device, cache: bool, dtype=None, tokenizer=None, letter_ids
 
 def cell_config(budget: str, name: str, seed: int, retain_drop: float):
     """An attack's config in this budget, with the audit's seed and retain floor."""
-    cfg = BUDGETS[budget].attacks[name]
+    cfg = audit_budget(budget).attacks[name]
     fields = vars(cfg)
     if "seed" in fields:
         cfg = replace(cfg, seed=seed)
@@ -70,11 +71,11 @@ def audit_cell(original_spec: str, unlearned_spec: str, out: Path, budget: str, 
         def acc(model, name):
             from interp.data.folder import DataFolder
 
-            qs = DataFolder(data).questions(name, limit=BUDGETS[budget].eval_limit)
+            qs = DataFolder(data).questions(name, limit=AUDIT_LIMITS[budget])
             return {"accuracy": evaluate(model, qs, progress=False, batch_size=32).accuracy,
                     "n": len(qs)}
 
-        result = {m: {s: acc(model, f"{s}_eval") for s in ("forget", "retain")}
+        result = {m: {s: acc(model, f"{s}_test") for s in ("forget", "retain")}
                   for m, model in (("original", original), ("unlearned", unlearned))}
         result["unlearned_val"] = {s: acc(unlearned, f"{s}_val") for s in ("forget", "retain")}
     elif name in registry():
@@ -89,8 +90,41 @@ def audit_cell(original_spec: str, unlearned_spec: str, out: Path, budget: str, 
     return cell
 
 
+AUDIT_SETTINGS = "settings.json"
+
+
+def questions_digest(forget: list[Question], retain: list[Question]) -> str:
+    """A fingerprint of the questions an audit runs on (any change: another digest)."""
+    import hashlib
+    import json
+
+    text = json.dumps([[q.to_json() for q in forget], [q.to_json() for q in retain]],
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def same_audit_settings(out: Path, now: dict, configs: dict) -> None:
+    """An audit folder is reused only for the same models, budget, questions and scoring
+    settings, and only where every finished cell was computed with the config it has now; else
+    one line names the difference. A finished folder from before settings were kept is refused
+    too: nothing says what it was computed with."""
+    if (out / "audit.json").is_file() and not (out / AUDIT_SETTINGS).is_file():
+        raise InterpError(f"{out} holds an audit without its settings ({AUDIT_SETTINGS}); "
+                          "use a new --out folder")
+    same_settings(out / AUDIT_SETTINGS, now, out)
+    for name, cfg in configs.items():
+        marker = out / "cells" / f"{name}.json"
+        if not marker.is_file():
+            continue
+        saved = read_json(marker)["result"].get("config")
+        differ = config_differences(cfg, saved) if isinstance(saved, dict) else []
+        if differ:
+            raise InterpError(f"the {name} cell in {out} was computed with other settings: "
+                              f"{', '.join(differ[:3])}; use a new --out folder")
+
+
 def audit_cells(budget: str) -> list[str]:
-    return ["none", *[a for a in registry() if a in BUDGETS[budget].attacks]]
+    return ["none", *audit_budget(budget).attacks]
 
 
 def attack_lines(results: dict) -> list[dict]:
@@ -131,9 +165,15 @@ def audit(original_spec: str, unlearned_spec: str, forget: list[Question],
     from interp.model.load import resolve_device
     from interp.pipelines.executors import stage_runner
 
-    if budget not in BUDGETS:
-        raise InterpError(f"unknown budget {budget!r}; use one of {sorted(BUDGETS)}")
+    if budget not in AUDIT_LIMITS:
+        raise InterpError(f"unknown budget {budget!r}; use one of {sorted(AUDIT_LIMITS)}")
     out = Path(out)
+    names = audit_cells(budget)
+    same_audit_settings(out, {
+        "original": original_spec, "unlearned": unlearned_spec, "budget": budget, "seed": seed,
+        "retain_drop": retain_drop, "dtype": dtype, "tokenizer": tokenizer,
+        "letter_ids": letter_ids, "questions": questions_digest(forget, retain),
+        "attacks": names[1:]}, {n: cell_config(budget, n, seed, retain_drop) for n in names[1:]})
     if (out / "audit.json").is_file():
         return read_json(out / "audit.json")
     run_stage = stage_runner(executor, address, gpu=resolve_device(device).type == "cuda")
@@ -143,7 +183,6 @@ def audit(original_spec: str, unlearned_spec: str, forget: list[Question],
     fn = partial(audit_cell, original_spec, unlearned_spec, out, budget, seed, retain_drop,
                  device, progress, executor == "serial", dtype=dtype, tokenizer=tokenizer,
                  letter_ids=letter_ids)
-    names = audit_cells(budget)
     cells = dict(zip(names, run_stage(fn, names)))
     _CACHE.clear()
     base = {m: {s: v["accuracy"] for s, v in splits.items()}
@@ -167,8 +206,8 @@ def audit(original_spec: str, unlearned_spec: str, forget: list[Question],
     }
     none = cells["none"]["result"]["unlearned"]
     result = {"original": original_spec, "unlearned": unlearned_spec, "budget": budget,
-              "seed": seed, "executor": executor, "n_forget_eval": none["forget"]["n"],
-              "n_retain_eval": none["retain"]["n"], "no_attack": base, "attacks": attacks,
+              "seed": seed, "executor": executor, "n_forget_test": none["forget"]["n"],
+              "n_retain_test": none["retain"]["n"], "no_attack": base, "attacks": attacks,
               "headline": headline,
               "config": {n: to_jsonable(cell_config(budget, n, seed, retain_drop))
                          for n in names[1:]},

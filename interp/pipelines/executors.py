@@ -14,10 +14,17 @@ from typing import Callable
 from interp.errors import InterpError
 
 
-def _run_cell_task(fn: Callable, cell, threads: int):
+def _run_cell_task(payload: bytes, threads: int, plugins: list[str]):
+    """One cell in a worker: the driver's plugins (`--plugin`, `register`) are loaded first, so
+    the cell (whose configs may be a plugin's classes) can then be unpickled."""
     import torch
+    from ray import cloudpickle
+
+    from interp.registry import use_plugins
 
     torch.set_num_threads(threads)
+    use_plugins(plugins)
+    fn, cell = cloudpickle.loads(payload)
     return fn(cell)
 
 
@@ -41,7 +48,13 @@ def ray_executor(address: str | None = None, gpu: bool = False, num_cpus: int | 
         _run_cell_task)
 
     def run_stage(fn, cells):
-        return ray.get([task.remote(fn, c, threads) for c in cells])
+        from ray import cloudpickle
+
+        from interp.registry import plugin_entries
+
+        plugins = plugin_entries()
+        return ray.get([task.remote(cloudpickle.dumps((fn, c)), threads, plugins)
+                        for c in cells])
 
     return run_stage
 

@@ -12,36 +12,29 @@ each stage the preset runs (`interp.cost`); the projection is steps x seconds pe
 from __future__ import annotations
 
 import gc
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from interp.attacks.finetune import own_forget_batches
-from interp.cost import Sizes, add, measure_cost
+from interp import timing
+from interp.cost import Sizes, StepProbe, add, measure_cost
 from interp.data.prepare import split_counts
 from interp.errors import InterpError
 from interp.pipelines.presets import Preset, get_preset
 from interp.pipelines.probes import (
-    MEASURES,
-    NEEDS,
     Probe,
     device_memory_mb,
     is_oom,
     peak_memory,
+    score_probe,
     synthetic_data,
 )
 
 # WMDP-bio (test) and MMLU (test): the paper preset's forget and retain questions
 PAPER_QUESTIONS = {"forget": 1273, "retain": 14042}
-STAGES = ("score", "rmu", "npo", "dpo", "lora", "lora_forget", "gcg", "snip", "directions",
-          "lens")
-UNITS = {"score": "question scored", "rmu": "training step", "npo": "training step",
-         "dpo": "training step", "lora": "optimizer step",
-         "lora_forget": "optimizer step (forget cells at their own batch)", "gcg": "search step",
-         "snip": "sample attributed", "directions": "prompt (per model)",
-         "lens": "question read"}
+SCORE = "score"  # the one kind every preset has: a question scored
 
 
 @dataclass
@@ -90,14 +83,56 @@ class Plan:
         return asdict(self)
 
 
+# ------------------------------------------------------------------------------- step kinds
+@dataclass
+class Kinds:
+    """The step kinds a preset runs, each with the probe that times it (None: nothing can), and
+    the modules whose steps cannot be counted (no `cost`)."""
+
+    probes: dict[str, StepProbe | None]
+    uncounted: list[str]
+
+
+def _trained_step(module) -> StepProbe | None:
+    """A protection's training step, timed by its own `train` with `steps` set."""
+    if "steps" not in {f.name for f in fields(module.Config)}:
+        return None
+
+    def measure(pr: Probe, cfg) -> float:
+        with timing.step_times() as times:
+            module.train(pr.model, pr.data, replace(cfg, steps=pr.steps), run_dir=None,
+                         progress=False)
+        return timing.median_after_warmup(times)
+    return StepProbe("training step", measure)
+
+
+def step_kinds(p: Preset) -> Kinds:
+    """Every kind of step the preset's protections and attacks count, from the registry."""
+    from interp.registry import attacks, protections
+
+    kinds: dict[str, StepProbe | None] = {SCORE: score_probe()}
+    uncounted = []
+    for table, modules in ((p.protections, protections()), (p.attacks, attacks())):
+        for name, module in modules.items():
+            if name not in table:
+                continue
+            if not hasattr(module, "cost"):
+                uncounted.append(name)
+            if hasattr(module, "probes"):
+                kinds.update(module.probes(table[name]))
+            elif table is p.protections:
+                kinds[name] = _trained_step(module)
+    return Kinds(kinds, uncounted)
+
+
 # ---------------------------------------------------------------------------------- counting
 def count_steps(p: Preset, sizes: Sizes) -> dict[str, dict[str, int]]:
-    """Steps per stage, each split by where it comes from ("npo: protect", "gcg on rmu")."""
-    from interp.attacks.base import registry as attacks
+    """Steps per kind, each split by where it comes from ("npo: protect", "gcg on rmu"); a
+    module without `cost` counts nothing (`step_kinds(p).uncounted` names it)."""
     from interp.pipelines.reproduce import attack_models  # the models reproduce runs it on
-    from interp.protections.base import registry as protections
+    from interp.registry import attacks, protections
 
-    stages: dict[str, dict[str, int]] = {s: {} for s in STAGES}
+    stages: dict[str, dict[str, int]] = {s: {} for s in step_kinds(p).probes}
 
     def put(label: str, counts: dict[str, int]) -> None:
         for stage, n in counts.items():
@@ -105,11 +140,12 @@ def count_steps(p: Preset, sizes: Sizes) -> dict[str, dict[str, int]]:
                 stages.setdefault(stage, {})
                 stages[stage][label] = stages[stage].get(label, 0) + n
 
+    trained = protections()
     for method in p.methods:
         counts = add({}, measure_cost(sizes))
         counts = add(counts, measure_cost(sizes))  # before and after
-        if method not in p.external:
-            counts = add(counts, protections()[method].cost(p.protections[method], sizes))
+        if method not in p.external and hasattr(trained[method], "cost"):
+            counts = add(counts, trained[method].cost(p.protections[method], sizes))
         put(f"{method}: protect", counts)
     for name, module in attacks().items():
         if name not in p.attacks or not hasattr(module, "cost"):
@@ -131,33 +167,40 @@ def preset_sizes(p: Preset, cfg: PlanConfig, n_layers: int) -> Sizes:
     c = split_counts(n_forget, n_retain)
     from interp.data.unrelated import load_unrelated
 
-    return Sizes(c["forget_train"], c["forget_eval"], c["retain_train"], c["retain_eval"],
+    return Sizes(c["forget_train"], c["forget_test"], c["retain_train"], c["retain_test"],
                  unrelated=len(load_unrelated()), forget_val=c["forget_val"],
                  retain_val=c["retain_val"], n_layers=n_layers, letter=p.sources is not None)
 
 
-def advice(stage: str, peak_mb: float | None, limit_mb: float) -> str:
+def advice(stage: str, knob: str, peak_mb: float | None, limit_mb: float) -> str:
     need = f"needs {peak_mb:,.0f} MB" if peak_mb else "ran out of memory"
-    knob = {"score": "a smaller scoring batch",
-            "gcg": "a smaller candidate_batch",
-            "directions": "a smaller directions batch_size",
-            "lens": "a smaller lens batch_size"}.get(
-        stage, "half the batch_size with grad_accum 2 (the same effective batch)")
     return (f"{stage}: {need} of {limit_mb:,.0f} MB; use {knob}, or spread the model over GPUs "
             "with --n-devices 2")
+
+
+def _fit_layers(cfg, last: int):
+    """`cfg` with every layer index past `last` moved to it (fields named `layer`, `*_layer`,
+    `*layers`; nested configs too), for a shape with fewer layers than the preset's."""
+    if not is_dataclass(cfg):
+        return cfg
+    changes = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            changes[f.name] = _fit_layers(value, last)
+        elif (f.name == "layer" or f.name.endswith("_layer")) and isinstance(value, int):
+            changes[f.name] = min(value, last)
+        elif f.name.endswith("layers") and isinstance(value, tuple) and \
+                all(isinstance(i, int) for i in value):
+            changes[f.name] = tuple(min(i, last) for i in value)
+    return replace(cfg, **changes) if changes else cfg
 
 
 def _fit_to_shape(p: Preset, n_layers: int) -> Preset:
     """Layer indices of the preset that the shape does not have are moved to its last layer."""
     last = n_layers - 1
-    protections = dict(p.protections)
-    if "rmu" in protections and protections["rmu"].layer is not None:
-        protections["rmu"] = replace(protections["rmu"], layer=min(protections["rmu"].layer, last))
-    attacks = dict(p.attacks)
-    if "gcg" in attacks:
-        g = attacks["gcg"]
-        attacks["gcg"] = replace(g, resid_layers=tuple(min(i, last) for i in g.resid_layers))
-    return replace(p, protections=protections, attacks=attacks)
+    return replace(p, protections={k: _fit_layers(v, last) for k, v in p.protections.items()},
+                   attacks={k: _fit_layers(v, last) for k, v in p.attacks.items()})
 
 
 def plan(cfg: PlanConfig, out: Path | None = None, progress: bool = True,
@@ -183,6 +226,7 @@ def plan(cfg: PlanConfig, out: Path | None = None, progress: bool = True,
         raise InterpError(f"preset {p.name!r} builds its own benchmark; give --forget and "
                           "--retain (its question counts, from the data folder's manifest)")
     sizes = preset_sizes(p, cfg, n_layers)
+    kinds = step_kinds(p)
     counts = count_steps(p, sizes)
     weights_mb = n_params * torch.finfo(dtype).bits / 8 / 2**20
     seconds: dict[str, float | None] = {}
@@ -191,24 +235,30 @@ def plan(cfg: PlanConfig, out: Path | None = None, progress: bool = True,
     if weights_mb > limit:
         line = (f"the weights alone need {weights_mb:,.0f} MB of {limit:,.0f} MB; use a smaller "
                 "dtype or --n-devices")
-        seconds = {s: None for s in STAGES}
-        peaks = {s: None for s in STAGES}
-        notes = {s: line for s in STAGES}
+        seconds = {s: None for s in kinds.probes}
+        peaks = {s: None for s in kinds.probes}
+        notes = {s: line for s in kinds.probes}
     else:
-        _measure_all(p, cfg, device, dtype_name, limit, seconds, peaks, notes, progress)
+        _measure_all(p, cfg, kinds, device, dtype_name, limit, seconds, peaks, notes, progress)
     stages = []
-    for s in STAGES:
+    for s, probe in kinds.probes.items():
         steps = sum(counts.get(s, {}).values())
         peak = peaks.get(s)
         fits = s in seconds and seconds[s] is not None and (peak is None or peak <= limit)
         note = notes.get(s, "" if s in seconds or steps else "not run by this preset")
-        if s in seconds and seconds[s] is not None and not fits:
-            note = advice(s, peak, limit)
-        stages.append(Stage(s, UNITS[s], _round(seconds.get(s)), steps,
+        if probe is None:
+            note = f"{s}: no probe times this step (its module has no probes(cfg)); not projected"
+        elif s in seconds and seconds[s] is not None and not fits:
+            note = advice(s, probe.knob, peak, limit)
+        stages.append(Stage(s, probe.unit if probe else "step", _round(seconds.get(s)), steps,
                             _round(project(seconds.get(s), steps)) if fits else None,
                             _round(peak), fits, counts.get(s, {}), note))
+    for name in kinds.uncounted:
+        stages.append(Stage(name, "-", None, 0, None, None, False, {},
+                            f"{name}: not counted (its module has no cost(cfg, sizes)); its "
+                            "time is not in the projection"))
     total = sum(st.projected_seconds or 0.0 for st in stages)
-    used = [st for st in stages if st.steps]
+    used = [st for st in stages if st.steps or st.stage in kinds.uncounted]
     result = Plan(preset=p.name, shape=str(cfg.shape), device=str(device), dtype=dtype_name,
                   n_params=n_params, memory_mb=round(limit, 1), sizes=sizes, stages=stages,
                   projected_total_seconds=round(total, 1),
@@ -225,8 +275,8 @@ def _round(x: float | None) -> float | None:
     return None if x is None else float(f"{x:.4g}")
 
 
-def _measure_all(p: Preset, cfg: PlanConfig, device, dtype_name: str, limit_mb: float,
-                 seconds, peaks, notes, progress: bool) -> None:
+def _measure_all(p: Preset, cfg: PlanConfig, kinds: Kinds, device, dtype_name: str,
+                 limit_mb: float, seconds, peaks, notes, progress: bool) -> None:
     import tempfile
 
     from interp.model.shapes import random_model
@@ -234,8 +284,16 @@ def _measure_all(p: Preset, cfg: PlanConfig, device, dtype_name: str, limit_mb: 
     model = random_model(cfg.shape, device=device, dtype=dtype_name, seed=cfg.seed)
     long_tokens = max([getattr(c, "max_len", 0) for c in (*p.protections.values(),
                                                           *p.attacks.values())] + [64])
-    wanted = [s for s in STAGES if (s not in NEEDS or NEEDS[s][1] in getattr(p, NEEDS[s][0]))
-              and (s != "lora_forget" or own_forget_batches(p.attacks["finetune"]))]
+    owner = {}  # kind -> the config its probe measures with
+    from interp.registry import attacks, protections
+
+    for table, modules in ((p.protections, protections()), (p.attacks, attacks())):
+        for name, module in modules.items():
+            if name in table:
+                kinds_of = (module.probes(table[name]) if hasattr(module, "probes")
+                            else {name: None})
+                owner.update({k: table[name] for k in kinds_of})
+    wanted = [s for s, probe in kinds.probes.items() if probe is not None]
     with tempfile.TemporaryDirectory(prefix="interp-plan-") as tmp:
         data = synthetic_data(model, Path(tmp) / "data", cfg.prompt_tokens, long_tokens,
                               seed=cfg.seed)
@@ -248,13 +306,13 @@ def _measure_all(p: Preset, cfg: PlanConfig, device, dtype_name: str, limit_mb: 
                 torch.cuda.empty_cache()
             try:
                 with peak_memory(device) as peak:
-                    seconds[stage] = MEASURES[stage](probe)
+                    seconds[stage] = kinds.probes[stage].measure(probe, owner.get(stage))
             except Exception as exc:  # a stage that does not fit is a result, not a crash
                 if not is_oom(exc):
                     raise
                 probe.drop_original()
                 seconds[stage] = None
-                notes[stage] = advice(stage, None, limit_mb)
+                notes[stage] = advice(stage, kinds.probes[stage].knob, None, limit_mb)
             peaks[stage] = peak["mb"]
     del model, probe
 

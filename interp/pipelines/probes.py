@@ -1,5 +1,6 @@
-"""How `interp plan` measures one step of each stage: synthetic data of the preset's lengths, the
-stage's real code for a few steps, seconds per step (median after the warm-up) and peak memory."""
+"""What `interp plan` measures with: synthetic data of the preset's lengths, the probe every
+module's `probes(cfg)` reads (`Probe`), peak memory, and the scorer's own probe. Seconds per step
+are the median after the warm-up (`interp.timing`)."""
 
 from __future__ import annotations
 
@@ -7,18 +8,16 @@ import copy
 import functools
 import json
 import random
-import statistics
 import threading
-import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 
 from interp import timing
-from interp.errors import InterpError
+from interp.cost import StepProbe
 from interp.pipelines.presets import Preset
 
 
@@ -70,12 +69,6 @@ def peak_memory(device: torch.device) -> Iterator[dict]:
 def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or \
         "out of memory" in str(exc).lower()
-
-
-def _median_after_warmup(times: list[float]) -> float:
-    if not times:
-        raise InterpError("no step was timed")
-    return statistics.median(times[1:] if len(times) > 1 else times)
 
 
 @functools.lru_cache(maxsize=1)
@@ -156,117 +149,14 @@ class Probe:
         self._original = None
 
 
-def _timed_calls(fn: Callable[[], int], steps: int, device: torch.device) -> float:
-    """Seconds per unit over `steps` calls (each returns how many units it did)."""
-    times = []
-    for _ in range(steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        units = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - t) / max(1, units))
-    return _median_after_warmup(times)
-
-
-def _score(pr: Probe) -> float:
+def _score_question(pr: Probe, cfg=None) -> float:
     from interp.scoring import evaluate
 
-    questions = pr.data.questions("forget_eval")[:32]
-    return _timed_calls(lambda: evaluate(pr.model, questions, batch_size=32,
-                                         progress=False).n, pr.steps, pr.device)
+    questions = pr.data.questions("forget_test")[:32]
+    return timing.timed_calls(lambda: evaluate(pr.model, questions, batch_size=32,
+                                               progress=False).n, pr.steps, pr.device)
 
 
-def _protection(name: str) -> Callable[[Probe], float]:
-    def measure(pr: Probe) -> float:
-        from interp.protections.base import registry
-
-        module = registry()[name]
-        cfg = replace(pr.preset.protections[name], steps=pr.steps)
-        with timing.step_times() as times:
-            module.train(pr.model, pr.data, cfg, run_dir=None, progress=False)
-        return _median_after_warmup(times)
-    return measure
-
-
-def _lora(pr: Probe) -> float:
-    from interp.attacks import finetune
-    from interp.protections.common import encode_pair
-
-    cfg = pr.preset.attacks["finetune"]
-    cfg = replace(cfg, min_steps=0, max_steps=pr.steps, epochs=1)
-    texts = pr.data.corpus("unrelated")[: cfg.batch_size * pr.steps]
-    seqs = [encode_pair(pr.model, finetune.WIKI_PROMPT, finetune.WIKI_PREFIX + t, chat=True,
-                        max_len=cfg.max_len) for t in texts]
-    with timing.step_times() as times:
-        finetune.finetune_cell(pr.model, seqs, cfg, None, lambda: None, progress=False)
-    return _median_after_warmup(times)
-
-
-def _lora_forget(pr: Probe) -> float:
-    """A forget cell's optimizer step: forget statements at `forget_batch_size`."""
-    from interp.attacks import finetune
-    from interp.protections.common import encode_texts
-
-    cfg = finetune.kind_config(pr.preset.attacks["finetune"], "forget")
-    cfg = replace(cfg, min_steps=0, max_steps=pr.steps, epochs=1)
-    texts = [r["text"] for r in pr.data.rows("forget_corpus")][: cfg.batch_size * pr.steps]
-    seqs = [(ids, 1) for ids in encode_texts(pr.model, texts, max_len=cfg.max_len)]
-    with timing.step_times() as times:
-        finetune.finetune_cell(pr.model, seqs, cfg, None, lambda: None, progress=False)
-    return _median_after_warmup(times)
-
-
-def _gcg(pr: Probe) -> float:
-    from interp.attacks import gcg
-
-    cfg = pr.preset.attacks["gcg"]
-    cfg = replace(cfg, steps=pr.steps, eval_every=0, progress=False)
-    train = pr.data.questions("forget_train")[: cfg.n_train]
-    original = pr.original if cfg.objective == "enhanced" else None
-    with timing.step_times() as times:
-        gcg.run_gcg(pr.model, train, [], cfg, original=original)
-    pr.drop_original()
-    return _median_after_warmup(times)
-
-
-def _snip(pr: Probe) -> float:
-    from interp.attacks.prune import snip_data, snip_scores
-
-    cfg = pr.preset.attacks["prune"]
-    # one batch's seconds: the synthetic pairs stand for whichever texts the recipe picks
-    sd = snip_data(pr.model, pr.data, replace(cfg, n_forget=cfg.batch_size, snip_data="pairs"))
-    batch = sd.forget[:1]
-    return _timed_calls(lambda: (snip_scores(pr.model, batch, progress=False),
-                                 int(batch[0].tokens.shape[0]))[1], pr.steps, pr.device)
-
-
-def _directions(pr: Probe) -> float:
-    from interp.attacks.directions import robust_mean
-
-    cfg = pr.preset.attacks["directions"].directions
-    prompts = pr.data.questions("forget_train")[: cfg.batch_size]
-    return _timed_calls(lambda: (robust_mean(pr.model, prompts, cfg), len(prompts))[1],
-                        pr.steps, pr.device)
-
-
-def _lens(pr: Probe) -> float:
-    from interp.attacks.lens import logit_lens
-
-    cfg = pr.preset.attacks["lens"].lens
-    questions = pr.data.questions("forget_eval")[: cfg.batch_size]
-    return _timed_calls(lambda: (logit_lens(pr.model, questions, cfg), len(questions))[1],
-                        pr.steps, pr.device)
-
-
-MEASURES: dict[str, Callable[[Probe], float]] = {
-    "score": _score, "rmu": _protection("rmu"), "npo": _protection("npo"),
-    "dpo": _protection("dpo"), "lora": _lora, "lora_forget": _lora_forget, "gcg": _gcg,
-    "snip": _snip,
-    "directions": _directions, "lens": _lens}
-NEEDS = {"rmu": ("protections", "rmu"), "npo": ("protections", "npo"),
-         "dpo": ("protections", "dpo"), "lora": ("attacks", "finetune"),
-         "lora_forget": ("attacks", "finetune"),
-         "gcg": ("attacks", "gcg"), "snip": ("attacks", "prune"),
-         "directions": ("attacks", "directions"), "lens": ("attacks", "lens")}
+def score_probe() -> StepProbe:
+    """The scorer's probe: seconds per question scored (every preset scores)."""
+    return StepProbe("question scored", _score_question, knob="a smaller scoring batch")

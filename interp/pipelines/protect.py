@@ -36,7 +36,7 @@ def protect(method: str, model_spec: str, data_dir: Path, out: Path, cfg=None, *
     """Train `method` (its `Config`, default: the method's own) on `model_spec`; save to `out`."""
     module = base.get(method)
     out = Path(out)
-    if (done := base.finished(module.Result, out)) is not None:
+    if (done := base.finished_protection(module.Result, out)) is not None:
         return done  # finished earlier
     model = load_model(model_spec, device=device, dtype=dtype, tokenizer=tokenizer,
                        letter_ids=letter_ids)

@@ -18,7 +18,6 @@ their cells come from the registries of protections and attacks and the preset's
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import shutil
@@ -34,12 +33,13 @@ from interp.attacks.base import registry
 from interp.errors import InterpError
 from interp.pipelines.executors import stage_runner
 from interp.pipelines.presets import PRESETS, Preset, get_preset
+from interp.pipelines.settings import config_differences, same_settings
 from interp.plots import ship_plotlyjs
 from interp.store import atomic_write_text, read_json, write_json
 
 
 @dataclass(frozen=True)
-class Cell:
+class GridCell:
     """One unit of the grid: a stage, for one model (or "all")."""
 
     stage: str
@@ -56,17 +56,29 @@ def attack_models(p: Preset, attack: str) -> tuple[str, ...]:
     return (("original",) if on_original else ()) + p.methods
 
 
-def plan(p: Preset) -> list[list[Cell]]:
+def compared_attacks(p: Preset) -> list[str]:
+    """The attacks whose folders the compare stage reads (`AttackSpec.compared`)."""
+    return [name for name, module in registry().items() if name in p.attacks
+            and module.SPEC.compared is not None and module.SPEC.compared(p.attacks[name])]
+
+
+def compared_models(result: dict) -> set[str]:
+    """The protected models a finished compare result covers (its "a vs b" pairs)."""
+    pairs = [*result.get("direction_cosine", {}), *result.get("neuron_jaccard", {})]
+    return {m for pair in pairs for m in pair.split(" vs ")}
+
+
+def grid(p: Preset) -> list[list[GridCell]]:
     """Stages in order; the cells of one stage are independent of each other."""
-    attacks = [Cell(name, m) for name in registry() if name in p.attacks
+    attacks = [GridCell(name, m) for name in registry() if name in p.attacks
                for m in attack_models(p, name)]
-    stages = [[Cell("data")], [Cell("protect", m) for m in p.methods], attacks]
-    if len(p.methods) >= 2 and {"directions", "prune"} & set(p.attacks):
-        stages.append([Cell("compare")])
+    stages = [[GridCell("data")], [GridCell("protect", m) for m in p.methods], attacks]
+    if len(p.methods) >= 2 and compared_attacks(p):
+        stages.append([GridCell("compare")])
     return stages
 
 
-def cell_folder(out: Path, cell: Cell) -> Path:
+def cell_folder(out: Path, cell: GridCell) -> Path:
     if cell.stage == "data":
         return out / "data"
     if cell.stage == "protect":
@@ -76,7 +88,7 @@ def cell_folder(out: Path, cell: Cell) -> Path:
     return out / "attacks" / cell.method / cell.stage
 
 
-def done_marker(out: Path, p: Preset, cell: Cell) -> Path:
+def done_marker(out: Path, p: Preset, cell: GridCell) -> Path:
     """The file whose presence means the cell is finished (written last, atomically)."""
     folder = cell_folder(out, cell)
     if cell.stage == "data":
@@ -86,7 +98,7 @@ def done_marker(out: Path, p: Preset, cell: Cell) -> Path:
     return folder / attack_base.RESULT_JSON
 
 
-def read_cell(p: Preset, out: Path, cell: Cell) -> Any:
+def read_cell(p: Preset, out: Path, cell: GridCell) -> Any:
     """A finished cell's result, typed."""
     from interp.protections import base as protection_base
 
@@ -102,7 +114,7 @@ def read_cell(p: Preset, out: Path, cell: Cell) -> Any:
     return registry()[cell.stage].Result.from_json(read_json(marker))
 
 
-def _log(out: Path, cell: Cell, ran: bool, seconds: float, seed: int, config) -> None:
+def _log(out: Path, cell: GridCell, ran: bool, seconds: float, seed: int, config) -> None:
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "stage": cell.stage, "cell": cell.name,
              "ran": ran, "seconds": seconds, "seed": seed,
              "config": json.loads(json.dumps(config, default=str)) if config else None,
@@ -170,13 +182,16 @@ def relative_spec(spec: str, out: Path) -> str:
         return spec
 
 
-def run_cell(p: Preset, out: Path, cell: Cell, seed: int = 0, device=None,
+def run_cell(p: Preset, out: Path, cell: GridCell, seed: int = 0, device=None,
              progress: bool = False):
     """Run one cell, or read it back when finished. Loads what it needs from the run folder,
     so any process (a Ray worker included) can run it; writes its result atomically."""
     from interp.model.load import load_model
 
     out = Path(out)
+    if cell.stage == "compare" and done_marker(out, p, cell).is_file() and \
+            compared_models(read_json(done_marker(out, p, cell))) != set(p.methods):
+        shutil.rmtree(cell_folder(out, cell))  # read from the attack folders: computed again
     if done_marker(out, p, cell).is_file():
         same_cell_settings(p, out, cell)
         _log(out, cell, False, 0.0, seed, None)
@@ -190,7 +205,7 @@ def run_cell(p: Preset, out: Path, cell: Cell, seed: int = 0, device=None,
     return read_cell(p, out, cell)  # as written: the same whichever process computed it
 
 
-def cell_config(p: Preset, cell: Cell) -> Any:
+def cell_config(p: Preset, cell: GridCell) -> Any:
     """The config a protection or attack cell computes with (None: data, compare, external)."""
     if cell.stage == "protect":
         return None if cell.method in p.external else p.protections[cell.method]
@@ -199,38 +214,7 @@ def cell_config(p: Preset, cell: Cell) -> Any:
     return None
 
 
-def _jsonable(value) -> Any:
-    return json.loads(json.dumps(attack_base.to_jsonable(value)))
-
-
-def config_differences(cfg, saved: dict, prefix: str = "") -> list[str]:
-    """Settings of `cfg` whose stored value differs; a setting the stored config lacks (added
-    since) is compared with its default, the value the old code behaved as; nested configs
-    setting by setting."""
-    out = []
-    for f in dataclasses.fields(cfg):
-        if f.name == "progress" or not f.init:
-            continue
-        value, key = getattr(cfg, f.name), prefix + f.name
-        if dataclasses.is_dataclass(value):
-            inner = saved.get(f.name, {})
-            out += (config_differences(value, inner, key + ".") if isinstance(inner, dict)
-                    else [key])
-            continue
-        if f.name in saved:
-            old = saved[f.name]
-        elif f.default is not dataclasses.MISSING:
-            old = _jsonable(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            old = _jsonable(f.default_factory())
-        else:
-            continue
-        if _jsonable(value) != old:
-            out.append(f"{key}={old!r} (now {_jsonable(value)!r})")
-    return out
-
-
-def same_cell_settings(p: Preset, out: Path, cell: Cell) -> None:
+def same_cell_settings(p: Preset, out: Path, cell: GridCell) -> None:
     """A finished cell is reused only if it was computed with the preset's settings now."""
     cfg = cell_config(p, cell)
     if cfg is None:
@@ -243,7 +227,7 @@ def same_cell_settings(p: Preset, out: Path, cell: Cell) -> None:
                           f"{cell_folder(out, cell)} to recompute it (and the cells that read it)")
 
 
-def _compute(p: Preset, out: Path, cell: Cell, seed: int, device, progress: bool, load):
+def _compute(p: Preset, out: Path, cell: GridCell, seed: int, device, progress: bool, load):
     from interp.pipelines.protect import protect
 
     data, folder = out / "data", cell_folder(out, cell)
@@ -259,11 +243,9 @@ def _compute(p: Preset, out: Path, cell: Cell, seed: int, device, progress: bool
                         letter_ids=p.letter_ids),
                 attack_base.to_jsonable(cfg))
     if cell.stage == "compare":
-        a = out / "attacks"
-        dirs = {m: a / m / "directions" for m in p.methods if "directions" in p.attacks}
-        neurons = {m: a / m / "prune" for m in p.methods if "prune" in p.attacks
-                   and p.attacks["prune"].level == "neuron"}
-        return compare.run(dirs, neurons, out=folder), None
+        sources = {name: {m: out / "attacks" / m / name for m in p.methods}
+                   for name in compared_attacks(p)}
+        return compare.run(**sources, out=folder), None
     module = registry().get(cell.stage)
     if module is None:
         raise InterpError(f"unknown cell {cell.name!r}")
@@ -307,14 +289,14 @@ def reproduce(preset: str | Preset, out: Path, *, seed: int = 0, device=None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     same_run_settings(out, p)
-    for cell in (c for stage in plan(p) for c in stage):  # before anything computes
+    for cell in (c for stage in grid(p) for c in stage):  # before anything computes
         if done_marker(out, p, cell).is_file():
             same_cell_settings(p, out, cell)
     ship_plotlyjs(out)  # one copy for every figure of the run (they open offline)
     fn = partial(run_cell, p, out, seed=seed, device=device, progress=progress)
     run_stage = stage_runner(executor, address, gpu=p.name == "paper")
     results: dict[str, Any] = {}
-    for stage in plan(p):
+    for stage in grid(p):
         for cell, result in zip(stage, run_stage(fn, stage)):
             results[cell.name] = result
     return summarize(p, out, results, seed, figures_dir)
@@ -326,16 +308,8 @@ RUN_SETTINGS = "settings.json"
 def same_run_settings(out: Path, p: Preset) -> None:
     """A run folder keeps the settings every cell was scored under (letter-id rule, dtype,
     tokenizer): a rerun with others would mix them in one table, so it is refused."""
-    now = {"letter_ids": p.letter_ids, "dtype": p.dtype, "tokenizer": p.tokenizer}
-    path = out / RUN_SETTINGS
-    if not path.is_file():
-        write_json(path, now)
-        return
-    saved = read_json(path)
-    differ = [k for k in now if k in saved and saved[k] != now[k]]
-    if differ:
-        raise InterpError(f"{out} was run with {', '.join(f'{k}={saved[k]!r}' for k in differ)}; "
-                          "use the same settings or a new --out folder")
+    same_settings(out / RUN_SETTINGS,
+                  {"letter_ids": p.letter_ids, "dtype": p.dtype, "tokenizer": p.tokenizer}, out)
 
 
 def summarize(p: Preset, out: Path, results: dict, seed: int,
@@ -356,7 +330,7 @@ def summarize(p: Preset, out: Path, results: dict, seed: int,
                "rows": [r.to_json() for r in rows],
                "timings": timings, "peak_rss_mb": peak_from_log(out),
                "models": {m: relative_spec(model_spec(p, out, m), out) for m in models}}
-    cells = [c for stage in plan(p) for c in stage if c.stage != "data"]
+    cells = [c for stage in grid(p) for c in stage if c.stage != "data"]
     folders = {c.name: cell_folder(out, c) for c in cells}
     figs = collect_figures({c.name: results[c.name] for c in cells}, folders, out / "figures")
     figs += cross_model_figures(p.methods, results, out / "figures")
@@ -384,4 +358,4 @@ def external_report(method: str, spec: str, original: str, data: Path, out: Path
     return report
 
 
-__all__ = ["PRESETS", "Cell", "plan", "reproduce", "run_cell", "summarize"]
+__all__ = ["PRESETS", "GridCell", "grid", "reproduce", "run_cell", "summarize"]

@@ -15,16 +15,15 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 from transformer_lens import HookedTransformer
 
 from interp import results as base
 from interp.data.folder import as_data
-from interp.errors import InterpError
 from interp.model.load import MODEL_JSON, get_tokenizer, save_model
 from interp.prompts import chat_text
-from interp.registry import discover
+from interp.registry import REGISTRIES
 from interp.results import Row
 from interp.score_cache import recording, save_scores
 from interp.scoring import evaluate, generate_greedy
@@ -36,9 +35,18 @@ LETTER_LIMIT = 100  # the letter format is at chance for small models: a sample 
 
 @dataclass(frozen=True)
 class ProtectionSpec:
+    """What the pipelines need to know of a protection: its place and its settings."""
+
     name: str
     order: int
     summary: str = ""
+    # the protection's `Config` in each preset of `interp reproduce` (a preset it is missing from
+    # does not train it)
+    presets: Mapping[str, Any] = field(default_factory=dict)
+    # what it trains on: "corpus" (texts about the forget facts, as RMU's activation steering) or
+    # "answers" (questions and answers, as NPO and DPO); the paper's SNIP recipe follows it
+    trains_on: str = "answers"
+    kind: ClassVar[str] = "protection"
 
 
 @dataclass
@@ -90,7 +98,8 @@ def measure_rows(model: str, measures: dict[str, Measure]) -> list[Row]:
         split, fmt, mode = key.split("/")
         column = (split if (fmt, mode) == (main, "raw")
                   else f"{fmt} {mode}" if split == "forget" else None)
-        rows.append(Row(model, "none", split, fmt, mode, m.accuracy, m.n, column))
+        rows.append(Row(model=model, attack="none", split=split, format=fmt, mode=mode,
+                        accuracy=m.accuracy, n=m.n, column=column))
     return rows
 
 
@@ -98,16 +107,16 @@ def measure_rows(model: str, measures: dict[str, Measure]) -> list[Row]:
 def measure(model: HookedTransformer, data, progress: bool = False) -> dict[str, Measure]:
     """Forget/retain accuracy: the eval sets in their own format (raw; WMDP-style letter sets
     also in chat), and the letter format raw and chat on the first `LETTER_LIMIT` questions of
-    the `*_eval_letter` sets when the data has them."""
+    the `*_test_letter` sets when the data has them."""
     data = as_data(data)
     out: dict[str, Measure] = {}
     for split in ("forget", "retain"):
-        for name, fmt_modes in ((f"{split}_eval", ((None, False),)),
-                                (f"{split}_eval_letter", (("letter", False), ("letter", True)))):
+        for name, fmt_modes in ((f"{split}_test", ((None, False),)),
+                                (f"{split}_test_letter", (("letter", False), ("letter", True)))):
             if not data.has(name):
                 continue
             questions = data.questions(name, limit=LETTER_LIMIT if "letter" in name else None)
-            if name.endswith("_eval") and questions[0].format == "letter":
+            if name.endswith("_test") and questions[0].format == "letter":
                 fmt_modes = ((None, False), (None, True))  # WMDP-style sets: raw and chat
             elif name.endswith("_letter") and f"{split}/letter/raw" in out:
                 continue  # the eval set itself is in the letter format
@@ -121,7 +130,7 @@ def measure(model: HookedTransformer, data, progress: bool = False) -> dict[str,
 
 def refusal_rate(model: HookedTransformer, data, limit: int = 64) -> dict:
     """Greedy chat answers to forget questions, and how many of them refuse."""
-    questions = as_data(data).questions("forget_eval")[:limit]
+    questions = as_data(data).questions("forget_test")[:limit]
     tok = get_tokenizer(model)
     prompts = [tok(chat_text(tok, q.question), add_special_tokens=False)["input_ids"]
                for q in questions]
@@ -134,7 +143,7 @@ def refusal_rate(model: HookedTransformer, data, limit: int = 64) -> dict:
 
 def forget_outputs(model: HookedTransformer, data, n: int = 5) -> list[dict]:
     """The model's raw continuations of forget prompts (RMU: the paper saw gibberish)."""
-    questions = as_data(data).questions("forget_eval")[:n]
+    questions = as_data(data).questions("forget_test")[:n]
     tok = get_tokenizer(model)
     answers = generate_greedy(model, [tok(q.question)["input_ids"] for q in questions],
                               max_new_tokens=16)
@@ -145,18 +154,18 @@ def forget_outputs(model: HookedTransformer, data, n: int = 5) -> list[dict]:
 Train = Callable[..., tuple[list[float], dict]]
 
 
-def finished(result_cls: type, out: Path | None):
+def finished_protection(result_cls: type, out: Path | None):
     """The report of a protection saved in `out` earlier (model and report), or None."""
     if out is None or not (Path(out) / MODEL_JSON).is_file():
         return None
     return base.finished(result_cls, out, REPORT_JSON)
 
 
-def protect(model: HookedTransformer, data, cfg, train: Train, result_cls: type, *,
+def train_and_measure(model: HookedTransformer, data, cfg, train: Train, result_cls: type, *,
             out: Path | None = None, progress: bool = True,
             before: dict[str, Measure] | None = None, about: dict | None = None):
     """Measure, train in place, measure again; with `out`, save the model and the report."""
-    if (done := finished(result_cls, out)) is not None:
+    if (done := finished_protection(result_cls, out)) is not None:
         return done
     data = as_data(data)
     method = result_cls.method_name
@@ -180,18 +189,11 @@ def protect(model: HookedTransformer, data, cfg, train: Train, result_cls: type,
 
 
 # ---------------------------------------------------------------------------------- registry
-_REGISTRY: dict = {}
-
-
 def registry() -> dict:
-    """Every protection module (name -> module), in order."""
-    if not _REGISTRY:
-        _REGISTRY.update(discover("interp.protections"))
-    return _REGISTRY
+    """Every protection module (name -> module), in order (`interp.registry`)."""
+    return REGISTRIES["protection"].modules()
 
 
 def get(name: str):
-    methods = registry()
-    if name not in methods:
-        raise InterpError(f"unknown protection {name!r}; use one of {sorted(methods)}")
-    return methods[name]
+    """The protection module named `name`."""
+    return REGISTRIES["protection"].get(name)

@@ -25,7 +25,12 @@ from transformer_lens import HookedTransformer
 
 from interp.data.folder import DataFolder
 from interp.errors import InterpError
-from interp.protections.base import ProtectionResult, ProtectionSpec, protect, refusal_rate
+from interp.protections.base import (
+    ProtectionResult,
+    ProtectionSpec,
+    refusal_rate,
+    train_and_measure,
+)
 from interp.protections.common import encode_pairs, select_params
 from interp.results import to_jsonable
 from interp.training import (
@@ -61,10 +66,6 @@ class Config:
                               f"{self.forget_frac!r}")
 
 
-SPEC = ProtectionSpec("dpo", order=30, summary="DPO refusal training (the safety-training "
-                      "baseline)")
-
-
 @dataclass
 class Result(ProtectionResult):
     method_name: ClassVar[str] = "dpo"
@@ -79,9 +80,9 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, out: Path | None = None,
         progress: bool = True, before=None, about: dict | None = None) -> Result:
-    """DPO in place (see the module docstring and `protect`)."""
-    return protect(model, data, cfg or Config(), train, Result, out=out, progress=progress,
-                   before=before, about=about)
+    """DPO in place (see the module docstring and `train_and_measure`)."""
+    return train_and_measure(model, data, cfg or Config(), train, Result, out=out,
+                             progress=progress, before=before, about=about)
 
 
 def dpo_loss(pol_c, pol_r, ref_c, ref_r, beta: float) -> torch.Tensor:
@@ -177,3 +178,16 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
     out = train_loop(params, loss_fn, batch_at, tcfg, run_dir=run_dir, param_names=names)
     return out.losses, {"margins": [e["margin"] for e in out.extras], "encoding": enc.to_json(),
                         "refusal": refusal_rate(model, data)}
+
+
+SPEC = ProtectionSpec(
+    "dpo", order=30, summary="DPO refusal training (the safety-training baseline)",
+    presets={
+        # the smoke model has never seen a refusal: an NLL term on it teaches one
+        "smoke": Config(beta=0.01, lr=2e-3, batch_size=8, steps=300, params="mlp",
+                        forget_frac=0.8, sft_weight=1.0),
+        "laptop": Config(beta=0.02, lr=2e-4, batch_size=8, steps=50, params="mlp",
+                         forget_frac=0.7),
+        "paper": Config(beta=0.1, lr=5e-6, batch_size=4, grad_accum=8, steps=250,
+                        warmup_steps=150, max_len=1024, forget_frac=0.5),
+    })

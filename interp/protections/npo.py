@@ -20,7 +20,7 @@ from transformer_lens import HookedTransformer
 
 from interp.data.folder import DataFolder
 from interp.errors import InterpError
-from interp.protections.base import ProtectionResult, ProtectionSpec, protect
+from interp.protections.base import ProtectionResult, ProtectionSpec, train_and_measure
 from interp.protections.common import encode_pairs, select_params
 from interp.results import to_jsonable
 from interp.training import (
@@ -60,10 +60,6 @@ class Config:
                               f"{self.retain_reduction!r}")
 
 
-SPEC = ProtectionSpec("npo", order=20, summary="NPO: negative preference optimization on the "
-                      "forget answers")
-
-
 @dataclass
 class Result(ProtectionResult):
     method_name: ClassVar[str] = "npo"
@@ -77,9 +73,9 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, out: Path | None = None,
         progress: bool = True, before=None, about: dict | None = None) -> Result:
-    """NPO in place (see the module docstring and `protect`)."""
-    return protect(model, data, cfg or Config(), train, Result, out=out, progress=progress,
-                   before=before, about=about)
+    """NPO in place (see the module docstring and `train_and_measure`)."""
+    return train_and_measure(model, data, cfg or Config(), train, Result, out=out,
+                             progress=progress, before=before, about=about)
 
 
 def npo_loss(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float) -> torch.Tensor:
@@ -133,3 +129,17 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
     out = train_loop(params, loss_fn, batch_at, tcfg, run_dir=run_dir, param_names=names)
     return out.losses, {"forget_nll": [e["forget_nll"] for e in out.extras],
                         "encoding": {"forget": f_enc.to_json(), "retain": r_enc.to_json()}}
+
+
+SPEC = ProtectionSpec(
+    "npo", order=20, summary="NPO: negative preference optimization on the forget answers",
+    presets={
+        "smoke": Config(beta=0.1, retain_weight=3.0, lr=3e-3, batch_size=8, steps=200,
+                        params="mlp"),
+        "laptop": Config(beta=0.1, retain_weight=1.0, lr=1.5e-4, batch_size=8, steps=60,
+                         params="mlp"),
+        # docs/recipes.md: the official trainers' settings and where these differ
+        "paper": Config(beta=0.1, retain_weight=2.0, lr=1e-5, batch_size=4, grad_accum=18,
+                        steps=250, warmup_steps=150, max_len=1024, loss_on="all",
+                        retain_reduction="sum"),
+    })

@@ -17,7 +17,12 @@ import torch
 from transformer_lens import HookedTransformer
 
 from interp.data.folder import DataFolder
-from interp.protections.base import ProtectionResult, ProtectionSpec, forget_outputs, protect
+from interp.protections.base import (
+    ProtectionResult,
+    ProtectionSpec,
+    forget_outputs,
+    train_and_measure,
+)
 from interp.protections.common import encode_texts, frozen_copy, select_params
 from interp.training import TrainConfig, pack, sample_indices
 from interp.training import train as train_loop
@@ -33,10 +38,6 @@ class Config:
     steps: int = 150
     seed: int = 0
     max_len: int = 64
-
-
-SPEC = ProtectionSpec("rmu", order=10, summary="RMU: scramble the forget activations at "
-                      "one layer")
 
 
 @dataclass
@@ -55,9 +56,9 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, out: Path | None = None,
         progress: bool = True, before=None, about: dict | None = None) -> Result:
-    """Unlearn the forget corpus in place (see the module docstring and `protect`)."""
-    return protect(model, data, cfg or Config(), train, Result, out=out, progress=progress,
-                   before=before, about=about)
+    """Unlearn the forget corpus in place (see the module docstring and `train_and_measure`)."""
+    return train_and_measure(model, data, cfg or Config(), train, Result, out=out,
+                             progress=progress, before=before, about=about)
 
 
 def default_layer(model: HookedTransformer) -> int:
@@ -123,3 +124,15 @@ def train(model: HookedTransformer, data: DataFolder, cfg: Config,
                      tcfg, run_dir=run_dir, param_names=names)
     return out.losses, {"layer": layer, "steer_coef": coef, "typical_resid_norm": typical,
                         "forget_outputs": forget_outputs(model, data)}
+
+
+SPEC = ProtectionSpec(
+    "rmu", order=10, summary="RMU: scramble the forget activations at one layer",
+    trains_on="corpus",
+    presets={
+        "smoke": Config(layer=3, steer_scale=8.0, alpha=100.0, lr=3e-2, batch_size=8, steps=300),
+        "laptop": Config(steer_scale=4.0, alpha=100.0, lr=1e-3, batch_size=8, steps=150),
+        # the paper preset loads the public cais/Zephyr_RMU (`external`); trained on request
+        "paper": Config(layer=7, steer_scale=1.0, alpha=1200.0, lr=5e-5, batch_size=4,
+                        steps=150, max_len=512),
+    })
