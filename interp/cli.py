@@ -214,7 +214,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from interp.pipelines.bench import markdown, run_bench
+    from benchmarks.report import markdown
+    from benchmarks.run import run_bench
 
     payload = run_bench(args.names or None, Path(args.out), repeats=args.repeats,
                         n_questions=args.n_questions)

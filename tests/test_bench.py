@@ -16,9 +16,13 @@ import jinja2
 import pytest
 import yaml
 
+from benchmarks import common, nanogcg_env
+from benchmarks.common import BenchResult
+from benchmarks.gcg import bench_gcg, gcg_vs_nanogcg
+from benchmarks.harness import bench_lm_eval, lm_eval_doc, lm_eval_task
+from benchmarks.report import markdown
+from benchmarks.run import BENCHMARKS
 from interp.data.sources import load_source
-from interp.pipelines import bench
-from interp.pipelines.bench import BenchResult, _result, lm_eval_doc, lm_eval_task, markdown
 from interp.prompts import letter_prompt
 
 
@@ -36,9 +40,9 @@ def test_the_harness_task_renders_our_letter_prompt(tmp_path):
 
 
 def test_ratio_orientation_and_table():
-    faster = _result("x", 30.0, 10.0, "questions/s", 3.0, 2.0)
-    slower = _result("y", 5.0, 10.0, "questions/s", 0.5, 0.9)
-    skipped = _result("z", None, None, "questions/s", None, 2.0, skipped="not installed")
+    faster = common.row("x", 30.0, 10.0, "questions/s", 3.0, 2.0)
+    slower = common.row("y", 5.0, 10.0, "questions/s", 0.5, 0.9)
+    skipped = common.row("z", None, None, "questions/s", None, 2.0, skipped="not installed")
     assert (faster.met, slower.met, skipped.met) == (True, False, None)
     table = markdown({"benchmarks": [vars(b) for b in (faster, slower, skipped)]})
     lines = table.strip().splitlines()
@@ -82,20 +86,20 @@ def _python_seeing(tmp_path: Path, package_body: str, name: str = "python") -> P
 
 def test_no_nanogcg_environment_is_none_and_installs_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(bench.NANOGCG_ENV, raising=False)
+    monkeypatch.delenv(nanogcg_env.NANOGCG_ENV, raising=False)
     _forbid_installing(monkeypatch)
-    assert bench.nanogcg_python() is None
-    py, why = bench.find_nanogcg()
+    assert nanogcg_env.nanogcg_python() is None
+    py, why = nanogcg_env.find_nanogcg()
     assert py is None and ".venv-nanogcg/bin/python" in why
     assert list(tmp_path.iterdir()) == []  # no environment was created here
 
 
 def test_a_missing_env_var_interpreter_is_none_and_installs_nothing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv(bench.NANOGCG_ENV, str(tmp_path / "nowhere" / "python"))
+    monkeypatch.setenv(nanogcg_env.NANOGCG_ENV, str(tmp_path / "nowhere" / "python"))
     _forbid_installing(monkeypatch)
-    py, why = bench.find_nanogcg()
-    assert py is None and bench.NANOGCG_ENV in why
+    py, why = nanogcg_env.find_nanogcg()
+    assert py is None and nanogcg_env.NANOGCG_ENV in why
     assert list(tmp_path.iterdir()) == []
 
 
@@ -115,31 +119,31 @@ def _record_runs(monkeypatch) -> list:
 def test_the_env_var_interpreter_is_used_when_it_imports_nanogcg(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     good = _python_seeing(tmp_path / "good", "VERSION = 'fake'\n")
-    monkeypatch.setenv(bench.NANOGCG_ENV, str(good))
+    monkeypatch.setenv(nanogcg_env.NANOGCG_ENV, str(good))
     calls = _record_runs(monkeypatch)
-    assert bench.find_nanogcg() == (str(good), "")
+    assert nanogcg_env.find_nanogcg() == (str(good), "")
     assert calls == [[str(good), "-c", "import nanogcg"]]  # only the check; no pip, no venv
 
 
 def test_an_interpreter_that_cannot_import_nanogcg_is_not_used(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     broken = _python_seeing(tmp_path / "broken", "raise ImportError('not this one')\n")
-    monkeypatch.setenv(bench.NANOGCG_ENV, str(broken))
+    monkeypatch.setenv(nanogcg_env.NANOGCG_ENV, str(broken))
     calls = _record_runs(monkeypatch)
-    py, why = bench.find_nanogcg()
-    assert py is None and "cannot import nanogcg" in why and bench.NANOGCG_ENV in why
+    py, why = nanogcg_env.find_nanogcg()
+    assert py is None and "cannot import nanogcg" in why and nanogcg_env.NANOGCG_ENV in why
     assert calls == [[str(broken), "-c", "import nanogcg"]]
 
 
 def test_the_default_is_venv_nanogcg_in_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(bench.NANOGCG_ENV, raising=False)
+    monkeypatch.delenv(nanogcg_env.NANOGCG_ENV, raising=False)
     real = _python_seeing(tmp_path, "", name="real-python")
     venv_python = tmp_path / ".venv-nanogcg" / "bin" / "python"
     venv_python.parent.mkdir(parents=True)
     venv_python.symlink_to(real)  # as in a venv: bin/python links to the base interpreter
     # the venv's own path, not the resolved link (which would run outside the environment)
-    assert bench.nanogcg_python() == str(venv_python)
+    assert nanogcg_env.nanogcg_python() == str(venv_python)
 
 
 def _explicit_command(detail: str) -> str:
@@ -149,11 +153,11 @@ def _explicit_command(detail: str) -> str:
 
 def test_a_skipped_gcg_row_names_the_install_command_and_keeps_our_speed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(bench.NANOGCG_ENV, raising=False)
+    monkeypatch.delenv(nanogcg_env.NANOGCG_ENV, raising=False)
     _forbid_installing(monkeypatch)
     ours = SimpleNamespace(candidates_per_second=123.0, losses=[2.0, 1.5])  # as run_gcg returns
-    r = bench.gcg_vs_nanogcg(load_source("bank:capitals:1")[0], ours, steps=5, width=128,
-                             topk=64, n_tokens=10)
+    r = gcg_vs_nanogcg(load_source("bank:capitals:1")[0], ours, steps=5, width=128, topk=64,
+                       n_tokens=10)
     assert (r.ours, r.peer, r.ratio, r.met) == (123.0, None, None, None)
     assert r.detail["ours_losses"] == [2.0, 1.5]
     cmd = _explicit_command(r.detail["skipped"])
@@ -161,7 +165,8 @@ def test_a_skipped_gcg_row_names_the_install_command_and_keeps_our_speed(tmp_pat
                    "nanogcg==0.3.0 transformers==4.47.1 torch==2.13.0 gguf 'numpy<3' accelerate")
     make_venv, install = cmd.split(" && ")
     assert shlex.split(install)[:2] == [".venv-nanogcg/bin/pip", "install"]
-    assert shlex.split(install)[2:] == bench.NANOGCG_REQS  # the shell reads back the same list
+    # the shell reads back the same list
+    assert shlex.split(install)[2:] == nanogcg_env.NANOGCG_REQS
     row = markdown({"benchmarks": [vars(r)]}).strip().splitlines()[-1]
     assert row.startswith("| gcg-vs-nanogcg | 123 | – |") and row.endswith("| skipped |")
 
@@ -170,7 +175,7 @@ def test_bench_gcg_runs_ours_then_the_peer_row(tmp_path, monkeypatch):
     import interp.attacks.gcg as gcg  # where bench_gcg takes run_gcg from
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(bench.NANOGCG_ENV, raising=False)
+    monkeypatch.delenv(nanogcg_env.NANOGCG_ENV, raising=False)
     seen = []
 
     def fake_run_gcg(model, train, heldout, cfg):
@@ -180,7 +185,7 @@ def test_bench_gcg_runs_ours_then_the_peer_row(tmp_path, monkeypatch):
     monkeypatch.setattr(gcg, "run_gcg", fake_run_gcg)
     _forbid_installing(monkeypatch)
     q = load_source("bank:capitals:1")[0]
-    r = bench.bench_gcg(SimpleNamespace(model=None, questions=[q]), steps=2, width=8, topk=4)
+    r = bench_gcg(SimpleNamespace(model=None, questions=[q]), steps=2, width=8, topk=4)
     [(train, cfg)] = seen
     assert train == [q] and (cfg.steps, cfg.search_width, cfg.topk, cfg.chat) == (2, 8, 4, True)
     assert (r.name, r.ours, r.met) == ("gcg-vs-nanogcg", 7.0, None)
@@ -190,7 +195,7 @@ def test_bench_gcg_runs_ours_then_the_peer_row(tmp_path, monkeypatch):
 def test_a_skipped_lm_eval_row_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` raises ImportError
     _forbid_installing(monkeypatch)
-    r = bench.bench_lm_eval(None)
+    r = bench_lm_eval(None)
     assert (r.ours, r.peer, r.met) == (None, None, None)
     assert "make bench-peers" in r.detail["skipped"]
     assert "pip install -e '.[bench]'" in r.detail["skipped"]
@@ -209,14 +214,14 @@ def test_make_bench_sets_up_both_peers_then_runs_the_benchmark():
 
     lm_eval = at("pip install -q -e '.[bench]'")
     venv = at("-m venv .venv-nanogcg")
-    reqs = at("from interp.pipelines.bench import NANOGCG_REQS")
+    reqs = at("from benchmarks.nanogcg_env import NANOGCG_REQS")
     install = at(".venv-nanogcg/bin/pip install -q -r")
     run = at("interp bench --out bench/cpu.json")
     assert max(lm_eval, venv, reqs, install) < run and venv < reqs < install
 
 
 def test_training_rows_are_registered():
-    assert {"lora", "rmu-step", "npo-step", "snip"} <= set(bench.BENCHMARKS)
+    assert {"lora", "rmu-step", "npo-step", "snip"} <= set(BENCHMARKS)
 
 
 def test_the_peer_losses_are_ours_on_the_same_batch(tiny_model, tiny_llama_dir):
@@ -225,7 +230,7 @@ def test_the_peer_losses_are_ours_on_the_same_batch(tiny_model, tiny_llama_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from interp.pipelines.bench_training import hf_labels, hf_token_nll
+    from benchmarks.training import hf_labels, hf_token_nll
     from interp.training import lm_loss, pack, sequence_nll
 
     hf = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()

@@ -1,5 +1,5 @@
-"""What every `interp bench` row shares: the result record, timing with a warm-up, the spread
-of repetitions, and the context (the embedded model, its questions, the repeat count)."""
+"""What every benchmark row shares: the result record, timing with a warm-up, the spread of
+repetitions, and the context (the embedded model, its questions, the repeat count)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ import torch
 
 @dataclass
 class BenchResult:
+    """One row: both sides' rates, `ratio` oriented so that higher is better for us, the goal
+    it is held to, whether it met it (None when skipped), and the row's own details."""
+
     name: str
     ours: float | None
     peer: float | None
@@ -23,7 +26,8 @@ class BenchResult:
     detail: dict = field(default_factory=dict)
 
 
-def _timed(fn: Callable[[], object], repeats: int) -> list[float]:
+def timed(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls of `fn`, after one untimed warm-up call."""
     fn()  # warm-up
     out = []
     for _ in range(repeats):
@@ -33,11 +37,14 @@ def _timed(fn: Callable[[], object], repeats: int) -> list[float]:
     return out
 
 
-def _spread(xs: list[float]) -> dict:
+def spread(xs: list[float]) -> dict:
+    """Median, min, max and count of repeated timings."""
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
 
-def _result(name, ours, peer, unit, ratio, goal, **detail) -> BenchResult:
+def row(name: str, ours: float | None, peer: float | None, unit: str, ratio: float | None,
+        goal: float, **detail) -> BenchResult:
+    """A result row; `met` is whether `ratio` reaches `goal`, None when there is no ratio."""
     return BenchResult(name, ours, peer, unit, ratio, goal,
                        None if ratio is None else ratio >= goal, detail)
 
@@ -45,6 +52,8 @@ def _result(name, ours, peer, unit, ratio, goal, **detail) -> BenchResult:
 # ------------------------------------------------------------------------------------ context
 @dataclass
 class Context:
+    """What the rows run on: the embedded model, its questions, repeats and scoring batch."""
+
     model: object  # HookedTransformer
     questions: list
     repeats: int
@@ -52,6 +61,7 @@ class Context:
 
     @property
     def tokenizer(self):
+        """The hooked model's tokenizer."""
         from interp.model.load import get_tokenizer
 
         return get_tokenizer(self.model)
@@ -63,5 +73,3 @@ class Context:
         gguf = embedded_gguf_path()
         return _load_hf_folder(gguf.parent, device=torch.device("cpu"), dtype=torch.float32,
                                trust_remote_code=False, gguf_file=gguf.name).eval()
-
-
