@@ -67,9 +67,13 @@ class Context:
         return get_tokenizer(self.model)
 
     def hf_model(self):
-        """The same weights as a plain transformers model (the embedded GGUF, dequantized)."""
-        from interp.model.load import _load_hf_folder, embedded_gguf_path
+        """The same weights as a plain transformers model (the embedded GGUF, dequantized to
+        float32 on the CPU), loaded by transformers itself: the peer's side of a row."""
+        from transformers import AutoModelForCausalLM
+
+        from interp.model.load import embedded_gguf_path
 
         gguf = embedded_gguf_path()
-        return _load_hf_folder(gguf.parent, device=torch.device("cpu"), dtype=torch.float32,
-                               trust_remote_code=False, gguf_file=gguf.name).eval()
+        return AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True,
+            trust_remote_code=False).eval()
