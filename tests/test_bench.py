@@ -171,6 +171,57 @@ def test_a_skipped_gcg_row_names_the_install_command_and_keeps_our_speed(tmp_pat
     assert row.startswith("| gcg-vs-nanogcg | 123 | – |") and row.endswith("| skipped |")
 
 
+FAKE_NANOGCG = """
+from types import SimpleNamespace
+class GCGConfig:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+def run(model, tok, messages, target, cfg):
+    assert messages[0]["content"].startswith("{optim_str} ") and model.gguf == tok.gguf
+    return SimpleNamespace(losses=[float(cfg.num_steps), float(cfg.search_width), float(cfg.topk),
+                                   float(len(cfg.optim_str_init.split()))], best_loss=0.5)
+"""
+FAKE_TRANSFORMERS = """
+class _Loaded:
+    def __init__(self, path, gguf_file, **kw):
+        self.gguf = (path, gguf_file)
+    def eval(self):
+        return self
+class AutoModelForCausalLM:
+    from_pretrained = _Loaded
+class AutoTokenizer:
+    from_pretrained = _Loaded
+"""
+
+
+def test_the_nanogcg_peer_module_runs_in_its_interpreter_and_fills_the_row(tmp_path,
+                                                                           monkeypatch):
+    """The peer runs as `python -m benchmarks.peers.nanogcg_peer` in the nanoGCG interpreter
+    (here one that sees fake nanogcg and transformers packages but not this checkout), from any
+    working directory; its JSON line becomes the row."""
+    lib = tmp_path / "lib"
+    for name, body in (("nanogcg", FAKE_NANOGCG), ("transformers", FAKE_TRANSFORMERS)):
+        (lib / name).mkdir(parents=True)
+        (lib / name / "__init__.py").write_text(body)
+    py = tmp_path / "nanogcg-python"
+    py.write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(lib))}:$PYTHONPATH "
+                  f"exec {shlex.quote(sys.executable)} \"$@\"\n")
+    py.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(nanogcg_env.NANOGCG_ENV, str(py))
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    calls = _record_runs(monkeypatch)
+    ours = SimpleNamespace(candidates_per_second=10.0, losses=[2.0])
+    r = gcg_vs_nanogcg(load_source("bank:capitals:1")[0], ours, steps=3, width=4, topk=2,
+                       n_tokens=5)
+    assert "skipped" not in r.detail, r.detail.get("skipped")
+    assert calls[-1][:3] == [str(py), "-m", "benchmarks.peers.nanogcg_peer"]
+    assert r.detail["peer_losses"] == [3.0, 4.0, 2.0, 5.0]  # steps, width, topk, n_tokens
+    assert (r.name, r.ours, r.unit) == ("gcg-vs-nanogcg", 10.0, "candidates/s")
+    assert r.peer > 0 and r.ratio == pytest.approx(10.0 / r.peer)
+    assert (r.detail["steps"], r.detail["search_width"], r.detail["topk"]) == (3, 4, 2)
+
+
 def test_bench_gcg_runs_ours_then_the_peer_row(tmp_path, monkeypatch):
     import interp.attacks.gcg as gcg  # where bench_gcg takes run_gcg from
 
