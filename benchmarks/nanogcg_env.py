@@ -9,9 +9,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
-NANOGCG_REQS = ["nanogcg==0.3.0", "transformers==4.47.1", "torch==2.13.0", "gguf", "numpy<3",
-                "accelerate"]  # transformers 4.47 loads GGUF files only with accelerate
-# The one list of nanoGCG's requirements: `make bench-peers` reads it from here.
+
+def read_requirements(path: Path) -> list[str]:
+    """The requirement lines of a pip requirements file, comments and blank lines left out."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+# The one list of nanoGCG's requirements; `make bench-peers` installs the same file.
+NANOGCG_REQUIREMENTS = Path(__file__).resolve().parent / "requirements" / "nanogcg.txt"
+NANOGCG_REQS = read_requirements(NANOGCG_REQUIREMENTS)
 
 NANOGCG_ENV = "INTERP_NANOGCG_PYTHON"  # the interpreter of an environment where nanoGCG imports
 NANOGCG_VENV = ".venv-nanogcg"  # else this environment, relative to the working directory
