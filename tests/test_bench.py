@@ -272,6 +272,46 @@ def test_make_bench_sets_up_both_peers_then_runs_the_benchmark():
     assert not any("import" in line for line in lines)
 
 
+# ------------------------------------------------- `interp bench`: a thin entry into benchmarks/
+def _as_the_console_script(monkeypatch, cwd: Path) -> None:
+    """Run in `cwd` with no `benchmarks` imported or importable through sys.path, as the
+    `interp` console script starts (it puts its own bin folder on sys.path, not the cwd)."""
+    monkeypatch.chdir(cwd)
+    for name in [m for m in sys.modules if m == "benchmarks" or m.startswith("benchmarks.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path
+                                      if not (Path(p or ".") / "benchmarks").is_dir()])
+
+
+def test_interp_bench_outside_a_checkout_says_how_to_get_it_in_one_line(tmp_path, monkeypatch,
+                                                                         capsys):
+    from interp.cli import main
+
+    _as_the_console_script(monkeypatch, tmp_path)
+    assert main(["bench", "--out", str(tmp_path / "b.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkout" in err[0] and "make bench" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interp_bench_from_the_checkout_root_imports_its_benchmarks(monkeypatch):
+    from interp.cli import _import_benchmarks
+
+    root = Path(__file__).resolve().parents[1]
+    _as_the_console_script(monkeypatch, root)
+    run_bench, markdown = _import_benchmarks()
+    assert Path(sys.modules["benchmarks"].__file__).parent == root / "benchmarks"
+    assert run_bench.__module__ == "benchmarks.run" and markdown.__module__ == "benchmarks.report"
+
+
+def test_benchmarks_stay_out_of_the_installed_library():
+    root = Path(__file__).resolve().parents[1]
+    assert 'include = ["interp*"]' in (root / "pyproject.toml").read_text()
+    importers = sorted(p.relative_to(root).as_posix() for p in (root / "interp").rglob("*.py")
+                       if any(f"{w} benchmarks" in p.read_text() for w in ("from", "import")))
+    assert importers == ["interp/cli.py"]  # interp bench's lazy import, nothing else
+
+
 def test_training_rows_are_registered():
     assert {"lora", "rmu-step", "npo-step", "snip"} <= set(BENCHMARKS)
 
