@@ -43,7 +43,8 @@ $(NANOGCG_STAMP): $(NANOGCG_REQS)
 	$(NANOGCG_VENV)/bin/pip install -q -r $(NANOGCG_REQS)
 	touch $(NANOGCG_STAMP)
 
-# Every benchmark against its peer (many minutes); writes bench/cpu.json and bench/cpu.md.
+# Every benchmark against its peer (many minutes); writes bench/cpu.json and bench/cpu.md. The
+# benchmarks are benchmarks/ in this checkout (not installed): interp bench runs from here.
 bench: setup bench-peers
 	$(BIN)/interp bench --out bench/cpu.json
 
@@ -51,7 +52,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check interp tests
+	$(BIN)/ruff check interp tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs
