@@ -25,8 +25,9 @@ reproduce: setup
 
 # The peers `interp bench` measures against, set up here (the package never installs anything):
 # lm-evaluation-harness through the `bench` extra in .venv, and nanoGCG in its own environment
-# (it pins transformers <= 4.47.1), whose requirements are NANOGCG_REQS in bench.py.
+# (it pins transformers <= 4.47.1), whose requirements are benchmarks/requirements/nanogcg.txt.
 NANOGCG_VENV := .venv-nanogcg
+NANOGCG_REQS := benchmarks/requirements/nanogcg.txt
 BENCH_STAMP := $(VENV)/.bench-installed
 NANOGCG_STAMP := $(NANOGCG_VENV)/.installed
 
@@ -36,14 +37,14 @@ $(BENCH_STAMP): pyproject.toml | $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	touch $(BENCH_STAMP)
 
-$(NANOGCG_STAMP): interp/pipelines/bench.py | $(STAMP)
+$(NANOGCG_STAMP): $(NANOGCG_REQS)
 	$(PY) -m venv $(NANOGCG_VENV)
 	$(NANOGCG_VENV)/bin/pip install -q --upgrade pip
-	$(BIN)/python -c 'from interp.pipelines.bench import NANOGCG_REQS; print("\n".join(NANOGCG_REQS))' > $(NANOGCG_VENV)/requirements.txt
-	$(NANOGCG_VENV)/bin/pip install -q -r $(NANOGCG_VENV)/requirements.txt
+	$(NANOGCG_VENV)/bin/pip install -q -r $(NANOGCG_REQS)
 	touch $(NANOGCG_STAMP)
 
-# Every benchmark against its peer (many minutes); writes bench/cpu.json and bench/cpu.md.
+# Every benchmark against its peer (many minutes); writes bench/cpu.json and bench/cpu.md. The
+# benchmarks are benchmarks/ in this checkout (not installed): interp bench runs from here.
 bench: setup bench-peers
 	$(BIN)/interp bench --out bench/cpu.json
 
@@ -51,7 +52,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check interp tests
+	$(BIN)/ruff check interp tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs

@@ -213,9 +213,32 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from interp.pipelines.bench import markdown, run_bench
+def _import_benchmarks():
+    """`benchmarks.run.run_bench` and `benchmarks.report.markdown`, imported lazily: the
+    benchmarks are the repository checkout's top-level `benchmarks/` package, not part of the
+    installed library, so `interp bench` runs from the checkout's root (as `make bench` does)."""
+    from interp.errors import InterpError
 
+    # The `interp` console script, unlike `python -m`, does not put the working directory on
+    # sys.path; when it is a checkout's root (it holds benchmarks/), put it first, so that
+    # `interp bench` there imports that checkout's benchmarks. Nowhere else is sys.path touched.
+    root = Path.cwd()
+    if (root / "benchmarks" / "__init__.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from benchmarks.report import markdown
+        from benchmarks.run import run_bench
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "benchmarks":
+            raise
+        raise InterpError("interp bench needs the benchmarks/ folder of a checkout of the interp "
+                          "repository (it is not installed with the library): run it from the "
+                          "checkout's root, e.g. `make bench`") from None
+    return run_bench, markdown
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    run_bench, markdown = _import_benchmarks()
     payload = run_bench(args.names or None, Path(args.out), repeats=args.repeats,
                         n_questions=args.n_questions)
     print(markdown(payload))
@@ -390,7 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     p.set_defaults(func=cmd_audit)
 
-    p = sub.add_parser("bench", help="speed against lm-eval, transformers and nanoGCG (ratios)")
+    p = sub.add_parser("bench", help="speed against lm-eval, transformers and nanoGCG (ratios); "
+                       "runs from the repository checkout's root")
     p.add_argument("names", nargs="*", help="benchmarks to run (default: all): "
                    "scoring-vs-transformers scoring-vs-lm-eval directions generation "
                    "utilisation gcg lora rmu-step npo-step snip")

@@ -236,7 +236,7 @@ def ex_hf_block_output(m, mp):
     """The transformers side of a benchmark row: its hook goes even when the forward fails."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from interp.pipelines.bench_training import hf_block_output
+    from benchmarks.training import hf_block_output
     from interp.training import pack
 
     torch.manual_seed(0)
@@ -250,7 +250,7 @@ def ex_hf_block_output(m, mp):
 
 EXERCISES = {
     "interp.attacks.direction_recipes.token_activations": ex_token_activations,
-    "interp.pipelines.bench_training.hf_block_output": ex_hf_block_output,
+    "benchmarks.training.hf_block_output": ex_hf_block_output,
     "interp.scoring.maybe_hooks": ex_maybe_hooks,
     "interp.scoring.evaluate": ex_evaluate,
     "interp.scoring.generate_greedy": ex_generate,

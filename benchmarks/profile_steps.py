@@ -4,7 +4,7 @@
 a scoring batch (32 cloze questions); a GCG step (width 32, 6 questions) split into its gradient
 and its candidate forward passes. Median of 3 after a warm-up, written to bench/profile-cpu.json.
 
-    .venv/bin/python bench/profile_steps.py
+    .venv/bin/python -m benchmarks.profile_steps     # from the repository checkout's root
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import Context
+from benchmarks.training import train_batches
 from interp.data.sources import load_source
 from interp.model.load import load_model
 from interp.model.lora import LoRAConfig, lora_adapters
-from interp.pipelines.bench_common import Context
-from interp.pipelines.bench_training import train_batches
 from interp.protections.common import select_params
 from interp.scoring import evaluate
 from interp.training import fixed_threads, lm_loss

@@ -1,4 +1,4 @@
-"""`interp bench` rows for the training side: one optimizer step (or one SNIP batch) of the
+"""Benchmark rows for the training side: one optimizer step (or one SNIP batch) of the
 toolkit against the same computation written on the plain transformers model, both on the
 embedded SmolLM2-135M weights, the same batches, threads, optimizer and seed.
 
@@ -21,7 +21,7 @@ import statistics
 
 import torch
 
-from interp.pipelines.bench_common import Context, _result, _spread, _timed
+from benchmarks.common import BenchResult, Context, row, spread, timed
 
 HF_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -85,15 +85,17 @@ def _steps_per_second(times: list[float], steps: int) -> float:
 
 
 # ------------------------------------------------------------------------------------- LoRA
-def bench_lora_vs_peft(ctx: Context, rank: int = 16, alpha: float = 16.0) -> object:
+def bench_lora_vs_peft(ctx: Context, rank: int = 16, alpha: float = 16.0) -> BenchResult:
+    """LoRA finetuning steps per second: our adapters and training loop vs `peft` on the
+    transformers model (same rank, alpha, target matrices, batches, AdamW, clipping)."""
     from interp.model.lora import LoRAConfig, lora_adapters
     from interp.training import TrainConfig, fixed_threads, lm_loss, train
 
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
-        return _result("lora-finetune-vs-peft", None, None, "optimizer steps/s", None, 1.5,
-                       skipped="peft is not installed: pip install -e '.[bench]'")
+        return row("lora-finetune-vs-peft", None, None, "optimizer steps/s", None, 1.5,
+                   skipped="peft is not installed: pip install -e '.[bench]'")
     batches = train_batches(ctx)
     steps = len(batches)
     model = ctx.model
@@ -107,7 +109,7 @@ def bench_lora_vs_peft(ctx: Context, rank: int = 16, alpha: float = 16.0) -> obj
                   TrainConfig(steps=steps, lr=1e-4, warmup_frac=0.0, schedule="constant",
                               progress=False))
 
-        ours_t = _timed(ours, ctx.repeats)
+        ours_t = timed(ours, ctx.repeats)
         model.eval()
     hf = get_peft_model(ctx.hf_model(), LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0,
                                                    target_modules=list(HF_TARGETS)))
@@ -127,15 +129,17 @@ def bench_lora_vs_peft(ctx: Context, rank: int = 16, alpha: float = 16.0) -> obj
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-    peer_t = _timed(peer, ctx.repeats)
+    peer_t = timed(peer, ctx.repeats)
     a, b = _steps_per_second(ours_t, steps), _steps_per_second(peer_t, steps)
-    return _result("lora-finetune-vs-peft", a, b, "optimizer steps/s", a / b, 1.5,
-                   ours_s=_spread(ours_t), peer_s=_spread(peer_t), rank=rank, alpha=alpha,
-                   batch=8, tokens=128, first_loss={"ours": ours_loss0, "peft": peer_loss0})
+    return row("lora-finetune-vs-peft", a, b, "optimizer steps/s", a / b, 1.5,
+               ours_s=spread(ours_t), peer_s=spread(peer_t), rank=rank, alpha=alpha,
+               batch=8, tokens=128, first_loss={"ours": ours_loss0, "peft": peer_loss0})
 
 
 # -------------------------------------------------------------------------------------- RMU
-def bench_rmu_step(ctx: Context, layer: int = 7, alpha: float = 100.0) -> object:
+def bench_rmu_step(ctx: Context, layer: int = 7, alpha: float = 100.0) -> BenchResult:
+    """RMU optimizer steps per second: our step (forward stops after the steered block) vs the
+    same loss on the transformers model, the block output read by a forward hook."""
     from interp.protections.common import frozen_copy, select_params
     from interp.protections.rmu import rmu_loss
 
@@ -155,7 +159,7 @@ def bench_rmu_step(ctx: Context, layer: int = 7, alpha: float = 100.0) -> object
 
     with torch.no_grad():
         ours_loss0 = float(rmu_loss(model, frozen, fb, rb, layer, target, alpha)[0])
-    ours_t = _timed(ours, ctx.repeats)
+    ours_t = timed(ours, ctx.repeats)
 
     hf = ctx.hf_model()
     hf_frozen = ctx.hf_model()
@@ -181,17 +185,19 @@ def bench_rmu_step(ctx: Context, layer: int = 7, alpha: float = 100.0) -> object
 
     with torch.no_grad():
         peer_loss0 = float(peer_loss())
-    peer_t = _timed(peer, ctx.repeats)
+    peer_t = timed(peer, ctx.repeats)
     a, b = 1 / statistics.median(ours_t), 1 / statistics.median(peer_t)
-    return _result("rmu-step-vs-transformers", a, b, "optimizer steps/s", a / b, 1.0,
-                   ours_s=_spread(ours_t), peer_s=_spread(peer_t), layer=layer,
-                   first_loss={"ours": ours_loss0, "transformers": peer_loss0},
-                   peer_does="full forward, block output read by a forward hook (as the WMDP "
-                        "reference RMU code)")
+    return row("rmu-step-vs-transformers", a, b, "optimizer steps/s", a / b, 1.0,
+               ours_s=spread(ours_t), peer_s=spread(peer_t), layer=layer,
+               first_loss={"ours": ours_loss0, "transformers": peer_loss0},
+               peer_does="full forward, block output read by a forward hook (as the WMDP "
+                    "reference RMU code)")
 
 
 # -------------------------------------------------------------------------------------- NPO
-def bench_npo_step(ctx: Context, beta: float = 0.1) -> object:
+def bench_npo_step(ctx: Context, beta: float = 0.1) -> BenchResult:
+    """NPO optimizer steps per second: our step (only counted positions unembedded) vs full
+    logits and log-softmax on the transformers model."""
     from interp.protections.common import select_params
     from interp.protections.npo import npo_loss
     from interp.training import lm_loss, sequence_nll
@@ -213,7 +219,7 @@ def bench_npo_step(ctx: Context, beta: float = 0.1) -> object:
 
     with torch.no_grad():
         ours_loss0 = float(our_loss())
-    ours_t = _timed(ours, ctx.repeats)
+    ours_t = timed(ours, ctx.repeats)
 
     hf = ctx.hf_model()
     for name, p in hf.named_parameters():
@@ -231,16 +237,18 @@ def bench_npo_step(ctx: Context, beta: float = 0.1) -> object:
 
     with torch.no_grad():
         peer_loss0 = float(peer_loss())
-    peer_t = _timed(peer, ctx.repeats)
+    peer_t = timed(peer, ctx.repeats)
     a, b = 1 / statistics.median(ours_t), 1 / statistics.median(peer_t)
-    return _result("npo-step-vs-transformers", a, b, "optimizer steps/s", a / b, 1.0,
-                   ours_s=_spread(ours_t), peer_s=_spread(peer_t),
-                   trainable_params=sum(p.numel() for p in params),
-                   first_loss={"ours": ours_loss0, "transformers": peer_loss0})
+    return row("npo-step-vs-transformers", a, b, "optimizer steps/s", a / b, 1.0,
+               ours_s=spread(ours_t), peer_s=spread(peer_t),
+               trainable_params=sum(p.numel() for p in params),
+               first_loss={"ours": ours_loss0, "transformers": peer_loss0})
 
 
 # ------------------------------------------------------------------------------------- SNIP
-def bench_snip(ctx: Context) -> object:
+def bench_snip(ctx: Context) -> BenchResult:
+    """SNIP neuron scores of one batch per second, ours vs |W_out * dL/dW_out| summed per neuron
+    on the transformers model; records how far the two sets of scores differ."""
     from interp.attacks.prune import neuron_scores, snip_scores
     from interp.model.hooks import MLP_OUT, mlp_weight_name
     from interp.training import fixed_threads
@@ -253,7 +261,7 @@ def bench_snip(ctx: Context) -> object:
     def ours():
         ours_out["s"] = neuron_scores(model, snip_scores(model, [batch], names=names))
 
-    ours_t = _timed(ours, ctx.repeats)
+    ours_t = timed(ours, ctx.repeats)
     hf = ctx.hf_model()
     for p in hf.parameters():
         p.requires_grad_(False)
@@ -270,10 +278,10 @@ def bench_snip(ctx: Context) -> object:
             # down_proj.weight is (d_model, d_mlp): a neuron is a column
             peer_out["s"] = torch.stack([(w.detach().abs() * w.grad.abs()).sum(0) for w in downs])
 
-    peer_t = _timed(peer, ctx.repeats)
+    peer_t = timed(peer, ctx.repeats)
     ours_s, peer_s = ours_out["s"].double(), peer_out["s"].double()
     rel = float((ours_s - peer_s).abs().max() / peer_s.abs().max())
     a, b = 1 / statistics.median(ours_t), 1 / statistics.median(peer_t)
-    return _result("snip-batch-vs-transformers", a, b, "batches/s", a / b, 1.0,
-                   ours_s=_spread(ours_t), peer_s=_spread(peer_t),
-                   max_rel_difference_of_scores=rel)
+    return row("snip-batch-vs-transformers", a, b, "batches/s", a / b, 1.0,
+               ours_s=spread(ours_t), peer_s=spread(peer_t),
+               max_rel_difference_of_scores=rel)
