@@ -128,8 +128,9 @@ def test_forget_cells_are_timed_at_their_own_batch(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(finetune, "finetune_cell", spy)
     laptop = PRESETS["laptop"]
     probe = probes.Probe(model, data, laptop, 2, torch.device("cpu"), tmp_path)
-    assert probes.MEASURES["lora_forget"](probe) > 0
-    assert probes.MEASURES["lora"](probe) > 0
+    kinds = finetune.probes(laptop.attacks["finetune"])
+    assert kinds["lora_forget"].measure(probe, laptop.attacks["finetune"]) > 0
+    assert kinds["lora"].measure(probe, laptop.attacks["finetune"]) > 0
     assert seen == [(1, 2), (8, 16)]  # 2 probe steps of 1 statement; of 8 passages
     counts = count_steps(laptop, _sizes(data, model.cfg.n_layers))
     cfg = laptop.attacks["finetune"]
@@ -169,10 +170,13 @@ def test_plan_tiny_end_to_end(tmp_path, monkeypatch):
         **PRESETS["paper"].attacks,
         "gcg": replace(PRESETS["paper"].attacks["gcg"], search_width=16, candidate_batch=16)})
 
-    def out_of_memory(probe):
+    def out_of_memory(probe, cfg):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setitem(probes.MEASURES, "lens", out_of_memory)
+    from interp.cost import StepProbe
+
+    monkeypatch.setattr(lens, "probes", lambda cfg: {"lens": StepProbe(
+        "question read", out_of_memory, knob="a smaller lens batch_size")})
     out = tmp_path / "plan.json"
     result = plan(PlanConfig(shape="tiny", device="cpu", dtype="float32", probe_steps=2,
                              prompt_tokens=120), out,
@@ -182,17 +186,17 @@ def test_plan_tiny_end_to_end(tmp_path, monkeypatch):
     assert (data["preset"], data["shape"], data["device"], data["dtype"]) == \
         ("paper", "tiny", "cpu", "float32")
     stages = {s["stage"]: s for s in data["stages"]}
-    assert set(stages) == set(planning.STAGES)
+    # every kind the registry's modules count for this preset (the paper's forget cells share
+    # the LoRA batch: no kind of their own)
+    assert list(stages) == list(planning.step_kinds(light).probes)
+    assert set(stages) == {"score", "rmu", "npo", "dpo", "lora", "directions", "lens", "gcg",
+                           "snip"}
     for name, s in stages.items():
         assert {"stage", "seconds_per_step", "steps", "projected_seconds", "peak_memory_mb",
                 "fits"} <= set(s)
         if name == "lens":
             assert not s["fits"] and s["projected_seconds"] is None
             assert "ran out of memory" in s["note"] and "--n-devices" in s["note"]
-            continue
-        if name == "lora_forget":  # the paper preset's forget cells share the LoRA batch
-            assert s["steps"] == 0 and s["seconds_per_step"] is None
-            assert s["note"] == "not run by this preset"
             continue
         assert s["fits"] and s["seconds_per_step"] > 0 and s["peak_memory_mb"] > 0
         assert s["projected_seconds"] == pytest.approx(s["seconds_per_step"] * s["steps"],
