@@ -29,44 +29,23 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from interp.model.files import weights_stamp
+from interp.model.lora import has_lora
+from interp.model.state import find_state, tensor_stamp
 from interp.store import read_json, write_json
 
 SCORES_JSON = "scores.json"
 
 
-def _weights_stamp(folder: Path) -> list | None:
-    from interp.model.load import WEIGHTS
-
-    f = folder / WEIGHTS
-    if not f.is_file():
-        return None
-    st = f.stat()
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _tensor_stamp(model: nn.Module) -> list[tuple[int, int]]:
-    return [(p.data_ptr(), p._version) for p in model.parameters()]
-
-
-def mark_source(model: nn.Module, folder: Path) -> None:
-    """Record where `model` was loaded from and its parameters' identity (`load_model`)."""
-    stamp = _weights_stamp(folder)
-    if stamp is not None:
-        object.__setattr__(model, "interp_source",
-                           {"folder": str(folder.resolve()), "weights": stamp,
-                            "tensors": _tensor_stamp(model)})
-
-
 def untouched(model: nn.Module) -> bool:
     """The model as loaded: same tensors at the same versions, no adapters, no hooks."""
-    from interp.model.lora import has_lora
-
-    src = getattr(model, "interp_source", None)
+    found = find_state(model)
+    src = found.source if found is not None else None
     if src is None or has_lora(model):
         return False
     if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
         return False
-    return _tensor_stamp(model) == [tuple(t) for t in src["tensors"]]
+    return tensor_stamp(model) == src.tensors
 
 
 def question_key(question, settings: dict, model: nn.Module) -> str:
@@ -101,28 +80,30 @@ def record(keys: Sequence[str], probs: torch.Tensor) -> None:
 
 def save_scores(folder: Path, entries: dict[str, list[float]]) -> None:
     """Write the protected model's scores beside its weights (after `save_model`)."""
-    stamp = _weights_stamp(Path(folder))
+    stamp = weights_stamp(folder)
     if stamp is not None and entries:
-        write_json(Path(folder) / SCORES_JSON, {"weights": stamp, "scores": entries})
+        write_json(Path(folder) / SCORES_JSON, {"weights": list(stamp), "scores": entries})
 
 
-_LOADED: dict[str, tuple[list, dict]] = {}
+_LOADED: dict[str, tuple[tuple[int, ...] | None, dict]] = {}
 
 
 def cached_scores(model: nn.Module) -> dict[str, list[float]]:
     """The scores kept for this model's folder, if they were made with its weights file and
     the model is untouched since loading; else an empty dict."""
-    src = getattr(model, "interp_source", None)
+    found = find_state(model)
+    src = found.source if found is not None else None
     if src is None:
         return {}
-    path = Path(src["folder"]) / SCORES_JSON
+    path = Path(src.folder) / SCORES_JSON
     if not path.is_file():
         return {}
     key = f"{path}:{path.stat().st_mtime_ns}"
     if key not in _LOADED:
         data = read_json(path)
-        _LOADED[key] = (data.get("weights"), data.get("scores", {}))
+        weights = data.get("weights")
+        _LOADED[key] = (tuple(weights) if weights is not None else None), data.get("scores", {})
     weights, scores = _LOADED[key]
-    if weights != src["weights"] or not untouched(model):
+    if weights != src.weights or not untouched(model):
         return {}
     return scores

@@ -3,7 +3,6 @@ stage's real code for a few steps, seconds per step (median after the warm-up) a
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import random
@@ -149,7 +148,9 @@ class Probe:
     @property
     def original(self):
         if self._original is None:
-            self._original = copy.deepcopy(self.model)
+            from interp.model.state import copy_model
+
+            self._original = copy_model(self.model)
         return self._original
 
     def drop_original(self) -> None:
