@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -54,28 +55,49 @@ def question_key(question, settings: dict, model: nn.Module) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
-_RECORDER: dict[str, list[float]] | None = None
+class Recorder:
+    """Keeps (key -> probabilities) of every evaluation while a `recording()` block is open; the
+    innermost open block gets them."""
+
+    def __init__(self) -> None:
+        self._open: list[dict[str, list[float]]] = []
+
+    @contextmanager
+    def recording(self) -> Iterator[dict[str, list[float]]]:
+        kept: dict[str, list[float]] = {}
+        self._open.append(kept)
+        try:
+            yield kept
+        finally:  # by identity: an empty dict equals another
+            self._open[:] = [d for d in self._open if d is not kept]
+
+    @property
+    def active(self) -> bool:
+        return bool(self._open)
+
+    def record(self, keys: Sequence[str], probs: torch.Tensor) -> None:
+        if self._open:
+            self._open[-1].update(zip(keys, probs.tolist()))
+
+
+RECORDER = Recorder()  # the process's one recorder: the protection records, `evaluate` feeds it
 
 
 @contextmanager
 def recording() -> Iterator[dict[str, list[float]]]:
     """`with recording() as kept:` keeps (key -> probabilities) of every evaluation inside."""
-    global _RECORDER
-    previous, _RECORDER = _RECORDER, {}
-    try:
-        yield _RECORDER
-    finally:
-        _RECORDER = previous
+    with RECORDER.recording() as kept:
+        yield kept
 
 
 def is_recording() -> bool:
-    return _RECORDER is not None
+    """Whether a `recording()` block is open."""
+    return RECORDER.active
 
 
 def record(keys: Sequence[str], probs: torch.Tensor) -> None:
-    if _RECORDER is not None:
-        for k, p in zip(keys, probs.tolist()):
-            _RECORDER[k] = p
+    """Keep each key's probabilities in the innermost open `recording()` block, if any."""
+    RECORDER.record(keys, probs)
 
 
 def save_scores(folder: Path, entries: dict[str, list[float]]) -> None:
@@ -85,7 +107,12 @@ def save_scores(folder: Path, entries: dict[str, list[float]]) -> None:
         write_json(Path(folder) / SCORES_JSON, {"weights": list(stamp), "scores": entries})
 
 
-_LOADED: dict[str, tuple[tuple[int, ...] | None, dict]] = {}
+@lru_cache(maxsize=8)
+def _read_kept(path: str, mtime_ns: int) -> tuple[tuple[int, ...] | None, dict]:
+    """(weights stamp, scores) of one version of a scores file."""
+    data = read_json(Path(path))
+    weights = data.get("weights")
+    return (tuple(weights) if weights is not None else None), data.get("scores", {})
 
 
 def cached_scores(model: nn.Module) -> dict[str, list[float]]:
@@ -98,12 +125,7 @@ def cached_scores(model: nn.Module) -> dict[str, list[float]]:
     path = Path(src.folder) / SCORES_JSON
     if not path.is_file():
         return {}
-    key = f"{path}:{path.stat().st_mtime_ns}"
-    if key not in _LOADED:
-        data = read_json(path)
-        weights = data.get("weights")
-        _LOADED[key] = (tuple(weights) if weights is not None else None), data.get("scores", {})
-    weights, scores = _LOADED[key]
+    weights, scores = _read_kept(str(path), path.stat().st_mtime_ns)
     if weights != src.weights or not untouched(model):
         return {}
     return scores
