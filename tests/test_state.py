@@ -64,6 +64,8 @@ def test_a_plain_deep_copy_is_refused_with_a_hint(tiny_model):
             use(plain)
     with pytest.raises(InterpError, match=r"interp\.copy_model"):
         scoring.evaluate(plain, QUESTIONS, progress=False)
+    with pytest.raises(InterpError, match=r"interp\.copy_model"):  # not made an entry by a rule
+        scoring.set_letter_ids(plain, "official")
     assert interp.copy_model is copy_model
 
 

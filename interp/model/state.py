@@ -96,8 +96,9 @@ def model_state(model: nn.Module) -> ModelState:
 
 
 def set_state(model: nn.Module, **changes: Any) -> ModelState:
-    """Set some of the model's `ModelState` fields (the rest kept, or defaults); returns it."""
-    current = _STATES.get(model) or ModelState()
+    """Set some of the model's `ModelState` fields (the rest kept, or defaults); returns it.
+    A plain deep copy of a model in the table is refused here too (`find_state`)."""
+    current = find_state(model) or ModelState()
     _STATES[model] = updated = replace(current, **changes)
     return updated
 
