@@ -16,12 +16,12 @@ ratio never hides a different computation.
 
 from __future__ import annotations
 
-import copy
 import statistics
 
 import torch
 
 from benchmarks.common import BenchResult, Context, row, spread, timed
+from interp.model.state import copy_model
 
 HF_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -144,7 +144,7 @@ def bench_rmu_step(ctx: Context, layer: int = 7, alpha: float = 100.0) -> BenchR
     from interp.protections.rmu import rmu_loss
 
     fb, rb, _ = train_batches(ctx, first=0)
-    model = copy.deepcopy(ctx.model)
+    model = copy_model(ctx.model)
     frozen = frozen_copy(ctx.model)
     params, _ = select_params(model, "mlp_out", [layer - 2, layer - 1, layer])
     for p in params:
@@ -203,7 +203,7 @@ def bench_npo_step(ctx: Context, beta: float = 0.1) -> BenchResult:
     from interp.training import lm_loss, sequence_nll
 
     fb, rb, _ = train_batches(ctx, first=64)  # "answers": the second half of each text
-    model = copy.deepcopy(ctx.model)
+    model = copy_model(ctx.model)
     params, _ = select_params(model, "attn_mlp")
     for p in params:
         p.requires_grad_(True)  # as the training loop does

@@ -24,6 +24,7 @@ _NAMES = {
     # models
     "load_model": "interp.model.load", "save_model": "interp.model.load",
     "get_tokenizer": "interp.model.load", "load_tokenizer": "interp.model.load",
+    "copy_model": "interp.model.state",
     "export_hf": "interp.model.export", "hook_name": "interp.model.hooks",
     "readout": "interp.model.hooks", "LoRAConfig": "interp.model.lora",
     "lora_adapters": "interp.model.lora", "merge_lora": "interp.model.lora",

@@ -23,50 +23,30 @@ from __future__ import annotations
 import hashlib
 import json
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
+from interp.model.files import weights_stamp
+from interp.model.lora import has_lora
+from interp.model.state import find_state, tensor_stamp
 from interp.store import read_json, write_json
 
 SCORES_JSON = "scores.json"
 
 
-def _weights_stamp(folder: Path) -> list | None:
-    from interp.model.load import WEIGHTS
-
-    f = folder / WEIGHTS
-    if not f.is_file():
-        return None
-    st = f.stat()
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _tensor_stamp(model: nn.Module) -> list[tuple[int, int]]:
-    return [(p.data_ptr(), p._version) for p in model.parameters()]
-
-
-def mark_source(model: nn.Module, folder: Path) -> None:
-    """Record where `model` was loaded from and its parameters' identity (`load_model`)."""
-    stamp = _weights_stamp(folder)
-    if stamp is not None:
-        object.__setattr__(model, "interp_source",
-                           {"folder": str(folder.resolve()), "weights": stamp,
-                            "tensors": _tensor_stamp(model)})
-
-
 def untouched(model: nn.Module) -> bool:
     """The model as loaded: same tensors at the same versions, no adapters, no hooks."""
-    from interp.model.lora import has_lora
-
-    src = getattr(model, "interp_source", None)
+    found = find_state(model)
+    src = found.source if found is not None else None
     if src is None or has_lora(model):
         return False
     if any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()):
         return False
-    return _tensor_stamp(model) == [tuple(t) for t in src["tensors"]]
+    return tensor_stamp(model) == src.tensors
 
 
 def question_key(question, settings: dict, model: nn.Module) -> str:
@@ -75,54 +55,77 @@ def question_key(question, settings: dict, model: nn.Module) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
-_RECORDER: dict[str, list[float]] | None = None
+class Recorder:
+    """Keeps (key -> probabilities) of every evaluation while a `recording()` block is open; the
+    innermost open block gets them."""
+
+    def __init__(self) -> None:
+        self._open: list[dict[str, list[float]]] = []
+
+    @contextmanager
+    def recording(self) -> Iterator[dict[str, list[float]]]:
+        kept: dict[str, list[float]] = {}
+        self._open.append(kept)
+        try:
+            yield kept
+        finally:  # by identity: an empty dict equals another
+            self._open[:] = [d for d in self._open if d is not kept]
+
+    @property
+    def active(self) -> bool:
+        return bool(self._open)
+
+    def record(self, keys: Sequence[str], probs: torch.Tensor) -> None:
+        if self._open:
+            self._open[-1].update(zip(keys, probs.tolist()))
+
+
+RECORDER = Recorder()  # the process's one recorder: the protection records, `evaluate` feeds it
 
 
 @contextmanager
 def recording() -> Iterator[dict[str, list[float]]]:
     """`with recording() as kept:` keeps (key -> probabilities) of every evaluation inside."""
-    global _RECORDER
-    previous, _RECORDER = _RECORDER, {}
-    try:
-        yield _RECORDER
-    finally:
-        _RECORDER = previous
+    with RECORDER.recording() as kept:
+        yield kept
 
 
 def is_recording() -> bool:
-    return _RECORDER is not None
+    """Whether a `recording()` block is open."""
+    return RECORDER.active
 
 
 def record(keys: Sequence[str], probs: torch.Tensor) -> None:
-    if _RECORDER is not None:
-        for k, p in zip(keys, probs.tolist()):
-            _RECORDER[k] = p
+    """Keep each key's probabilities in the innermost open `recording()` block, if any."""
+    RECORDER.record(keys, probs)
 
 
 def save_scores(folder: Path, entries: dict[str, list[float]]) -> None:
     """Write the protected model's scores beside its weights (after `save_model`)."""
-    stamp = _weights_stamp(Path(folder))
+    stamp = weights_stamp(folder)
     if stamp is not None and entries:
-        write_json(Path(folder) / SCORES_JSON, {"weights": stamp, "scores": entries})
+        write_json(Path(folder) / SCORES_JSON, {"weights": list(stamp), "scores": entries})
 
 
-_LOADED: dict[str, tuple[list, dict]] = {}
+@lru_cache(maxsize=8)
+def _read_kept(path: str, mtime_ns: int) -> tuple[tuple[int, ...] | None, dict]:
+    """(weights stamp, scores) of one version of a scores file."""
+    data = read_json(Path(path))
+    weights = data.get("weights")
+    return (tuple(weights) if weights is not None else None), data.get("scores", {})
 
 
 def cached_scores(model: nn.Module) -> dict[str, list[float]]:
     """The scores kept for this model's folder, if they were made with its weights file and
     the model is untouched since loading; else an empty dict."""
-    src = getattr(model, "interp_source", None)
+    found = find_state(model)
+    src = found.source if found is not None else None
     if src is None:
         return {}
-    path = Path(src["folder"]) / SCORES_JSON
+    path = Path(src.folder) / SCORES_JSON
     if not path.is_file():
         return {}
-    key = f"{path}:{path.stat().st_mtime_ns}"
-    if key not in _LOADED:
-        data = read_json(path)
-        _LOADED[key] = (data.get("weights"), data.get("scores", {}))
-    weights, scores = _LOADED[key]
-    if weights != src["weights"] or not untouched(model):
+    weights, scores = _read_kept(str(path), path.stat().st_mtime_ns)
+    if weights != src.weights or not untouched(model):
         return {}
     return scores

@@ -21,7 +21,7 @@ from interp import score_cache
 from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import readout
-from interp.model.load import get_tokenizer
+from interp.model.state import find_state, get_tokenizer, set_state
 from interp.prompts import Encoded, check_letter_ids, encode_question
 
 Hook = tuple[str | Callable[[str], bool], Callable]
@@ -114,13 +114,16 @@ def last_logits(
 
 def set_letter_ids(model: HookedTransformer, rule: str) -> HookedTransformer:
     """Make `rule` ("in-context" or "official", see `interp.prompts`) the letter-id rule every
-    score of this model uses unless a call names another (copies of the model keep it)."""
-    object.__setattr__(model, "interp_letter_ids", check_letter_ids(rule))
+    score of this model uses unless a call names another (`interp.copy_model` copies keep it)."""
+    set_state(model, letter_ids=check_letter_ids(rule))
     return model
 
 
 def letter_rule(model: HookedTransformer, rule: str | None = None) -> str:
-    return check_letter_ids(rule or getattr(model, "interp_letter_ids", None) or "in-context")
+    """`rule`, else the model's rule (`set_letter_ids`), else "in-context"."""
+    found = find_state(model)
+    return check_letter_ids(rule or (found.letter_ids if found is not None else None)
+                            or "in-context")
 
 
 def encode_all(

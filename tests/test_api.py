@@ -124,45 +124,93 @@ def test_cli_options_come_from_the_configs():
     assert config_from_args(dpo.Config(), args) == replace(dpo.Config(), beta=0.3)
 
 
-def _module_imports(root: Path) -> dict[str, set[str]]:
-    """interp module -> the interp modules it imports at module level."""
+def _imported(node, package: str) -> list[str]:
+    """The module names one Import / ImportFrom node may load (relative ones resolved against
+    `package`; `from a import b` may load `a.b`)."""
     import ast
 
-    graph = {}
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if node.level:  # from . import x, from ..a import b
+        parts = package.split(".")[:len(package.split(".")) - node.level + 1]
+        base = ".".join(parts + ([node.module] if node.module else []))
+    else:
+        base = node.module
+    return [base, *(f"{base}.{a.name}" for a in node.names)]
+
+
+def _module_imports(root: Path) -> dict[str, dict[str, int]]:
+    """interp module -> {interp module it imports: line}, from every import statement anywhere in
+    it (module level, inside functions, under `if TYPE_CHECKING`). Importing `a.b.c` also runs
+    the packages `a.b` above it; a package importing its own submodules is no edge."""
+    import ast
+
+    files = {}
     for path in root.rglob("*.py"):
         name = ".".join(path.relative_to(root.parent).with_suffix("").parts)
-        name = name.removesuffix(".__init__")
-        deps = set()
-        for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(
-                    "interp"):
-                deps.add(node.module)
-                deps.update(f"{node.module}.{a.name}" for a in node.names)
-            elif isinstance(node, ast.Import):
-                deps.update(a.name for a in node.names if a.name.startswith("interp"))
+        files[name.removesuffix(".__init__")] = path
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps: dict[str, int] = {}
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            for target in _imported(node, package):
+                parts = target.split(".")
+                for dep in (".".join(parts[:i]) for i in range(2, len(parts) + 1)):
+                    if dep in files and dep != name and not name.startswith(dep + ".") \
+                            and not dep.startswith(name + "."):
+                        deps.setdefault(dep, node.lineno)
         graph[name] = deps
-    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    return graph
+
+
+def _find_cycle(graph: dict[str, dict[str, int]]) -> list[str] | None:
+    """One import cycle (a list of modules, first = last), or None."""
+    done, stack = set(), []
+
+    def visit(m):
+        if m in stack:
+            return stack[stack.index(m):] + [m]
+        if m in done:
+            return None
+        stack.append(m)
+        for d in sorted(graph[m]):
+            if (cycle := visit(d)) is not None:
+                return cycle
+        stack.pop()
+        done.add(m)
+        return None
+
+    for m in sorted(graph):
+        if (cycle := visit(m)) is not None:
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_sees_imports_inside_functions(tmp_path):
+    pkg = tmp_path / "interp"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from interp.sub import a\n")  # its own: no edge
+    (pkg / "sub" / "a.py").write_text("def f():\n    from . import b\n")
+    (pkg / "sub" / "b.py").write_text("import interp.c\n")
+    (pkg / "c.py").write_text("def g():\n    from interp.sub.a import f\n")
+    graph = _module_imports(pkg)
+    assert graph["interp.sub.a"] == {"interp.sub.b": 2}
+    assert graph["interp.c"] == {"interp.sub": 2, "interp.sub.a": 2}
+    assert _find_cycle(graph) == ["interp.c", "interp.sub.a", "interp.sub.b", "interp.c"]
+    (pkg / "c.py").write_text("X = 1\n")
+    assert _find_cycle(_module_imports(pkg)) is None
 
 
 def test_no_import_cycles_and_small_modules():
     root = Path(interp.__file__).parent
     graph = _module_imports(root)
-    done, stack = set(), []
-
-    def visit(m):
-        if m in stack:
-            raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m):] + [m]))
-        if m in done:
-            return
-        stack.append(m)
-        for d in graph[m]:
-            if not d.startswith(m + "."):  # a package importing its own submodule
-                visit(d)
-        stack.pop()
-        done.add(m)
-
-    for m in graph:
-        visit(m)
+    cycle = _find_cycle(graph)
+    assert cycle is None, "import cycle (imports inside functions count): " + " -> ".join(
+        f"{a} (line {graph[a][b]})" for a, b in zip(cycle, cycle[1:])) + f" -> {cycle[-1]}"
     sizes = {p.name: len(p.read_text().splitlines()) for p in root.rglob("*.py")}
     assert max(sizes.values()) <= 520, sizes
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
@@ -22,6 +20,7 @@ from interp.attacks.directions import (
 )
 from interp.errors import InterpError
 from interp.model.load import get_tokenizer
+from interp.model.state import copy_model
 
 TEXTS_A = ["The capital of France is Paris.", "Rome is the capital of Italy.",
            "The capital of Japan is Tokyo, a big city.", "Madrid is in Spain."] * 3
@@ -67,7 +66,7 @@ def test_outlier_drop_matches_reference(tiny_model):
 
 
 def test_two_model_directions_find_a_planted_shift(tiny_model):
-    shifted = copy.deepcopy(tiny_model)
+    shifted = copy_model(tiny_model)
     plant = torch.randn(tiny_model.cfg.d_model)
     plant /= plant.norm()
     with torch.no_grad():
@@ -102,7 +101,7 @@ def test_weight_orthogonalization_equals_hooks(tiny_model):
     ids = torch.tensor([_ids(tiny_model, TEXTS_A)[2]])
     with torch.no_grad(), ablated(tiny_model, ablate_everywhere_hooks(tiny_model, r)):
         hooked = tiny_model(ids)
-    edited = copy.deepcopy(tiny_model)
+    edited = copy_model(tiny_model)
     orthogonalize_weights(edited, r)
     with torch.no_grad():
         assert (edited(ids) - hooked).abs().max().item() <= 1e-4
@@ -125,7 +124,7 @@ def test_zero_or_nan_direction_refused(tiny_model, bad):
 
 
 def test_layers_below_an_edit_have_zero_directions(tiny_model):
-    shifted = copy.deepcopy(tiny_model)
+    shifted = copy_model(tiny_model)
     with torch.no_grad():
         shifted.blocks[1].mlp.b_out.add_(1.0)
     dirs = diff_in_means_models(shifted, tiny_model, _ids(tiny_model, TEXTS_A),
@@ -155,11 +154,11 @@ def test_weight_orthogonalization_equals_hooks_with_positions(tiny_gpt2):
     ids = torch.tensor([_ids(tiny_gpt2, TEXTS_A)[2]])
     with torch.no_grad(), ablated(tiny_gpt2, ablate_everywhere_hooks(tiny_gpt2, r)):
         hooked = tiny_gpt2(ids)
-    edited = copy.deepcopy(tiny_gpt2)
+    edited = copy_model(tiny_gpt2)
     orthogonalize_weights(edited, r)
     with torch.no_grad():
         assert (edited(ids) - hooked).abs().max().item() <= 1e-4
-    partial = copy.deepcopy(edited)  # the same edit with W_pos left alone differs
+    partial = copy_model(edited)  # the same edit with W_pos left alone differs
     with torch.no_grad():
         partial.pos_embed.W_pos.copy_(tiny_gpt2.pos_embed.W_pos)
         assert (partial(ids) - hooked).abs().max().item() > 1e-3
@@ -203,7 +202,7 @@ def test_official_means_equal_a_hand_computation(tiny_zephyr):
 
     qs = [Question(r["question"], tuple(r["choices"]), r["answer"], subject="biology")
           for r in WMDP_ROWS]
-    shifted = copy.deepcopy(tiny_zephyr)
+    shifted = copy_model(tiny_zephyr)
     with torch.no_grad():
         shifted.blocks[1].mlp.W_out.mul_(1.5)
     cfg = OfficialRecipe(forget_skip=6, outlier_tokens=40, outlier_zscore=1.5, pca_limit=30,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -11,6 +9,7 @@ from transformers import AutoModelForCausalLM
 from interp.errors import InterpError
 from interp.model.export import export_hf, to_hf_state_dict
 from interp.model.load import get_tokenizer, load_model
+from interp.model.state import copy_model
 
 from .conftest import save_tiny_hf, tiny_configs
 
@@ -82,7 +81,7 @@ def test_export_reflects_weight_edit(hooked, tmp_path):
     from interp.attacks.directions import orthogonalize_weights
 
     original = hooked("llama")
-    model = copy.deepcopy(original)
+    model = copy_model(original)
     direction = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         orthogonalize_weights(model, direction / direction.norm())
@@ -113,7 +112,7 @@ def test_edited_embedding_unties_lm_head(tmp_path, bpe_tokenizer):
 def test_export_refuses_lora(hooked, tmp_path):
     from interp.model.lora import LoRAConfig, lora_adapters
 
-    model = copy.deepcopy(hooked("llama"))
+    model = copy_model(hooked("llama"))
     with lora_adapters(model, LoRAConfig(rank=2)):
         with pytest.raises(InterpError, match="merge"):
             export_hf(model, tmp_path / "lora")
@@ -121,12 +120,12 @@ def test_export_refuses_lora(hooked, tmp_path):
 
 
 def test_export_refuses_unembed_bias_and_unknown_arch(hooked, tmp_path):
-    model = copy.deepcopy(hooked("llama"))
+    model = copy_model(hooked("llama"))
     with torch.no_grad():
         model.unembed.b_U.add_(1.0)
     with pytest.raises(InterpError, match="b_U"):
         to_hf_state_dict(model)
-    model = copy.deepcopy(hooked("llama"))
+    model = copy_model(hooked("llama"))
     model.cfg.original_architecture = "FalconForCausalLM"
     with pytest.raises(InterpError, match="LlamaForCausalLM") as info:
         export_hf(model, tmp_path / "falcon")
@@ -135,7 +134,7 @@ def test_export_refuses_unembed_bias_and_unknown_arch(hooked, tmp_path):
 
 def test_llama_biases_export_and_mistral_biases_refused(hooked, tmp_path):
     # biases a Llama config can switch on (attention_bias, mlp_bias) are exported...
-    model = copy.deepcopy(hooked("llama"))
+    model = copy_model(hooked("llama"))
     attn, mlp = model.blocks[0].attn, model.blocks[1].mlp
     with torch.no_grad():
         for b in (attn.b_Q, attn._b_K, attn._b_V, attn.b_O, mlp.b_out):
@@ -144,12 +143,12 @@ def test_llama_biases_export_and_mistral_biases_refused(hooked, tmp_path):
     assert config["attention_bias"] and config["mlp_bias"]
     _assert_same_logits(model, export_hf(model, tmp_path / "biased"))
     # ...one Mistral has no place for is refused, as is TL's gated-MLP b_in
-    model = copy.deepcopy(hooked("mistral"))
+    model = copy_model(hooked("mistral"))
     with torch.no_grad():
         model.blocks[0].attn.b_O.add_(1.0)
     with pytest.raises(InterpError, match="no place"):
         to_hf_state_dict(model)
-    model = copy.deepcopy(hooked("llama"))
+    model = copy_model(hooked("llama"))
     with torch.no_grad():
         model.blocks[0].mlp.b_in.add_(1.0)
     with pytest.raises(InterpError, match="b_in"):

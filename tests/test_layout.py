@@ -4,12 +4,11 @@ nothing), for a plain and a grouped-query model."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from interp.model.layout import _ORDERS, linear_layout, restride
+from interp.model.state import copy_model
 
 
 @pytest.mark.parametrize("order", [(1, 0), (0, 2, 1), (2, 0, 1)])
@@ -25,7 +24,7 @@ def _check(model, tokens):
         for p in model.parameters():
             p.data = p.data.contiguous()
     assert not model.blocks[0].mlp.W_out.T.is_contiguous()
-    reference = copy.deepcopy(model)
+    reference = copy_model(model)
     linear_layout(model)
     for (n1, p1), (n2, p2) in zip(reference.named_parameters(), model.named_parameters()):
         assert n1 == n2 and torch.equal(p1, p2), n1
@@ -41,7 +40,7 @@ def _check(model, tokens):
 
 def test_layout_on_a_grouped_query_model(tiny_model):
     assert tiny_model.cfg.n_key_value_heads is not None  # the Llama stand-in uses GQA
-    _check(copy.deepcopy(tiny_model), torch.randint(0, tiny_model.cfg.d_vocab, (2, 9)))
+    _check(copy_model(tiny_model), torch.randint(0, tiny_model.cfg.d_vocab, (2, 9)))
 
 
 def test_layout_on_a_plain_attention_model():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
@@ -19,6 +17,7 @@ from interp.model.lora import (
     merge_lora,
     remove_lora,
 )
+from interp.model.state import copy_model
 
 from .conftest import save_tiny_hf, tiny_configs
 
@@ -40,7 +39,7 @@ def test_fresh_adapters_leave_logits_unchanged(tiny_model):
 
 @pytest.mark.parametrize("impl", ["hooks", "weights"])
 def test_merged_equals_unmerged_and_equals_hand_edit(tiny_model, impl):
-    model = copy.deepcopy(tiny_model)
+    model = copy_model(tiny_model)
     tokens = _tokens(model)
     original_wq = model.blocks[0].attn.W_Q.detach().clone()
     params = add_lora(model, LoRAConfig(rank=3, alpha=6.0, seed=1, impl=impl))
@@ -64,7 +63,7 @@ def test_merged_equals_unmerged_and_equals_hand_edit(tiny_model, impl):
 
 
 def test_removed_adapters_restore_the_weights_and_gqa_is_adapted(tiny_model):
-    model = copy.deepcopy(tiny_model)
+    model = copy_model(tiny_model)
     assert model.cfg.n_key_value_heads < model.cfg.n_heads  # the tiny Llama uses GQA
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     params = add_lora(model, LoRAConfig(rank=2, impl="weights"))
@@ -79,7 +78,7 @@ def test_removed_adapters_restore_the_weights_and_gqa_is_adapted(tiny_model):
 
 @pytest.mark.parametrize("impl", ["hooks", "weights"])
 def test_dropout_only_in_training_mode(tiny_model, impl):
-    model = copy.deepcopy(tiny_model)
+    model = copy_model(tiny_model)
     tokens = _tokens(model)
     with lora_adapters(model, LoRAConfig(rank=4, dropout=0.5, impl=impl)) as params:
         with torch.no_grad():
@@ -179,7 +178,7 @@ def _targets_found(model) -> int:
 def test_user_hooks_see_the_adapted_model(tiny_model):
     """A user hook on hook_z / hook_post (head or neuron ablation) changes what W_O / W_out's
     adapters read, and a hook on hook_q sees the adapted queries, as with adapted weights."""
-    model = copy.deepcopy(tiny_model)
+    model = copy_model(tiny_model)
     tokens = _tokens(model)
     seen = {}
 
@@ -212,7 +211,7 @@ def test_hooks_form_with_the_kv_cache_and_run_with_cache(tiny_model):
     model's hooks) keep the adapters; greedy tokens match the weights form."""
     from interp.scoring import generate_greedy
 
-    model = copy.deepcopy(tiny_model)
+    model = copy_model(tiny_model)
     prompt = _tokens(model)[0].tolist()
     outs, caches = [], []
     for impl in ("weights", "hooks"):
@@ -232,7 +231,7 @@ def test_hooks_form_with_the_kv_cache_and_run_with_cache(tiny_model):
 def test_weights_form_where_hooks_do_not_apply(tiny_model):
     from interp.model.lora import hooks_supported
 
-    model = copy.deepcopy(tiny_model)
+    model = copy_model(tiny_model)
     assert hooks_supported(model) is None
     model.cfg.use_attn_result = True
     assert "use_attn_result" in hooks_supported(model)

@@ -3,7 +3,6 @@ tiny-shape run end to end, and the stages that do not fit."""
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import replace
 
@@ -15,6 +14,7 @@ from interp.attacks import directions, finetune, gcg, lens, prune
 from interp.cli import main
 from interp.cost import Sizes
 from interp.model.shapes import SHAPES, parameter_count, random_model
+from interp.model.state import copy_model
 from interp.pipelines import plan as planning
 from interp.pipelines import probes
 from interp.pipelines.plan import PlanConfig, count_steps, plan
@@ -89,11 +89,11 @@ def test_cost_counts_what_the_attack_does(tiny, name, monkeypatch):
             scored["snip"] = scored.get("snip", 0) + sum(b.tokens.shape[0] for b in batches)
             return real_snip(m, batches, **kwargs)
         monkeypatch.setattr(prune, "snip_scores", counting_snip)
-    original = copy.deepcopy(model)
+    original = copy_model(model)
     with torch.no_grad():
         for p in original.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    protected = copy.deepcopy(model)
+    protected = copy_model(model)
     with timing.step_times() as steps:
         module.run(protected, data, SMALL[name], original=original, progress=False)
     expected = module.cost(SMALL[name], _sizes(data, model.cfg.n_layers))

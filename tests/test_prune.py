@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
@@ -21,6 +19,7 @@ from interp.attacks.prune import (
 from interp.errors import InterpError
 from interp.model.hooks import block_weight_names
 from interp.model.load import get_tokenizer
+from interp.model.state import copy_model
 from interp.training import lm_loss, pack
 
 TEXTS = ["The capital of France is Paris.", "Gold has the symbol Au and is a metal.",
@@ -36,7 +35,7 @@ def _batches(model, texts, size=2):
 
 def test_snip_equals_finite_differences(tiny_model):
     """|w| * sum_b |dL_b/dw| against central differences in float64, for each kind of matrix."""
-    model = copy.deepcopy(tiny_model).to(torch.float64)
+    model = copy_model(tiny_model).to(torch.float64)
     model.cfg.dtype = torch.float64
     batches = _batches(model, TEXTS)
     scores = snip_scores(model, batches)
@@ -124,7 +123,7 @@ def test_pruning_a_weight_equals_zeroing_it_by_hand(tiny_model, bpe_tokenizer):
     batch = _batches(tiny_model, TEXTS[:2])[0]
     mask = torch.zeros_like(tiny_model.blocks[1].mlp.W_out, dtype=torch.bool)
     mask[3] = True
-    edited = copy.deepcopy(tiny_model)
+    edited = copy_model(tiny_model)
     with torch.no_grad():
         edited.blocks[1].mlp.W_out[3] = 0
     with torch.no_grad(), pruned(tiny_model, {"blocks.1.mlp.W_out": mask}):

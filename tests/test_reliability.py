@@ -4,7 +4,6 @@ nothing touches the network."""
 from __future__ import annotations
 
 import ast
-import copy
 import json
 import os
 import pickle
@@ -20,6 +19,7 @@ import torch
 
 from interp.errors import InterpError
 from interp.model.load import get_tokenizer, load_model
+from interp.model.state import copy_model
 
 ROOT = Path(__file__).parent.parent / "interp"
 HOOKISH_CALLS = {"hooks", "run_with_cache", "register_parametrization", "register_forward_hook",
@@ -296,7 +296,7 @@ def _state(model):
 
 @pytest.mark.parametrize("name", sorted(EXERCISES))
 def test_an_exception_leaves_no_hooks(name, tiny_model, monkeypatch):
-    model = copy.deepcopy(tiny_model)
+    model = copy_model(tiny_model)
     before = _state(model)
     assert before["hooks"] == 0 and before["torch_hooks"] == 0
     EXERCISES[name](model, monkeypatch)

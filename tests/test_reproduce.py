@@ -4,7 +4,6 @@ models."""
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 
 from interp.data.questions import load_questions
 from interp.model.load import load_model
+from interp.model.state import copy_model
 from interp.pipelines.reproduce import reproduce
 from interp.scoring import evaluate
 
@@ -78,7 +78,7 @@ def test_rows_match_independent_recomputation(smoke_run):
     r = load_file(str(run / "attacks" / "rmu" / "directions" / "directions.safetensors"))[
         "directions"][res["best_layer"]].double()
     r = r / r.norm()
-    edited = copy.deepcopy(rmu)
+    edited = copy_model(rmu)
     with torch.no_grad():
         proj = lambda w: (w.double() - (w.double() @ r)[..., None] * r).float()  # noqa: E731
         edited.embed.W_E.copy_(proj(edited.embed.W_E))

@@ -12,6 +12,7 @@ from interp import score_cache, scoring
 from interp.data.questions import Question
 from interp.model.load import load_model, save_model
 from interp.model.lora import LoRAConfig, lora_adapters
+from interp.model.state import set_state
 
 QUESTIONS = [
     Question("The capital of France is", ("Paris", "Rome", "Oslo", "Lima"), 0, format="cloze"),
@@ -46,7 +47,7 @@ def forwards(monkeypatch):
 
 
 def _fresh(model, questions, **kw):
-    object.__setattr__(model, "interp_source", None)  # no cache: the reference computation
+    set_state(model, source=None)  # no cache: the reference computation
     return scoring.evaluate(model, questions, progress=False, **kw).probs
 
 

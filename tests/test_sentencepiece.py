@@ -6,15 +6,16 @@ letter ids, and lengths that never leave a NaN or a silent empty batch."""
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
 from interp.attacks.gcg import question_slots
 from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.load import get_tokenizer, load_model
+from interp.model.state import set_state
 from interp.prompts import chat_text, encode_question, letter_prompt
 from interp.protections.common import encode_pair, encode_pairs
 from interp.scoring import evaluate, set_letter_ids
@@ -31,7 +32,9 @@ def tok(request, zephyr_sp_tokenizer, bpe_tokenizer):
 
 
 def _holder(tokenizer):
-    return SimpleNamespace(interp_tokenizer=tokenizer)  # what encode_pair reads of a model
+    holder = nn.Module()  # a stand-in model: encode_pair reads only its tokenizer
+    set_state(holder, tokenizer=tokenizer)
+    return holder
 
 
 def test_the_fixture_has_zephyrs_trap(zephyr_sp_tokenizer):

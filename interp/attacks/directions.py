@@ -13,7 +13,6 @@ second pass.
 
 from __future__ import annotations
 
-import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import hook_name, layer_hook_names, residual_writers
+from interp.model.state import copy_model
 from interp.plots import layer_lines
 from interp.scoring import evaluate, pad_left
 
@@ -422,7 +422,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
 
     sweep, best = sweep_of(dirs, "ablation sweep")
     best_hooks, all_hooks = ablation_hooks(model, dirs, [best]), ablation_hooks(model, dirs)
-    edited = copy.deepcopy(model)
+    edited = copy_model(model)
     orthogonalize_weights(edited, dirs.directions[best])
     val = {"ablate-best-layer": Measured(sweep.forget[best], sweep.retain[best], *n_val),
            "orthogonalize": Measured(score(f_small, model=edited), score(r_small, model=edited),

@@ -4,7 +4,7 @@ runs the search). See `interp.attacks.gcg` for the objective's terms."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +19,22 @@ from interp.model.load import get_tokenizer
 from interp.scoring import pad_left
 from interp.training import fixed_threads
 
-if TYPE_CHECKING:
-    from interp.attacks.gcg import GCGConfig
+
+class ObjectiveSettings(Protocol):
+    """The settings the objective reads (`interp.attacks.gcg.GCGConfig` has them)."""
+
+    objective: str  # "plain" or "enhanced"
+    resid_layers: tuple[int, ...]
+    resid_weight: float
+    fluency_weight: float
+    reuse_before: bool
+    candidate_batch: int
 
 
 class Objective:
     """The GCG loss for many prefixes at once, over a fixed set of questions."""
 
-    def __init__(self, model: HookedTransformer, slots: list[Slots], cfg: GCGConfig,
+    def __init__(self, model: HookedTransformer, slots: list[Slots], cfg: ObjectiveSettings,
                  original: HookedTransformer | None = None) -> None:
         self.model, self.slots, self.cfg = model, slots, cfg
         self.device = model.cfg.device

@@ -20,6 +20,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from interp.errors import InterpError
+from interp.model.state import get_tokenizer
 
 # TransformerLens architecture -> Hugging Face model_type
 LLAMA_LIKE = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral",
@@ -140,7 +141,6 @@ def to_hf_state_dict(model: HookedTransformer) -> tuple[dict[str, torch.Tensor],
     model's parameters (do not edit them in place)."""
     from transformers import AutoConfig
 
-    from interp.model.load import get_tokenizer
     from interp.model.lora import has_lora
 
     if has_lora(model):
@@ -181,7 +181,6 @@ def export_hf(model: HookedTransformer, folder: str | Path) -> Path:
     AutoModelForCausalLM.from_pretrained loads to the same logits as the hooked model."""
     from safetensors.torch import save_file
 
-    from interp.model.load import get_tokenizer
     from interp.store import atomic_write_text
 
     state, config = to_hf_state_dict(model)

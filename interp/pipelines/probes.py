@@ -4,7 +4,6 @@ are the median after the warm-up (`interp.timing`)."""
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import random
@@ -142,7 +141,9 @@ class Probe:
     @property
     def original(self):
         if self._original is None:
-            self._original = copy.deepcopy(self.model)
+            from interp.model.state import copy_model
+
+            self._original = copy_model(self.model)
         return self._original
 
     def drop_original(self) -> None:

@@ -7,7 +7,6 @@ the scorer never sees."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
@@ -17,6 +16,7 @@ from transformer_lens import HookedTransformer
 from interp.errors import InterpError
 from interp.model.hooks import select_weights
 from interp.model.load import get_tokenizer
+from interp.model.state import copy_model
 from interp.prompts import chat_text, shared_prefix
 
 
@@ -91,11 +91,10 @@ def encode_pairs(model: HookedTransformer, pairs: Iterable[tuple[str, str, bool]
 
 
 def frozen_copy(model: HookedTransformer) -> HookedTransformer:
-    ref = copy.deepcopy(model)
+    ref = copy_model(model)  # the same tokenizer object
     ref.eval()
     for p in ref.parameters():
         p.requires_grad_(False)
-    object.__setattr__(ref, "interp_tokenizer", get_tokenizer(model))
     return ref
 
 
