@@ -22,6 +22,7 @@ from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import readout
 from interp.model.load import get_tokenizer
+from interp.padding import pad_id, pad_left
 from interp.prompts import Encoded, check_letter_ids, encode_question
 
 Hook = tuple[str | Callable[[str], bool], Callable]
@@ -85,18 +86,6 @@ def maybe_hooks(model: HookedTransformer, hooks: Sequence[Hook] | None) -> Itera
         return
     with model.hooks(fwd_hooks=list(hooks)):
         yield
-
-
-def pad_left(
-    sequences: Sequence[Sequence[int]], pad_id: int, device
-) -> tuple[Int[Tensor, "b p"], Int[Tensor, "b p"]]:
-    width = max(len(s) for s in sequences)
-    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        tokens[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[i, width - len(seq):] = 1
-    return tokens.to(device), mask.to(device)
 
 
 def last_logits(
@@ -165,7 +154,7 @@ def evaluate(
     if batch_size < 1:
         raise InterpError(f"batch size must be at least 1, got {batch_size}")
     encoded = encode_all(model, questions, cfg)
-    pad_id = get_tokenizer(model).pad_token_id or 0
+    pad = pad_id(model)
     device = model.cfg.device
     probs = torch.empty((len(encoded), 4), dtype=torch.float32)
     # the untouched protected model's own scores, kept by its protection (`interp.score_cache`)
@@ -188,7 +177,7 @@ def evaluate(
                        leave=False)
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                tokens, mask = pad_left([encoded[i].ids for i in idx], pad_id, device)
+                tokens, mask = pad_left([encoded[i].ids for i in idx], pad, device)
                 logits = last_logits(model, tokens, mask).float()
                 cand = torch.tensor([encoded[i].candidates for i in idx], device=logits.device)
                 chosen = logits.gather(1, cand)
@@ -217,7 +206,7 @@ def generate_greedy(
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
     tokenizer = get_tokenizer(model)
-    pad_id = tokenizer.pad_token_id or 0
+    pad = pad_id(tokenizer)
     eos = tokenizer.eos_token_id
     out: list[str] = []
     was_training = model.training
@@ -231,10 +220,10 @@ def generate_greedy(
                 done = [False] * len(batch)
                 cache = (TransformerLensKeyValueCache.init_cache(model.cfg, device, len(batch))
                          if use_cache else None)
-                tokens, mask = pad_left(batch, pad_id, device)
+                tokens, mask = pad_left(batch, pad, device)
                 for _ in range(max_new_tokens):
                     if cache is None:
-                        tokens, mask = pad_left([p + n for p, n in zip(batch, new)], pad_id,
+                        tokens, mask = pad_left([p + n for p, n in zip(batch, new)], pad,
                                                 device)
                     resid = model(tokens, attention_mask=mask, past_kv_cache=cache,
                                   stop_at_layer=model.cfg.n_layers)
@@ -265,10 +254,10 @@ def last_activations(model: HookedTransformer, questions: Sequence[Question], *,
 
     encoded = encode_all(model, questions, EvalConfig(chat=chat))
     names = layer_hook_names(model, point)
-    pad_id = get_tokenizer(model).pad_token_id or 0
+    pad = pad_id(model)
     out = []
     for start in range(0, len(encoded), batch_size):
-        tokens, mask = pad_left([e.ids for e in encoded[start:start + batch_size]], pad_id,
+        tokens, mask = pad_left([e.ids for e in encoded[start:start + batch_size]], pad,
                                 model.cfg.device)
         _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names,
                                         return_type=None)

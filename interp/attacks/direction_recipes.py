@@ -33,7 +33,8 @@ from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import layer_hook_names
 from interp.model.load import get_tokenizer
-from interp.scoring import EvalConfig, encode_all, pad_left
+from interp.padding import pad_id, pad_left
+from interp.scoring import EvalConfig, encode_all
 
 VARIANTS = ("models", "retain", "unrelated", "pca")
 RECIPES = ("toolkit", "official")
@@ -73,7 +74,7 @@ def token_activations(model: HookedTransformer, prompts: list[list[int]], skip: 
     names = layer_hook_names(model, hook)
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        tokens, mask = pad_left(chunk, 0, model.cfg.device)
+        tokens, mask = pad_left(chunk, pad_id(model), model.cfg.device)
         _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names,
                                         return_type=None)
         keep = mask.bool() & (mask.cumsum(-1) > skip)

@@ -42,8 +42,9 @@ from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import hook_name, layer_hook_names, residual_writers
+from interp.padding import pad_id, pad_left
 from interp.plots import layer_lines
-from interp.scoring import evaluate, pad_left
+from interp.scoring import evaluate
 
 HOOKS = ("resid_post", "resid_pre", "attn_out", "mlp_out")
 
@@ -113,9 +114,9 @@ def stream_activations(model: HookedTransformer, prompts: Prompts,
     """Yield, batch by batch, the chosen hook's activations at the counted positions."""
     names = _hook_names(model, cfg.hook)
     prompts = prompt_ids(model, prompts)
-    pad_id = 0
+    pad = pad_id(model)
     for start in range(0, len(prompts), cfg.batch_size):
-        tokens, mask = pad_left(prompts[start:start + cfg.batch_size], pad_id, model.cfg.device)
+        tokens, mask = pad_left(prompts[start:start + cfg.batch_size], pad, model.cfg.device)
         _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names,
                                         stop_at_layer=None, return_type=None)
         keep = _token_mask(mask, cfg)

@@ -15,8 +15,7 @@ from transformer_lens import HookedTransformer
 from interp.attacks.gcg_tokens import Slots
 from interp.errors import InterpError
 from interp.model.hooks import EMBED_HOOK, hook_name, readout
-from interp.model.load import get_tokenizer
-from interp.scoring import pad_left
+from interp.padding import pad_id, pad_left
 from interp.training import fixed_threads
 
 if TYPE_CHECKING:
@@ -30,7 +29,7 @@ class Objective:
                  original: HookedTransformer | None = None) -> None:
         self.model, self.slots, self.cfg = model, slots, cfg
         self.device = model.cfg.device
-        self.pad = get_tokenizer(model).pad_token_id or 0
+        self.pad = pad_id(model)
         self.tail = min(len(s.after) for s in slots)  # question tokens aligned at the end
         self.layers = list(cfg.resid_layers) if cfg.objective == "enhanced" else []
         if cfg.objective not in ("plain", "enhanced"):

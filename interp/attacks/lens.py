@@ -27,9 +27,9 @@ from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import layer_hook_names, readout
-from interp.model.load import get_tokenizer
+from interp.padding import pad_id, pad_left
 from interp.plots import layer_lines
-from interp.scoring import EvalConfig, encode_all, pad_left
+from interp.scoring import EvalConfig, encode_all
 
 COMPONENTS = ("resid_post", "attn_out", "mlp_out")
 
@@ -83,11 +83,11 @@ def logit_lens(model: HookedTransformer, questions: Sequence[Question],
         raise InterpError(f"unknown lens component(s) {sorted(unknown)}; use {list(COMPONENTS)}")
     names = {c: layer_hook_names(model, c) for c in cfg.components}
     all_names = [n for ns in names.values() for n in ns]
-    pad_id = get_tokenizer(model).pad_token_id or 0
+    pad = pad_id(model)
     out = {c: torch.empty((model.cfg.n_layers, len(encoded), 4)) for c in cfg.components}
     for start in range(0, len(encoded), cfg.batch_size):
         chunk = encoded[start:start + cfg.batch_size]
-        tokens, mask = pad_left([e.ids for e in chunk], pad_id, model.cfg.device)
+        tokens, mask = pad_left([e.ids for e in chunk], pad, model.cfg.device)
         _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=all_names,
                                         return_type=None)
         cand = torch.tensor([e.candidates for e in chunk], device=tokens.device)
