@@ -244,22 +244,15 @@ def generate_greedy(
     return out
 
 
-@torch.no_grad()
 def last_activations(model: HookedTransformer, questions: Sequence[Question], *,
                      point: str = "resid_post", chat: bool = False, batch_size: int = 16
                      ) -> Float[Tensor, "n_layers n d_model"]:
     """Every layer's activation at `point` (a hook point such as "resid_post") at the last
-    position of each question's prompt, as the scorer encodes it (`run_with_cache`)."""
+    position of each question's prompt, as the scorer encodes it (`iter_activations`), float32
+    on the CPU."""
+    from interp.activations import iter_activations
     from interp.model.hooks import layer_hook_names
 
-    encoded = encode_all(model, questions, EvalConfig(chat=chat))
     names = layer_hook_names(model, point)
-    pad = pad_id(model)
-    out = []
-    for start in range(0, len(encoded), batch_size):
-        tokens, mask = pad_left([e.ids for e in encoded[start:start + batch_size]], pad,
-                                model.cfg.device)
-        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names,
-                                        return_type=None)
-        out.append(torch.stack([cache[n][:, -1] for n in names]).float().cpu())
-    return torch.cat(out, dim=1)
+    batches = iter_activations(model, questions, names, batch_size=batch_size, chat=chat)
+    return torch.cat([b.acts.float().cpu() for b in batches], dim=1)

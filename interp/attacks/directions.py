@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from interp.activations import iter_activations
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Baseline, Row, Scores
 from interp.attacks.direction_recipes import (
@@ -42,7 +43,6 @@ from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import hook_name, layer_hook_names, residual_writers
-from interp.padding import pad_id, pad_left
 from interp.plots import layer_lines
 from interp.scoring import evaluate
 
@@ -84,18 +84,6 @@ def _hook_names(model: HookedTransformer, hook: str) -> list[str]:
     return layer_hook_names(model, hook)
 
 
-def _token_mask(mask: Tensor, cfg: DirectionsConfig) -> Tensor:
-    """Which positions count: left-padded batches, first `skip_first` real tokens skipped."""
-    if cfg.positions == "last":
-        keep = torch.zeros_like(mask, dtype=torch.bool)
-        keep[:, -1] = True
-        return keep
-    if cfg.positions != "all":
-        raise InterpError(f"positions must be 'all' or 'last', got {cfg.positions!r}")
-    rank = mask.cumsum(-1)  # 1 at the first real token
-    return (mask.bool()) & (rank > cfg.skip_first)
-
-
 Prompts = Sequence[Question] | Sequence[str] | Sequence[list[int]]
 
 
@@ -111,17 +99,14 @@ def prompt_ids(model: HookedTransformer, prompts: Prompts) -> list[list[int]]:
 @torch.no_grad()
 def stream_activations(model: HookedTransformer, prompts: Prompts,
                        cfg: DirectionsConfig) -> Iterator[Float[Tensor, "n_layers tokens d"]]:
-    """Yield, batch by batch, the chosen hook's activations at the counted positions."""
-    names = _hook_names(model, cfg.hook)
-    prompts = prompt_ids(model, prompts)
-    pad = pad_id(model)
-    for start in range(0, len(prompts), cfg.batch_size):
-        tokens, mask = pad_left(prompts[start:start + cfg.batch_size], pad, model.cfg.device)
-        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names,
-                                        stop_at_layer=None, return_type=None)
-        keep = _token_mask(mask, cfg)
-        yield torch.stack([cache[n][keep] for n in names])  # (n_layers, tokens, d)
-        del cache
+    """Yield, batch by batch, the chosen hook's activations at the counted positions: every
+    token after the first `skip_first` of each prompt, or the last one (`cfg.positions`)."""
+    if cfg.positions not in ("all", "last"):
+        raise InterpError(f"positions must be 'all' or 'last', got {cfg.positions!r}")
+    for batch in iter_activations(model, prompt_ids(model, prompts), _hook_names(model, cfg.hook),
+                                  batch_size=cfg.batch_size, positions=cfg.positions,
+                                  skip_first=cfg.skip_first):
+        yield batch.acts  # (n_layers, tokens, d)
 
 
 @torch.no_grad()
