@@ -24,7 +24,6 @@ import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from interp.activations import iter_activations
@@ -397,18 +396,11 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
     n_val = (len(f_small), len(r_small))
 
     def sweep_of(d: Directions, desc: str) -> tuple[Sweep, int]:
-        sweep = Sweep([], [], *n_val)
-        for layer in tqdm(range(model.cfg.n_layers), desc=desc, leave=False,
-                          disable=not progress):
-            if d.diff_norms[layer] == 0:  # no difference here: ablation is the identity
-                sweep.forget.append(base_f)
-                sweep.retain.append(base_r)
-                continue
-            hooks = ablation_hooks(model, d, layers=[layer])
-            sweep.forget.append(score(f_small, hooks))
-            sweep.retain.append(score(r_small, hooks))
-        nonzero = [i for i in range(model.cfg.n_layers) if d.diff_norms[i] > 0]
-        return sweep, max(nonzero, key=lambda i: (sweep.forget[i], sweep.retain[i]))
+        from interp.attacks.ablation_sweep import ablation_sweep
+
+        s = ablation_sweep(model, d, f_small, r_small, batch_size=cfg.batch_size,
+                           baseline=(base_f, base_r), progress=progress, desc=desc)
+        return Sweep(s.forget, s.retain, s.n_forget, s.n_retain), s.best_layer
 
     sweep, best = sweep_of(dirs, "ablation sweep")
     best_hooks, all_hooks = ablation_hooks(model, dirs, [best]), ablation_hooks(model, dirs)
