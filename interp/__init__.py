@@ -34,6 +34,7 @@ _NAMES = {
     # scoring
     "evaluate": "interp.scoring", "EvalResult": "interp.scoring",
     "generate_greedy": "interp.scoring", "last_activations": "interp.scoring",
+    "iter_activations": "interp.activations",
     # the lens and directions, as functions
     "logit_lens": "interp.attacks.lens", "LensConfig": "interp.attacks.lens",
     "LensResult": "interp.attacks.lens",
@@ -45,6 +46,8 @@ _NAMES = {
     "ablate_everywhere_hooks": "interp.attacks.directions",
     "ablated": "interp.attacks.directions", "project_out": "interp.attacks.directions",
     "orthogonalize_weights": "interp.attacks.directions",
+    "ablation_sweep": "interp.attacks.ablation_sweep",
+    "AblationSweep": "interp.attacks.ablation_sweep",
     "snip_scores": "interp.attacks.prune", "set_difference": "interp.attacks.prune",
     "pruned": "interp.attacks.prune",
     # pipelines

@@ -22,6 +22,7 @@ from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import readout
 from interp.model.state import find_state, get_tokenizer, set_state
+from interp.padding import pad_id, pad_left
 from interp.prompts import Encoded, check_letter_ids, encode_question
 
 Hook = tuple[str | Callable[[str], bool], Callable]
@@ -85,18 +86,6 @@ def maybe_hooks(model: HookedTransformer, hooks: Sequence[Hook] | None) -> Itera
         return
     with model.hooks(fwd_hooks=list(hooks)):
         yield
-
-
-def pad_left(
-    sequences: Sequence[Sequence[int]], pad_id: int, device
-) -> tuple[Int[Tensor, "b p"], Int[Tensor, "b p"]]:
-    width = max(len(s) for s in sequences)
-    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        tokens[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-        mask[i, width - len(seq):] = 1
-    return tokens.to(device), mask.to(device)
 
 
 def last_logits(
@@ -168,7 +157,7 @@ def evaluate(
     if batch_size < 1:
         raise InterpError(f"batch size must be at least 1, got {batch_size}")
     encoded = encode_all(model, questions, cfg)
-    pad_id = get_tokenizer(model).pad_token_id or 0
+    pad = pad_id(model)
     device = model.cfg.device
     probs = torch.empty((len(encoded), 4), dtype=torch.float32)
     # the untouched protected model's own scores, kept by its protection (`interp.score_cache`)
@@ -191,7 +180,7 @@ def evaluate(
                        leave=False)
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
-                tokens, mask = pad_left([encoded[i].ids for i in idx], pad_id, device)
+                tokens, mask = pad_left([encoded[i].ids for i in idx], pad, device)
                 logits = last_logits(model, tokens, mask).float()
                 cand = torch.tensor([encoded[i].candidates for i in idx], device=logits.device)
                 chosen = logits.gather(1, cand)
@@ -220,7 +209,7 @@ def generate_greedy(
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
     tokenizer = get_tokenizer(model)
-    pad_id = tokenizer.pad_token_id or 0
+    pad = pad_id(tokenizer)
     eos = tokenizer.eos_token_id
     out: list[str] = []
     was_training = model.training
@@ -234,10 +223,10 @@ def generate_greedy(
                 done = [False] * len(batch)
                 cache = (TransformerLensKeyValueCache.init_cache(model.cfg, device, len(batch))
                          if use_cache else None)
-                tokens, mask = pad_left(batch, pad_id, device)
+                tokens, mask = pad_left(batch, pad, device)
                 for _ in range(max_new_tokens):
                     if cache is None:
-                        tokens, mask = pad_left([p + n for p, n in zip(batch, new)], pad_id,
+                        tokens, mask = pad_left([p + n for p, n in zip(batch, new)], pad,
                                                 device)
                     resid = model(tokens, attention_mask=mask, past_kv_cache=cache,
                                   stop_at_layer=model.cfg.n_layers)
@@ -258,22 +247,15 @@ def generate_greedy(
     return out
 
 
-@torch.no_grad()
 def last_activations(model: HookedTransformer, questions: Sequence[Question], *,
                      point: str = "resid_post", chat: bool = False, batch_size: int = 16
                      ) -> Float[Tensor, "n_layers n d_model"]:
     """Every layer's activation at `point` (a hook point such as "resid_post") at the last
-    position of each question's prompt, as the scorer encodes it (`run_with_cache`)."""
+    position of each question's prompt, as the scorer encodes it (`iter_activations`), float32
+    on the CPU."""
+    from interp.activations import iter_activations
     from interp.model.hooks import layer_hook_names
 
-    encoded = encode_all(model, questions, EvalConfig(chat=chat))
     names = layer_hook_names(model, point)
-    pad_id = get_tokenizer(model).pad_token_id or 0
-    out = []
-    for start in range(0, len(encoded), batch_size):
-        tokens, mask = pad_left([e.ids for e in encoded[start:start + batch_size]], pad_id,
-                                model.cfg.device)
-        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names,
-                                        return_type=None)
-        out.append(torch.stack([cache[n][:, -1] for n in names]).float().cpu())
-    return torch.cat(out, dim=1)
+    batches = iter_activations(model, questions, names, batch_size=batch_size, chat=chat)
+    return torch.cat([b.acts.float().cpu() for b in batches], dim=1)

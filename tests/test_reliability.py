@@ -160,6 +160,14 @@ def ex_stream(m, mp):
         list(stream_activations(m, [_tokens(m)], DirectionsConfig(hook="resid_post")))
 
 
+def ex_iter_activations(m, mp):
+    from interp.activations import iter_activations
+
+    Fault(m, mp)
+    with pytest.raises(RuntimeError, match="boom"):
+        list(iter_activations(m, [_tokens(m)], ["blocks.0.hook_resid_post"]))
+
+
 def ex_lens(m, mp):
     from interp.attacks.lens import logit_lens
 
@@ -256,6 +264,7 @@ EXERCISES = {
     "interp.scoring.generate_greedy": ex_generate,
     "interp.attacks.directions.ablated": ex_ablated,
     "interp.attacks.directions.stream_activations": ex_stream,
+    "interp.activations.iter_activations": ex_iter_activations,
     "interp.attacks.lens.logit_lens": ex_lens,
     "interp.scoring.last_activations": ex_last_activations,
     "interp.attacks.prune.snip_scores": ex_snip,

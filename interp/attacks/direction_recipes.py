@@ -29,11 +29,12 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from interp.activations import iter_activations
 from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import layer_hook_names
 from interp.model.load import get_tokenizer
-from interp.scoring import EvalConfig, encode_all, pad_left
+from interp.scoring import EvalConfig, encode_all
 
 VARIANTS = ("models", "retain", "unrelated", "pca")
 RECIPES = ("toolkit", "official")
@@ -70,16 +71,9 @@ def token_activations(model: HookedTransformer, prompts: list[list[int]], skip: 
                       ) -> Iterator[tuple[Float[Tensor, "n_layers t d"], list[int]]]:
     """Per batch: the hook's activations at every layer for the counted tokens (the first
     `skip` of each prompt left out), float32 on the model's device, and those tokens' ids."""
-    names = layer_hook_names(model, hook)
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        tokens, mask = pad_left(chunk, 0, model.cfg.device)
-        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names,
-                                        return_type=None)
-        keep = mask.bool() & (mask.cumsum(-1) > skip)
-        ids = tokens[keep].tolist()
-        yield torch.stack([cache[n][keep].float() for n in names]), ids
-        del cache
+    for batch in iter_activations(model, prompts, layer_hook_names(model, hook),
+                                  batch_size=batch_size, positions="all", skip_first=skip):
+        yield batch.acts.float(), batch.ids.tolist()
 
 
 def first_tokens(stream, limit: int) -> tuple[Tensor, list[int]]:

@@ -23,10 +23,10 @@ import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from interp import timing
+from interp.activations import iter_activations
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Baseline, Measured, Row, Scores
 from interp.attacks.direction_recipes import (
@@ -44,7 +44,7 @@ from interp.errors import InterpError
 from interp.model.hooks import hook_name, layer_hook_names, residual_writers
 from interp.model.state import copy_model
 from interp.plots import layer_lines
-from interp.scoring import evaluate, pad_left
+from interp.scoring import evaluate
 
 HOOKS = ("resid_post", "resid_pre", "attn_out", "mlp_out")
 
@@ -84,18 +84,6 @@ def _hook_names(model: HookedTransformer, hook: str) -> list[str]:
     return layer_hook_names(model, hook)
 
 
-def _token_mask(mask: Tensor, cfg: DirectionsConfig) -> Tensor:
-    """Which positions count: left-padded batches, first `skip_first` real tokens skipped."""
-    if cfg.positions == "last":
-        keep = torch.zeros_like(mask, dtype=torch.bool)
-        keep[:, -1] = True
-        return keep
-    if cfg.positions != "all":
-        raise InterpError(f"positions must be 'all' or 'last', got {cfg.positions!r}")
-    rank = mask.cumsum(-1)  # 1 at the first real token
-    return (mask.bool()) & (rank > cfg.skip_first)
-
-
 Prompts = Sequence[Question] | Sequence[str] | Sequence[list[int]]
 
 
@@ -111,17 +99,14 @@ def prompt_ids(model: HookedTransformer, prompts: Prompts) -> list[list[int]]:
 @torch.no_grad()
 def stream_activations(model: HookedTransformer, prompts: Prompts,
                        cfg: DirectionsConfig) -> Iterator[Float[Tensor, "n_layers tokens d"]]:
-    """Yield, batch by batch, the chosen hook's activations at the counted positions."""
-    names = _hook_names(model, cfg.hook)
-    prompts = prompt_ids(model, prompts)
-    pad_id = 0
-    for start in range(0, len(prompts), cfg.batch_size):
-        tokens, mask = pad_left(prompts[start:start + cfg.batch_size], pad_id, model.cfg.device)
-        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=names,
-                                        stop_at_layer=None, return_type=None)
-        keep = _token_mask(mask, cfg)
-        yield torch.stack([cache[n][keep] for n in names])  # (n_layers, tokens, d)
-        del cache
+    """Yield, batch by batch, the chosen hook's activations at the counted positions: every
+    token after the first `skip_first` of each prompt, or the last one (`cfg.positions`)."""
+    if cfg.positions not in ("all", "last"):
+        raise InterpError(f"positions must be 'all' or 'last', got {cfg.positions!r}")
+    for batch in iter_activations(model, prompt_ids(model, prompts), _hook_names(model, cfg.hook),
+                                  batch_size=cfg.batch_size, positions=cfg.positions,
+                                  skip_first=cfg.skip_first):
+        yield batch.acts  # (n_layers, tokens, d)
 
 
 @torch.no_grad()
@@ -407,18 +392,11 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
     n_val = (len(f_small), len(r_small))
 
     def sweep_of(d: Directions, desc: str) -> tuple[Sweep, int]:
-        sweep = Sweep([], [], *n_val)
-        for layer in tqdm(range(model.cfg.n_layers), desc=desc, leave=False,
-                          disable=not progress):
-            if d.diff_norms[layer] == 0:  # no difference here: ablation is the identity
-                sweep.forget.append(base_f)
-                sweep.retain.append(base_r)
-                continue
-            hooks = ablation_hooks(model, d, layers=[layer])
-            sweep.forget.append(score(f_small, hooks))
-            sweep.retain.append(score(r_small, hooks))
-        nonzero = [i for i in range(model.cfg.n_layers) if d.diff_norms[i] > 0]
-        return sweep, max(nonzero, key=lambda i: (sweep.forget[i], sweep.retain[i]))
+        from interp.attacks.ablation_sweep import ablation_sweep
+
+        s = ablation_sweep(model, d, f_small, r_small, batch_size=cfg.batch_size,
+                           baseline=(base_f, base_r), progress=progress, desc=desc)
+        return Sweep(s.forget, s.retain, s.n_forget, s.n_retain), s.best_layer
 
     sweep, best = sweep_of(dirs, "ablation sweep")
     best_hooks, all_hooks = ablation_hooks(model, dirs, [best]), ablation_hooks(model, dirs)

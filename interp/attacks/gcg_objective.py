@@ -6,17 +6,18 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
+import einops
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from interp.activations import iter_activations
 from interp.attacks.gcg_tokens import Slots
 from interp.errors import InterpError
 from interp.model.hooks import EMBED_HOOK, hook_name, readout
-from interp.model.load import get_tokenizer
-from interp.scoring import pad_left
+from interp.padding import pad_id, pad_left
 from interp.training import fixed_threads
 
 
@@ -38,7 +39,7 @@ class Objective:
                  original: HookedTransformer | None = None) -> None:
         self.model, self.slots, self.cfg = model, slots, cfg
         self.device = model.cfg.device
-        self.pad = get_tokenizer(model).pad_token_id or 0
+        self.pad = pad_id(model)
         self.tail = min(len(s.after) for s in slots)  # question tokens aligned at the end
         self.layers = list(cfg.resid_layers) if cfg.objective == "enhanced" else []
         if cfg.objective not in ("plain", "enhanced"):
@@ -80,11 +81,11 @@ class Objective:
     def _reference(self, original: HookedTransformer) -> Tensor:
         """Original model, no prefix: residuals of the last `tail` tokens, (q, layers, tail, d)."""
         seqs = [s.before + s.after for s in self.slots]
-        tokens, mask = pad_left(seqs, self.pad, original.cfg.device)
         names = [hook_name(i) for i in self.layers]
-        _, cache = original.run_with_cache(tokens, attention_mask=mask, names_filter=names,
-                                           return_type=None)
-        return torch.stack([cache[n][:, -self.tail:] for n in names], 1).to(self.device)
+        (batch,) = iter_activations(original, seqs, names, batch_size=len(seqs),
+                                    positions=self.tail)  # one batch: every question
+        ref = einops.rearrange(batch.acts, "l (q t) d -> q l t d", q=len(seqs))
+        return ref.contiguous().to(self.device)
 
     def _rows(self, prefixes: Int[Tensor, "c n"], qs: Sequence[int]):
         pref = prefixes.tolist()

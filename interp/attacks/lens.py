@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Sequence
 
+import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from interp import timing
+from interp.activations import iter_activations
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Row
 from interp.cost import StepProbe, capped
@@ -28,9 +30,8 @@ from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import layer_hook_names, readout
-from interp.model.load import get_tokenizer
 from interp.plots import layer_lines
-from interp.scoring import EvalConfig, encode_all, pad_left
+from interp.scoring import EvalConfig, encode_all
 
 COMPONENTS = ("resid_post", "attn_out", "mlp_out")
 
@@ -82,23 +83,18 @@ def logit_lens(model: HookedTransformer, questions: Sequence[Question],
     unknown = set(cfg.components) - set(COMPONENTS)
     if unknown:
         raise InterpError(f"unknown lens component(s) {sorted(unknown)}; use {list(COMPONENTS)}")
-    names = {c: layer_hook_names(model, c) for c in cfg.components}
-    all_names = [n for ns in names.values() for n in ns]
-    pad_id = get_tokenizer(model).pad_token_id or 0
+    names = [n for c in cfg.components for n in layer_hook_names(model, c)]
     out = {c: torch.empty((model.cfg.n_layers, len(encoded), 4)) for c in cfg.components}
-    for start in range(0, len(encoded), cfg.batch_size):
-        chunk = encoded[start:start + cfg.batch_size]
-        tokens, mask = pad_left([e.ids for e in chunk], pad_id, model.cfg.device)
-        _, cache = model.run_with_cache(tokens, attention_mask=mask, names_filter=all_names,
-                                        return_type=None)
-        cand = torch.tensor([e.candidates for e in chunk], device=tokens.device)
-        for comp, layer_names in names.items():
-            last = torch.stack([cache[n][:, -1, :] for n in layer_names])  # (L, b, d)
+    for batch in iter_activations(model, [e.ids for e in encoded], names,
+                                  batch_size=cfg.batch_size):
+        rows = batch.rows
+        cand = torch.tensor([encoded[i].candidates for i in rows], device=batch.acts.device)
+        per_comp = einops.rearrange(batch.acts, "(c l) b d -> c l b d", c=len(cfg.components))
+        for comp, last in zip(cfg.components, per_comp):  # last: (L, b, d)
             logits = readout(model, last)  # (L, b, vocab)
             probs = logits.float().softmax(-1)
             picked = probs.gather(-1, cand[None].expand(probs.shape[0], -1, -1))
-            out[comp][:, start:start + len(chunk)] = picked.cpu()
-        del cache
+            out[comp][:, rows.start:rows.stop] = picked.cpu()
     answers = torch.tensor([q.answer for q in questions])
     return LensResult(out, answers, chat=cfg.chat)
 

@@ -14,6 +14,7 @@ from typing import Sequence
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from interp.model.load import build_hooked, resolve_device, save_model
+from interp.padding import pad_id
 from interp.training import TrainConfig, lm_loss, pack, sample_indices, seed_everything, train
 
 
@@ -52,7 +53,7 @@ def train_smoke_model(
     seed_everything(cfg.seed)
     model = build_hooked(smoke_hooked_config(tokenizer, cfg, device), tokenizer)
     encoded = [tokenizer(t)["input_ids"][: cfg.n_ctx] for t in texts]
-    pad = tokenizer.pad_token_id or 0
+    pad = pad_id(tokenizer)
 
     def batch_at(step: int, micro: int):
         idx = sample_indices(len(encoded), cfg.batch_size, cfg.seed, step, micro)
