@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup reproduce test lint clean bench-peers bench
+.PHONY: setup reproduce test lint clean bench-peers bench notebooks
 
 setup: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml
 # attack -> table and figures). Resumable: a rerun skips finished cells.
 reproduce: setup
 	$(BIN)/interp reproduce --preset laptop --out runs/laptop --figures figures
+
+# The notebooks executed against the laptop run (make reproduce first), saved with their outputs:
+# every plotly figure also as a static PNG, so they show where no JavaScript runs.
+notebooks: setup
+	$(BIN)/python scripts/execute_notebooks.py --run runs/laptop
 
 # The peers `interp bench` measures against, set up here (the package never installs anything):
 # lm-evaluation-harness through the `bench` extra in .venv, and nanoGCG in its own environment
@@ -52,7 +57,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check interp tests benchmarks
+	$(BIN)/ruff check interp tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) runs

@@ -6,7 +6,7 @@ import json
 import re
 
 from interp.data.benchmark import QuestionBuilder
-from interp.data.build import PRESETS
+from interp.data.build import BENCHMARKS
 from interp.data.facts import RELATIONS, Fact, bank_source, read_bank
 from interp.data.questions import load_questions
 from interp.data.unrelated import load_unrelated
@@ -57,7 +57,7 @@ def _names_in(text: str, names: set[str]) -> set[str]:
 
 def test_unrelated_corpus_names_no_forget_entity(smoke_data):
     folder, _ = smoke_data
-    forget = PRESETS["laptop"].forget
+    forget = BENCHMARKS["laptop"].forget
     names = {x for pair in read_bank(forget) for x in pair}
     rows = [json.loads(line)["text"] for line in (folder / "unrelated.jsonl").read_text()
             .splitlines()]
@@ -102,7 +102,7 @@ def test_smoke_benchmark(smoke_data):
         assert all(q.format == "cloze" for q in qs)
     forget = {q.meta["entity"] for q in load_questions(folder / "forget_test.jsonl")}
     retain = load_questions(folder / "retain_test.jsonl")
-    assert {q.meta["relation"] for q in retain} == set(PRESETS["smoke"].retain)
+    assert {q.meta["relation"] for q in retain} == set(BENCHMARKS["smoke"].retain)
     assert all(q.meta["relation"] == "capitals" for q in
                load_questions(folder / "forget_test.jsonl"))
     assert forget

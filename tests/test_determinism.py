@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from interp.data.build import PRESETS, select_facts, smoke_texts
+from interp.data.build import BENCHMARKS, select_facts, smoke_texts
 from interp.model.smoke import SmokeConfig, train_smoke_model
 
 
@@ -24,7 +24,7 @@ def test_two_trainings_with_two_threads_are_bitwise_identical(bpe_tokenizer):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        forget, retain = select_facts(PRESETS["smoke"], 0)
+        forget, retain = select_facts(BENCHMARKS["smoke"], 0)
         texts = smoke_texts(forget, retain)
         first, second = _train(bpe_tokenizer, texts), _train(bpe_tokenizer, texts)
     finally:
@@ -36,7 +36,7 @@ def test_two_trainings_with_two_threads_are_bitwise_identical(bpe_tokenizer):
 
 def test_training_does_not_depend_on_the_callers_thread_count(bpe_tokenizer):
     threads = torch.get_num_threads()
-    forget, retain = select_facts(PRESETS["smoke"], 0)
+    forget, retain = select_facts(BENCHMARKS["smoke"], 0)
     texts = smoke_texts(forget, retain)
     try:
         torch.set_num_threads(1)

@@ -67,3 +67,37 @@ def test_prune_snip_data_has_its_own_flag():
 
     flags = {o.flag for o in options(prune.Config)}
     assert "--snip-data" in flags and "--data" not in flags
+
+
+def test_the_audit_refuses_a_folder_computed_otherwise(smoke_audit, tmp_path):
+    """Another budget, model or question set, or a finished cell of another config: one line
+    naming the difference, before anything computes; the same settings read the audit back."""
+    import json
+    import shutil
+
+    from interp.pipelines.audit import audit
+
+    run, folder, forget, retain, result = smoke_audit
+    same = dict(budget="quick", progress=False)
+    assert audit(result["original"], result["unlearned"], forget, retain, folder, **same) == \
+        result
+    with pytest.raises(InterpError, match=r"budget='quick' \(now 'full'\)"):
+        audit(result["original"], result["unlearned"], forget, retain, folder, budget="full",
+              progress=False)
+    with pytest.raises(InterpError, match=r"unlearned='.*npo' \(now '.*rmu'\)"):
+        audit(result["original"], str(run / "models" / "rmu"), forget, retain, folder, **same)
+    with pytest.raises(InterpError, match="questions="):
+        audit(result["original"], result["unlearned"], forget[:-1], retain, folder, **same)
+    copy = tmp_path / "audit"
+    shutil.copytree(folder, copy)
+    (copy / "audit.json").unlink()
+    cell = copy / "cells" / "lens.json"
+    saved = json.loads(cell.read_text())
+    saved["result"]["config"]["limit"] = 7
+    cell.write_text(json.dumps(saved))
+    with pytest.raises(InterpError, match=r"the lens cell in .* limit=7 \(now 100\)"):
+        audit(result["original"], result["unlearned"], forget, retain, copy, **same)
+    (copy / "settings.json").unlink()
+    (copy / "audit.json").write_text("{}")
+    with pytest.raises(InterpError, match="without its settings"):
+        audit(result["original"], result["unlearned"], forget, retain, copy, **same)
