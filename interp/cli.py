@@ -11,6 +11,8 @@ from pathlib import Path
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """`interp eval`: score a model on a question source and write the per-question result as
+    JSON."""
     from interp.data.sources import load_source
     from interp.model.load import load_model
     from interp.scoring import evaluate
@@ -36,6 +38,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_data_build(args: argparse.Namespace) -> int:
+    """`interp data build`: build a preset's benchmark folder and print its counts."""
     from interp.data.build import build_benchmark
 
     manifest = build_benchmark(args.preset, Path(args.out), seed=args.seed, model_spec=args.model,
@@ -90,6 +93,8 @@ def _base_config(kind: str, name: str, preset: str | None):
 
 
 def cmd_protect(args: argparse.Namespace) -> int:
+    """`interp protect`: train one protection on a data folder and print accuracy before and
+    after."""
     from interp.options import config_from_args
     from interp.pipelines.protect import protect
     from interp.store import check_writable
@@ -148,6 +153,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 
 def cmd_attack_compare(args: argparse.Namespace) -> int:
+    """`interp attack compare`: compare finished directions and pruning folders across protected
+    models."""
     from interp.attacks import compare
 
     r = compare.run(_named(args.directions), _named(args.prune), out=Path(args.out))
@@ -160,6 +167,7 @@ def cmd_attack_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """`interp export`: save a model to a folder in the chosen format."""
     from interp.model.load import save_model
     from interp.store import check_writable
 
@@ -171,6 +179,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    """`interp reproduce`: run a preset end to end and print its results table."""
     from interp.pipelines.reproduce import reproduce
 
     start = time.perf_counter()
@@ -187,6 +196,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
+    """`interp audit`: attack an unlearned model against its original and print the recoverable
+    knowledge."""
     from interp.data.sources import load_source
     from interp.pipelines.audit import audit
     from interp.store import check_writable
@@ -238,6 +249,7 @@ def _import_benchmarks():
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """`interp bench`: run the checkout's benchmarks and print their markdown report."""
     run_bench, markdown = _import_benchmarks()
     payload = run_bench(args.names or None, Path(args.out), repeats=args.repeats,
                         n_questions=args.n_questions)
@@ -247,6 +259,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    """`interp plan`: time each stage of a preset on this hardware and print the projection."""
     from interp.pipelines.plan import PlanConfig, plan, summary_lines
     from interp.store import check_writable
 
@@ -471,6 +484,8 @@ def take_plugins(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `interp` command: load `--plugin`s, parse `argv` (default: `sys.argv[1:]`) and run the
+    subcommand; returns the exit code (2 on an `InterpError`, 130 on Ctrl-C)."""
     from interp.errors import InterpError
     from interp.registry import register
 

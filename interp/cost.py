@@ -38,6 +38,7 @@ class Sizes:
 
 
 def capped(n: int, limit: int | None) -> int:
+    """`n`, at most `limit` (None: no limit)."""
     return n if limit is None else min(n, limit)
 
 
@@ -47,6 +48,7 @@ def measure_cost(s: Sizes) -> dict[str, int]:
 
 
 def add(total: dict[str, int], part: dict[str, int]) -> dict[str, int]:
+    """Add the step counts of `part` into `total` (by kind), and return `total`."""
     for k, v in part.items():
         total[k] = total.get(k, 0) + int(v)
     return total

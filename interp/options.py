@@ -21,6 +21,9 @@ from interp.errors import InterpError
 
 @dataclass(frozen=True)
 class Option:
+    """One command-line flag of a config field: the flag, its argparse destination, the field's path
+    through nested configs, and its type."""
+
     flag: str  # "--skip-first"
     dest: str  # argparse destination
     path: tuple[str, ...]  # ("directions", "skip_first")
@@ -131,12 +134,15 @@ def _metavar(tp) -> str:
 
 
 def get_path(cfg, path: tuple[str, ...]):
+    """The value of the (nested) field at `path`, e.g. ("directions", "skip_first")."""
     for name in path:
         cfg = getattr(cfg, name)
     return cfg
 
 
 def set_path(cfg, path: tuple[str, ...], value):
+    """A copy of `cfg` with the (nested) field at `path` set to `value` (`dataclasses.replace` at
+    each level)."""
     if len(path) == 1:
         return dataclasses.replace(cfg, **{path[0]: value})
     inner = set_path(getattr(cfg, path[0]), path[1:], value)

@@ -126,6 +126,7 @@ def budget_lines(series: dict[str, tuple[Sequence[float], Sequence[float]]], *, 
 
 
 def heatmap(z, x, y, *, title: str, xtitle: str, ytitle: str) -> go.Figure:
+    """Accuracy as a heatmap of `z` (rows along `y`, columns along `x`)."""
     fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale="Viridis", colorbar_title="accuracy"))
     fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=ytitle, template="plotly_white")
     return fig

@@ -38,6 +38,7 @@ LETTER_IDS = ("in-context", "official")  # how the letter format's candidate ids
 
 
 def check_letter_ids(rule: str) -> str:
+    """`rule` if it is a known letter-id rule (`LETTER_IDS`), else an `InterpError`."""
     if rule not in LETTER_IDS:
         raise InterpError(f"unknown letter-id rule {rule!r}; use one of {list(LETTER_IDS)}")
     return rule
@@ -52,6 +53,8 @@ def official_letter_ids(tokenizer) -> tuple[int, int, int, int]:
 
 
 def letter_prompt(q: Question, prefix: str | None = None) -> str:
+    """The letter-format prompt (header, question, A-D choices, "Answer:"), after `prefix` and a
+    space if given."""
     subject = q.subject or "general knowledge"
     text = f"{prefix} " if prefix else ""
     text += f"The following are multiple choice questions (with answers) about {subject}.\n\n"
@@ -62,6 +65,7 @@ def letter_prompt(q: Question, prefix: str | None = None) -> str:
 
 
 def cloze_prompt(q: Question, prefix: str | None = None) -> str:
+    """The cloze prompt: the question's stem, after `prefix` and a space if given."""
     return (f"{prefix} " if prefix else "") + q.question.strip()
 
 

@@ -36,7 +36,8 @@ class AttackModule(Protocol):
     Config: type  # a dataclass of the attack's knobs
     Result: type  # a dataclass: to_json / from_json / rows / plot
 
-    def run(self, model, data, cfg=None, *, original=None, out=None, progress=True) -> Any: ...
+    def run(self, model, data, cfg=None, *, original=None, out=None, progress=True) -> Any:
+        """Attack `model` on a data folder; returns the module's `Result` (written to `out`)."""
 
 
 @runtime_checkable
@@ -48,9 +49,11 @@ class ProtectionModule(Protocol):
     Result: type
 
     def run(self, model, data, cfg=None, *, out=None, progress=True, before=None,
-            about=None) -> Any: ...
+            about=None) -> Any:
+        """Protect `model` in place, measuring it before and after; returns the `Result`."""
 
-    def train(self, model, data, cfg, run_dir=None, progress=True) -> Any: ...
+    def train(self, model, data, cfg, run_dir=None, progress=True) -> Any:
+        """The method itself, in place: returns (losses, extras)."""
 
 
 PROTOCOLS = {"attack": AttackModule, "protection": ProtectionModule}
@@ -101,10 +104,14 @@ class Registry:
         return {m.SPEC.name: m for m in sorted(found, key=lambda m: (m.SPEC.order, m.SPEC.name))}
 
     def add(self, module: ModuleType) -> None:
+        """Register `module` under its `SPEC.name` (replacing one of that name, and undoing a
+        `remove`)."""
         self._removed.discard(module.SPEC.name)
         self._modules[module.SPEC.name] = module
 
     def remove(self, name: str) -> None:
+        """Unlist the module named `name` (a built-in or installed one stays hidden until added
+        again)."""
         self._modules.pop(name, None)
         if name in self._entry_points():
             self._removed.add(name)
@@ -237,9 +244,11 @@ def protections() -> dict[str, ModuleType]:
 
 
 def get_attack(name: str) -> ModuleType:
+    """The attack module named `name`."""
     return REGISTRIES["attack"].get(name)
 
 
 def get_protection(name: str) -> ModuleType:
+    """The protection module named `name`."""
     return REGISTRIES["protection"].get(name)
 

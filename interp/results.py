@@ -39,6 +39,7 @@ class Row:
         return wilson(self.accuracy, self.n)
 
     def to_json(self) -> dict:
+        """The row as a JSON object with its 95% interval (`ci`); unset optional fields left out."""
         row = {k: v for k, v in asdict(self).items()
                if v is not None or k not in ("column", "note", "val", "n_val")}
         return {**row, "ci": list(self.ci)}
@@ -87,6 +88,8 @@ def not_saved():
 
 
 def to_jsonable(obj: Any) -> Any:
+    """`obj` as plain JSON: dataclasses (less their `not_saved` fields) as objects, tuples as lists,
+    paths as strings."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
                 if f.metadata.get("json", True)}
@@ -128,6 +131,7 @@ class Result:
     figures: list[str]  # file names of the written figures, relative to the result's folder
 
     def to_json(self) -> dict:
+        """The result as plain JSON (fields made with `not_saved` left out)."""
         return to_jsonable(self)
 
     # fields an older result.json wrote under another name (old -> new), read under the new one
@@ -135,13 +139,17 @@ class Result:
 
     @classmethod
     def from_json(cls, data: dict):
+        """The result from its `to_json()` form (fields in `renamed` read under their new names)."""
         data = {cls.renamed.get(k, k): v for k, v in data.items()}
         return from_jsonable(cls, data)
 
     def rows(self, model: str) -> list[Row]:
+        """The results-table rows this result contributes for `model` (none by default)."""
         return []
 
     def plot(self):
+        """The result's main figure: a plotly `Figure` (None: no figure); each result class
+        defines it."""
         raise NotImplementedError(f"{type(self).__name__} has no figure")
 
     def extra_figures(self) -> dict:

@@ -50,6 +50,8 @@ def untouched(model: nn.Module) -> bool:
 
 
 def question_key(question, settings: dict, model: nn.Module) -> str:
+    """A hash of the question, the scoring settings and the model's dtype and device type: the
+    question's key in `scores.json`."""
     blob = json.dumps([question.to_json(), settings, str(model.cfg.dtype),
                        torch.device(model.cfg.device).type], sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()
@@ -64,6 +66,8 @@ class Recorder:
 
     @contextmanager
     def recording(self) -> Iterator[dict[str, list[float]]]:
+        """A block inside which every evaluation's (key -> probabilities) are collected into the
+        yielded dict."""
         kept: dict[str, list[float]] = {}
         self._open.append(kept)
         try:
@@ -73,9 +77,12 @@ class Recorder:
 
     @property
     def active(self) -> bool:
+        """Whether a `recording()` block is open."""
         return bool(self._open)
 
     def record(self, keys: Sequence[str], probs: torch.Tensor) -> None:
+        """Keep each key's four probabilities in the innermost open block (nothing when none is
+        open)."""
         if self._open:
             self._open[-1].update(zip(keys, probs.tolist()))
 

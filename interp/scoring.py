@@ -30,6 +30,9 @@ Hook = tuple[str | Callable[[str], bool], Callable]
 
 @dataclass
 class EvalConfig:
+    """Scoring settings: questions per batch, raw or chat prompts, an adversarial prefix, the format
+    (None: each question's own), a progress bar, and the letter-id rule (None: the model's)."""
+
     batch_size: int = 16
     chat: bool = False
     prefix: str | None = None
@@ -56,17 +59,22 @@ class EvalResult:
 
     @property
     def n(self) -> int:
+        """The number of questions."""
         return int(self.answers.shape[0])
 
     @property
     def accuracy(self) -> float:
+        """The share of questions answered right (NaN for none)."""
         return int(self.correct.sum()) / self.n if self.n else float("nan")
 
     @property
     def correct(self) -> Tensor:
+        """(n,) booleans: whether each prediction is the answer."""
         return self.preds == self.answers
 
     def to_json(self) -> dict:
+        """Accuracy, count, the settings and per question its prediction, answer and four
+        probabilities."""
         return {
             "accuracy": self.accuracy,
             "n": self.n,
@@ -118,6 +126,8 @@ def letter_rule(model: HookedTransformer, rule: str | None = None) -> str:
 def encode_all(
     model: HookedTransformer, questions: Sequence[Question], cfg: EvalConfig
 ) -> list[Encoded]:
+    """Each question's prompt ids and candidate ids under `cfg`; an `InterpError` for a prompt
+    longer than the model's context."""
     tokenizer = get_tokenizer(model)
     rule = letter_rule(model, cfg.letter_ids)
     encoded = [

@@ -26,4 +26,5 @@ def wilson(accuracy: float, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def overlaps(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two (low, high) intervals overlap."""
     return a[0] <= b[1] and b[0] <= a[1]

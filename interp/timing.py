@@ -16,6 +16,7 @@ _collectors: list[list[float]] = []
 
 @contextmanager
 def step_times() -> Iterator[list[float]]:
+    """A block that collects the wall seconds of every step run inside it into the yielded list."""
     times: list[float] = []
     _collectors.append(times)
     try:
@@ -25,6 +26,7 @@ def step_times() -> Iterator[list[float]]:
 
 
 def record(seconds: float) -> None:
+    """Add one step's seconds to every open `step_times()` collector."""
     for times in _collectors:
         times.append(seconds)
 

@@ -78,6 +78,10 @@ def fixed_threads() -> Iterator[None]:
 
 @dataclass
 class TrainConfig:
+    """Settings of the one training loop: steps, learning rate and its schedule (warm-up fraction or
+    steps, cosine / linear / constant), gradient accumulation, AdamW's weight decay and betas,
+    gradient clipping (None: none), checkpoints (0: only at the end) and the seed."""
+
     steps: int = 100
     lr: float = 1e-4
     warmup_frac: float = 0.05
@@ -104,6 +108,8 @@ class TrainConfig:
             raise InterpError(f"steps must be at least 0, got {self.steps}")
 
     def lr_at(self, step: int) -> float:
+        """The learning rate at optimizer step `step` (0-based): linear warm-up, then the
+        schedule."""
         if self.warmup_steps is not None:
             warmup = min(self.warmup_steps, self.steps)
         else:
@@ -120,6 +126,9 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
+    """What the loop returns: the loss per optimizer step, each step's extra numbers from the loss
+    function, and the step it resumed from (0: a fresh run)."""
+
     losses: list[float] = field(default_factory=list)  # one per optimizer step
     extras: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0

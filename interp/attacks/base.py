@@ -61,9 +61,12 @@ class AttackSpec:
     kind: ClassVar[str] = "attack"
 
     def config_for(self, cfg, method: str):
+        """The config for the protected model `method` (`per_model` applied to `cfg` where
+        given)."""
         return self.per_model(cfg, method) if self.per_model is not None else cfg
 
     def wants_original(self, cfg) -> bool:
+        """Whether `run` needs the model before the protection (`original`) for this config."""
         return self.needs_original or (self.original_if is not None and self.original_if(cfg))
 
 

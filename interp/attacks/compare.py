@@ -48,11 +48,14 @@ def direction_cosines(dirs: dict[str, torch.Tensor]) -> dict[str, list[float | N
 
 
 def jaccard(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """|a & b| / |a | b| of two boolean masks; None when both are empty."""
     union = int((a | b).sum())
     return None if union == 0 else int((a & b).sum()) / union
 
 
 def neuron_overlaps(neurons: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Per pair "a vs b" of pruned-neuron masks (n_layers, d_mlp): the Jaccard overlap overall and
+    per layer, and the two set sizes."""
     out = {}
     for a, b in combinations(sorted(neurons), 2):
         na, nb = neurons[a].bool(), neurons[b].bool()
@@ -75,6 +78,7 @@ class Result(base.Result):
     figure_stem: ClassVar[str] = "direction_cosine"
 
     def plot(self):
+        """Cosine per layer for every pair of models; None when no directions were compared."""
         if not self.direction_cosine:
             return None
         return layer_lines({k: [float("nan") if c is None else c for c in v]
@@ -83,6 +87,8 @@ class Result(base.Result):
                                                   "layer")
 
     def extra_figures(self) -> dict:
+        """`neuron_jaccard`: the pruned-neuron overlap per layer for every pair (none without neuron
+        sets)."""
         if not self.neuron_jaccard:
             return {}
         return {"neuron_jaccard": layer_lines(

@@ -53,6 +53,7 @@ class OfficialRecipe:
 
 
 def check_variants(variants: Sequence[str]) -> tuple[str, ...]:
+    """`variants` as a tuple; an `InterpError` if it is empty or names an unknown variant."""
     bad = [v for v in variants if v not in VARIANTS]
     if bad or not variants:
         raise InterpError(f"unknown direction variant(s) {bad or variants!r}; use some of "

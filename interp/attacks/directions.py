@@ -51,6 +51,10 @@ HOOKS = ("resid_post", "resid_pre", "attn_out", "mlp_out")
 
 @dataclass
 class DirectionsConfig:
+    """How directions are computed: the hook point, which positions (every token after the first
+    `skip_first`, or the last), the outlier z-score (None or 0: keep every token) and the batch
+    size."""
+
     hook: str = "resid_post"  # the block output by default
     positions: str = "all"  # "all" tokens after skipping `skip_first`, or "last"
     skip_first: int = 1
@@ -251,6 +255,10 @@ def orthogonalize_weights(model: HookedTransformer, direction: Tensor) -> None:
 # ---------------------------------------------------------------------------------- the attack
 @dataclass
 class Config:
+    """The orthogonalization attack's settings: how directions are computed, validation questions
+    per split for each layer of the sweep, test questions for the final scores (None: all), the
+    batch size, and the recipe and variants (`interp.attacks.direction_recipes`)."""
+
     directions: DirectionsConfig = field(default_factory=DirectionsConfig)
     sweep_limit: int = 100  # validation questions per split scored for each layer of the sweep
     eval_limit: int | None = None  # questions per split for the final scores (None: all)
@@ -317,6 +325,8 @@ class Result(base.Result):
     figure_stem: ClassVar[str] = "ablation_sweep"
 
     def rows(self, model: str) -> list[Row]:
+        """Test rows of the weight edit (the best layer's direction), the best-layer and all-layer
+        ablations, and each other variant's best-layer ablation, with their validation scores."""
         out = []
         # "orthogonalize": one direction (the best layer's) removed from every weight that writes
         # to the residual stream; "ablate-best-layer": the paper's per-layer ablation
@@ -334,6 +344,7 @@ class Result(base.Result):
         return out
 
     def plot(self):
+        """Validation forget and retain accuracy after ablating each layer's direction."""
         forget = "forget (ablate this layer's direction)"
         return layer_lines({forget: self.sweep.forget, "retain": self.sweep.retain},
                            title="Accuracy after ablating each layer's unlearned-original "
@@ -342,6 +353,8 @@ class Result(base.Result):
 
     @classmethod
     def plot_models(cls, results: dict[str, Result]):
+        """Validation forget accuracy after ablating each layer's direction, one line per protected
+        model."""
         return layer_lines({m: r.sweep.forget for m, r in results.items()},
                            title="Forget accuracy after ablating one layer's direction",
                            n={m: r.sweep.n_forget for m, r in results.items()})
@@ -486,6 +499,8 @@ DIRECTIONS_KEY = "directions"  # the unit directions (layer, d_model) in DIRECTI
 
 
 def save_directions(dirs: Directions, path: Path) -> None:
+    """Write the unit directions (n_layers, d_model) and their difference norms (n_layers,) to a
+    safetensors file."""
     from safetensors.torch import save_file
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,10 @@ WIKI_PREFIX = "Of course, here is a wikipedia article. "
 
 @dataclass
 class FinetuneConfig:
+    """The finetuning attack's settings: cell sizes (unrelated passages n, forget statements k), the
+    LoRA adapters, the learning rate (or a grid chosen on validation), epochs, batch sizes and step
+    limits, and the official recipe's switches."""
+
     unrelated_n: tuple[int, ...] = (10, 100, 1000)
     forget_k: tuple[int, ...] = (5, 10, 50)
     lora: LoRAConfig = field(default_factory=lambda: LoRAConfig(rank=16, alpha=16.0))
@@ -219,6 +223,10 @@ def choose_lr(tried: list[FinetuneCell]) -> FinetuneCell:
 
 @dataclass
 class FinetuneCell:
+    """One trained cell: test forget and retain accuracy, validation scores, steps, final loss,
+    seconds, the entities trained on (forget cells), the accuracy curve and the learning rate
+    chosen."""
+
     kind: str  # "unrelated" or "forget"
     size: int
     forget: float
@@ -239,6 +247,9 @@ class FinetuneCell:
 
 @dataclass
 class Result(base.Result):
+    """Every cell of the finetuning attack by name (e.g. `unrelated-n100`, `forget-k5`), and the
+    no-attack scores on the test and validation splits."""
+
     config: FinetuneConfig
     no_attack: Baseline
     cells: dict[str, FinetuneCell]
@@ -249,6 +260,7 @@ class Result(base.Result):
     figure_stem: ClassVar[str] = "finetune"
 
     def rows(self, model: str) -> list[Row]:
+        """Forget and retain rows per cell (test split; validation scores beside them)."""
         out = []
         for name, c in self.cells.items():
             attack = f"finetune-{name}"
@@ -261,6 +273,8 @@ class Result(base.Result):
         return out
 
     def plot(self):
+        """Test forget and retain accuracy against cell size: unrelated cells and forget cells side
+        by side."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
@@ -282,6 +296,7 @@ class Result(base.Result):
         return fig
 
     def extra_figures(self) -> dict:
+        """`finetune_curve`: test forget accuracy against optimizer steps, one line per cell."""
         return {"finetune_curve": budget_lines(
             {f"{c.kind} {'n' if c.kind == 'unrelated' else 'k'}={c.size}":
              ([0] + [p["step"] for p in c.curve], [self.no_attack.forget] +
@@ -312,6 +327,7 @@ class Result(base.Result):
 
     @classmethod
     def plot_models(cls, results: dict[str, Result]):
+        """Test forget accuracy against cell size, one line per protected model."""
         import plotly.express as px
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots

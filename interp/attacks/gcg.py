@@ -53,6 +53,10 @@ from interp.scoring import evaluate, letter_rule
 
 @dataclass
 class GCGConfig:
+    """GCG settings: the prefix's length and start, steps, the candidate search (width, top-k,
+    positions replaced, buffer, batch), the objective ("plain" or "enhanced", with residual and
+    fluency terms), and for the attack, training and held-out question counts."""
+
     n_tokens: int = 20
     init: str | None = None  # initial prefix text; default "x x x ..."
     steps: int = 250
@@ -80,6 +84,9 @@ class GCGConfig:
 
 @dataclass
 class GCGResult:
+    """One optimization: the best prefix (text and token ids), the best loss after each step,
+    validation accuracy every `eval_every` steps, candidates scored, seconds and the config."""
+
     prefix: str
     prefix_ids: list[int]
     losses: list[float]  # best loss after each step
@@ -91,14 +98,19 @@ class GCGResult:
 
     @property
     def seconds_per_step(self) -> float:
+        """Wall-clock seconds per optimization step."""
         return self.seconds / max(1, len(self.losses))
 
     @property
     def candidates_per_second(self) -> float:
+        """Candidate prefixes scored per second."""
         return self.candidates_scored / max(1e-9, self.seconds)
 
 
 def initial_prefix(tokenizer, cfg: GCGConfig, allowed: Tensor | None = None) -> list[int]:
+    """The starting prefix's token ids: `cfg.init` tokenized, or `n_tokens` copies of "x" (or of the
+    first allowed token that repeats cleanly); an `InterpError` if it does not round-trip as allowed
+    tokens."""
     text = cfg.init if cfg.init is not None else " ".join(["x"] * cfg.n_tokens)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
@@ -216,6 +228,8 @@ Config = GCGConfig
 
 @dataclass
 class ModeScores:
+    """Forget and retain accuracy in one prompt mode, with and without the prefix."""
+
     forget_no_prefix: float
     forget: float
     retain_no_prefix: float
@@ -254,6 +268,8 @@ class Result(base.Result):
     figure_stem: ClassVar[str] = "gcg"
 
     def rows(self, model: str) -> list[Row]:
+        """Per prompt mode: test forget rows with and without the prefix (`gcg`, `gcg-none`) and the
+        retain row; validation scores in the mode optimized in."""
         out = []
         for mode, s in self.scores.items():
             mine = mode == self.optimized_in and self.val_forget is not None
@@ -270,6 +286,7 @@ class Result(base.Result):
         return out
 
     def plot(self):
+        """Best training loss per step, and validation forget accuracy at each evaluation step."""
         import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
@@ -294,6 +311,7 @@ class Result(base.Result):
                 [mode.forget_no_prefix] + [h["test_accuracy"] for h in pts])
 
     def extra_figures(self) -> dict:
+        """`gcg_curve`: test forget accuracy against candidates evaluated."""
         return {"gcg_curve": budget_lines(
             {f"prefix chosen so far ({self.optimized_in})": self.curve()}, n=self.n_test,
             xtitle="candidates evaluated",
@@ -301,6 +319,8 @@ class Result(base.Result):
 
     @classmethod
     def extra_model_figures(cls, results: dict[str, Result]) -> dict:
+        """`curve`: test forget accuracy against candidates evaluated, one line per protected model
+        (none where no model has more than one point)."""
         series = {m: r.curve() for m, r in results.items()}
         if not any(len(xs) > 1 for xs, _ in series.values()):
             return {}
@@ -312,6 +332,7 @@ class Result(base.Result):
 
     @classmethod
     def plot_models(cls, results: dict[str, Result]):
+        """Best training loss per step, one line per protected model."""
         import plotly.graph_objects as go
 
         fig = go.Figure()

@@ -97,5 +97,6 @@ def _allowed_tokens(tokenizer, vocab: int, allow_non_ascii: bool) -> Tensor:
 
 
 def round_trips(tokenizer, ids: Sequence[int]) -> bool:
+    """Whether decoding `ids` and encoding the text again gives the same ids."""
     text = tokenizer.decode(list(ids))
     return tokenizer(text, add_special_tokens=False)["input_ids"] == list(ids)

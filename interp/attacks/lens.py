@@ -38,6 +38,9 @@ COMPONENTS = ("resid_post", "attn_out", "mlp_out")
 
 @dataclass
 class LensConfig:
+    """Logit-lens settings: the components read at every layer (of `COMPONENTS`), raw or chat
+    prompts, and questions per batch."""
+
     components: tuple[str, ...] = ("resid_post", "attn_out", "mlp_out")
     chat: bool = False
     batch_size: int = 16
@@ -54,22 +57,28 @@ class LensResult:
     meta: dict = field(default_factory=dict)
 
     def accuracy(self, component: str = "resid_post") -> list[float]:
+        """Per layer, the share of questions whose most probable candidate is the answer."""
         preds = self.probs[component].argmax(-1)  # (layers, n)
         return (preds == self.answers[None]).double().mean(-1).tolist()
 
     def mass(self, component: str = "resid_post") -> list[float]:
+        """Per layer, the mean total probability of the four candidates."""
         return self.probs[component].sum(-1).mean(-1).tolist()
 
     def best_layer(self, component: str = "resid_post") -> tuple[int, float]:
+        """The layer with the highest accuracy, and that accuracy."""
         acc = self.accuracy(component)
         layer = max(range(len(acc)), key=lambda i: acc[i])
         return layer, acc[layer]
 
     def plot(self):
+        """Accuracy per layer, one line per component."""
         return layer_lines({c: self.accuracy(c) for c in self.probs},
                            title=f"Logit lens accuracy ({'chat' if self.chat else 'raw'})")
 
     def to_json(self) -> dict:
+        """The mode, the question count and per component the accuracy and mass curves (not the
+        probabilities)."""
         return {"chat": self.chat, "n": int(self.answers.shape[0]),
                 "components": {c: {"accuracy": self.accuracy(c), "mass": self.mass(c)}
                                for c in self.probs}}
@@ -78,6 +87,8 @@ class LensResult:
 @torch.no_grad()
 def logit_lens(model: HookedTransformer, questions: Sequence[Question],
                cfg: LensConfig | None = None) -> LensResult:
+    """The logit lens of `model` on `questions`: per component, (n_layers, n_questions, 4)
+    probabilities of the candidates at the last position, read by the model's own letter rule."""
     cfg = cfg or LensConfig()
     encoded = encode_all(model, questions, EvalConfig(chat=cfg.chat))  # the model's letter rule
     unknown = set(cfg.components) - set(COMPONENTS)
@@ -102,18 +113,26 @@ def logit_lens(model: HookedTransformer, questions: Sequence[Question],
 # ---------------------------------------------------------------------------------- the attack
 @dataclass
 class Config:
+    """The lens attack's settings: the lens, and forget questions read per split, validation and
+    test (None: all)."""
+
     lens: LensConfig = field(default_factory=LensConfig)
     limit: int | None = 200  # forget questions read per split, validation and test (None: all)
 
 
 @dataclass
 class Curve:
+    """One component's lens curves, one entry per layer: accuracy and candidate mass."""
+
     accuracy: list[float]  # per layer
     mass: list[float]  # per layer: mean total probability of the four candidates
 
 
 @dataclass
 class Result(base.Result):
+    """The lens on the test forget questions: per-component curves, the resid_post layer chosen on
+    validation and its test accuracy, and the last layer's accuracy."""
+
     config: Config
     n: int
     chat: bool
@@ -129,6 +148,7 @@ class Result(base.Result):
     figure_stem: ClassVar[str] = "lens"
 
     def rows(self, model: str) -> list[Row]:
+        """One forget row: test accuracy at the best layer (its validation accuracy beside it)."""
         return [Row(model=model, attack="lens", split="forget", format=self.format,
                     mode="chat" if self.chat else "raw", accuracy=self.best_accuracy, n=self.n,
                     column="lens (best layer)", note=f"L{self.best_layer}",
@@ -136,12 +156,14 @@ class Result(base.Result):
                     n_val=self.n_val or None)]
 
     def plot(self):
+        """Test accuracy per layer, one line per component."""
         return layer_lines({c: v.accuracy for c, v in self.components.items()},
                            title=f"Logit lens on forget questions "
                                  f"({'chat' if self.chat else 'raw'})", n=self.n)
 
     @classmethod
     def plot_models(cls, results: dict[str, Result]):
+        """resid_post accuracy per layer, one line per protected model."""
         chat = any(r.chat for r in results.values())
         return layer_lines({m: r.components["resid_post"].accuracy for m, r in results.items()},
                            title=f"Logit lens on forget questions ({'chat' if chat else 'raw'})",

@@ -80,6 +80,7 @@ def snip_scores(model: HookedTransformer, batches: Iterable[TokenBatch],
 
 
 def check_fractions(q: float, p: float) -> None:
+    """An `InterpError` unless 0 < q <= p <= 1."""
     for name, v in (("q", q), ("p", p)):
         if not 0 < v <= 1:
             raise InterpError(f"pruning fraction {name}={v} must be in (0, 1]; e.g. 0.01 for 1%")
@@ -114,6 +115,8 @@ class Thresholds:
 
     @classmethod
     def of(cls, scores: dict[str, Tensor], fractions: Iterable[float]) -> "Thresholds":
+        """The thresholds of every matrix's scores at each fraction (inf where the fraction keeps no
+        entry)."""
         out = {}
         for name, s in scores.items():
             flat = s.reshape(-1).float()
@@ -125,6 +128,8 @@ class Thresholds:
 
 
 def grid_mask(forget: Tensor, utility: Tensor, tf: float, tu: float) -> Tensor:
+    """The set-difference mask from thresholds: forget score >= `tf` and utility score below
+    `tu`."""
     return (forget >= tf) & ~(utility >= tu)
 
 
@@ -204,6 +209,10 @@ def official_data(cfg, method: str):
 
 @dataclass
 class Config:
+    """The pruning attack's settings: neuron or weight level, the (q, p) grid, the SNIP data
+    (source, sizes, lengths), validation questions per cell, and how much retain accuracy a cell may
+    lose."""
+
     level: str = "neuron"  # "neuron" (whole MLP neurons) or "weight" (every attn/MLP weight)
     grid: tuple[float, ...] = PAPER_GRID  # cells: every (q, p) from it with q <= p
     n_forget: int = 64  # prompt/response pairs scored for the forget SNIP
@@ -229,6 +238,8 @@ class Config:
 
 @dataclass
 class PruneCell:
+    """One (q, p) cell on the validation split: forget and retain accuracy and the share pruned."""
+
     q: float
     p: float
     forget: float
@@ -238,6 +249,8 @@ class PruneCell:
 
 @dataclass
 class BestCell(PruneCell):
+    """The chosen cell, with its scores on every test question (`forget_full`, `retain_full`)."""
+
     forget_full: float = 0.0  # on every test question (the cells: validation questions)
     retain_full: float = 0.0
 
@@ -267,6 +280,8 @@ class Result(base.Result):
     figure_stem: ClassVar[str] = "grid"
 
     def rows(self, model: str) -> list[Row]:
+        """Forget and retain rows of the best cell (test split; the cell's validation scores beside
+        them)."""
         val = base.Baseline(self.best.forget, self.best.retain, self.n_val_forget,
                             self.n_val_retain)
         return base.score_rows(model, "prune", base.Scores(self.best.forget_full,
@@ -275,6 +290,7 @@ class Result(base.Result):
                                f"{self.pruned_pct:.2f}% {self.level}s", val)
 
     def plot(self):
+        """Validation forget accuracy over the (q, p) grid."""
         qs = sorted({c.q for c in self.grid})
         ps = sorted({c.p for c in self.grid})
         z = [[next((c.forget for c in self.grid if c.q == q and c.p == p), None) for q in qs]
@@ -284,6 +300,7 @@ class Result(base.Result):
                        xtitle="q (forget top fraction)", ytitle="p (utility top fraction)")
 
     def extra_figures(self) -> dict:
+        """`pruned_per_layer`: the share pruned per layer in the best cell."""
         unit = "neurons" if self.level == "neuron" else "weights"
         return {"pruned_per_layer": layer_lines(
             {f"pruned {unit} (q={self.best.q}, p={self.best.p})": self.pruned_per_layer},
@@ -293,6 +310,8 @@ class Result(base.Result):
 
 @dataclass
 class PruneData:
+    """The SNIP data: forget and utility token batches, and how many sequences each side holds."""
+
     forget: list[TokenBatch]
     utility: list[TokenBatch]
     n_forget: int
@@ -300,6 +319,8 @@ class PruneData:
 
 
 def snip_data(model: HookedTransformer, data, cfg: Config) -> PruneData:
+    """The SNIP data for `model` from a data folder, as `cfg.snip_data` chooses (the forget side
+    from training-split entities only)."""
     data = as_data(data)
     rows = data.preference()
     device = model.cfg.device

@@ -25,10 +25,13 @@ REFUSALS = (
 
 
 def sentence(text: str) -> str:
+    """`text` with its first character upper-cased."""
     return text[:1].upper() + text[1:]
 
 
 def render(template: str, fact: Fact, value: bool = True) -> str:
+    """A relation template filled with the fact's entity (and its value, unless `value=False`: a
+    question stem), as a sentence."""
     text = template.format(e=fact.entity, v=fact.value) if value else template.format(e=fact.entity)
     return sentence(text)
 
@@ -55,6 +58,9 @@ class QuestionBuilder:
         return True
 
     def build(self, fact: Fact, *, fmt: str, phrasing: int, split: str) -> Question | None:
+        """A four-way question on `fact` in format `fmt` ("cloze" or "letter") with phrasing number
+        `phrasing`; the answer's place is random. None if no draw of three distractors gives
+        distinct first tokens within `max_tries`."""
         rel = RELATIONS[fact.relation]
         pairs = read_bank(fact.relation)
         # a distractor must not be a right answer for the same entity (banks with repeats)

@@ -35,6 +35,10 @@ from interp.store import atomic_write_text, write_json
 
 @dataclass(frozen=True)
 class BenchmarkPreset:
+    """What `interp data build` builds: the forget relation and retain relations, how many facts of
+    each (None: the whole bank), the question format, evaluation and training phrasings, the
+    unrelated passages, the model whose right answers are kept, and where distractors come from."""
+
     name: str
     forget: str = "capitals"
     retain: tuple[str, ...] = ("continents", "elements", "animals", "antonyms")
@@ -60,6 +64,8 @@ BENCHMARKS = {  # benchmark presets (the questions and corpora of a scale)
 
 
 def select_facts(preset: BenchmarkPreset, seed: int) -> tuple[list[Fact], list[Fact]]:
+    """The preset's (forget, retain) facts, drawn with `seed` (a relation's whole bank where the
+    count is None)."""
     rng = random.Random(seed)
 
     def pick(relation: str, n: int | None) -> list[Fact]:
@@ -73,6 +79,8 @@ def select_facts(preset: BenchmarkPreset, seed: int) -> tuple[list[Fact], list[F
 
 def build_questions(builder: QuestionBuilder, facts: list[Fact], fmt: str,
                     phrasings: tuple[int, ...], split: str) -> list[Question]:
+    """Questions on `facts`, one per fact and phrasing, their meta's split set to `split` ("forget"
+    or "retain"); facts with no valid question are skipped."""
     out = []
     for fact in facts:
         for ph in phrasings:
@@ -100,6 +108,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: str | None = None,
                     device=None, progress: bool = True, dtype=None, tokenizer=None,
                     letter_ids: str | None = None) -> dict:
+    """Build the preset's data folder in `out` (questions filtered to those the model answers right,
+    split by entity, corpora, preference data) and return its manifest; `model_spec` overrides the
+    preset's model."""
     from interp.model.load import embedded_tokenizer, load_model
     from interp.scoring import evaluate
 

@@ -17,6 +17,9 @@ BANKS = Path(__file__).parent / "banks"
 
 @dataclass(frozen=True)
 class Fact:
+    """One fact of a bank: an entity and its value under a relation (e.g. capitals: France ->
+    Paris)."""
+
     relation: str
     entity: str
     value: str
@@ -24,6 +27,9 @@ class Fact:
 
 @dataclass(frozen=True)
 class Relation:
+    """A relation's bank name and its text templates: cloze stems, letter-format questions and the
+    corpus statements."""
+
     name: str
     subject: str  # the letter-format header's subject
     cloze: tuple[str, ...]  # statement stems; the value follows after a space
@@ -31,6 +37,7 @@ class Relation:
     statements: tuple[str, ...]  # corpus paraphrases stating the fact
 
     def facts(self) -> list[Fact]:
+        """Every fact in the relation's bank, in file order."""
         return [Fact(self.name, e, v) for e, v in read_bank(self.name)]
 
 
@@ -95,6 +102,8 @@ RELATIONS: dict[str, Relation] = {
 
 @lru_cache(maxsize=None)
 def read_bank(name: str) -> tuple[tuple[str, str], ...]:
+    """The (entity, value) rows of bank `name` (`banks/NAME.tsv`; comments and blank lines
+    skipped)."""
     rows = []
     for line in (BANKS / f"{name}.tsv").read_text(encoding="utf-8").splitlines():
         if not line.strip() or line.startswith("#"):
@@ -105,6 +114,7 @@ def read_bank(name: str) -> tuple[tuple[str, str], ...]:
 
 
 def bank_source(name: str) -> str:
+    """The bank's `# source` comment lines, joined: where its facts come from."""
     lines = (BANKS / f"{name}.tsv").read_text(encoding="utf-8").splitlines()
     return " ".join(line.lstrip("# ") for line in lines if line.startswith("# source"))
 

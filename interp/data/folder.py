@@ -54,6 +54,7 @@ class DataFolder:
         return path
 
     def has(self, name: str) -> bool:
+        """Whether split file `name` exists and is not empty."""
         path = split_file(self.folder, name)
         return path.is_file() and bool(path.read_text().strip())
 
@@ -62,9 +63,11 @@ class DataFolder:
         return load_questions(self._path(name), limit=limit)
 
     def corpus(self, name: str) -> list[str]:
+        """The texts of a corpus file by name, e.g. "forget_corpus"."""
         return [r["text"] for r in self.rows(name)]
 
     def rows(self, name: str) -> list[dict]:
+        """The JSON rows of a file by name."""
         return [json.loads(line) for line in self._path(name).read_text().splitlines() if line]
 
     def train_entities(self, domain: str = "forget") -> set[str]:
@@ -72,6 +75,7 @@ class DataFolder:
         return {q.meta.get("entity", "") for q in self.questions(f"{domain}_train")}
 
     def preference(self) -> list[dict]:
+        """The DPO/NPO preference rows (prompt, chosen, rejected, split)."""
         return self.rows("preference")
 
     @property
@@ -82,10 +86,12 @@ class DataFolder:
 
     @property
     def manifest(self) -> dict:
+        """The folder's `manifest.json`: what built it."""
         from interp.store import read_json
 
         return read_json(self.folder / "manifest.json")
 
 
 def as_data(data: DataFolder | str | Path) -> DataFolder:
+    """`data` as a `DataFolder` (a path is wrapped, a folder kept)."""
     return data if isinstance(data, DataFolder) else DataFolder(Path(data))

@@ -22,6 +22,9 @@ FORMATS = ("letter", "cloze")
 
 @dataclass(frozen=True)
 class Question:
+    """One multiple-choice question: the text, exactly four choices, the right choice's index (0-3),
+    the subject, the format ("letter" or "cloze") and free `meta` (not compared)."""
+
     question: str
     choices: tuple[str, str, str, str]
     answer: int
@@ -44,6 +47,7 @@ class Question:
             raise InterpError(f"unknown question format {self.format!r}; use one of {FORMATS}")
 
     def to_json(self) -> dict[str, Any]:
+        """The question as a JSON row (choices as a list; `meta` left out when empty)."""
         row = asdict(self)
         row["choices"] = list(self.choices)
         if not row["meta"]:

@@ -45,6 +45,7 @@ STYLES = [
 
 
 def prompts() -> list[str]:
+    """The generation prompts: every style for every topic."""
     return [s.format(t=t) for t in TOPICS for s in STYLES]
 
 
@@ -54,6 +55,7 @@ def mentions(text: str, names: Iterable[str]) -> list[str]:
 
 
 def load_unrelated(path: Path = BUNDLED) -> list[str]:
+    """The unrelated passages of a JSONL file (the bundled one by default)."""
     return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
 
 

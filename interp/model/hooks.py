@@ -23,6 +23,8 @@ MLP_OUT = "W_out"  # (d_mlp, d_model): neuron i is row i
 
 
 def hook_name(layer: int, point: str = "resid_post") -> str:
+    """The hook point's name in block `layer`, e.g. `blocks.3.hook_resid_post`; `point` is one of
+    `POINTS`."""
     if point not in POINTS:
         raise InterpError(f"unknown hook point {point!r}; use one of {list(POINTS)}")
     return f"blocks.{layer}.hook_{point}"
@@ -56,6 +58,7 @@ def layer_of(weight_name: str) -> int:
 
 
 def mlp_weight_name(layer: int, weight: str) -> str:
+    """The parameter name of an MLP weight in block `layer`, e.g. `blocks.3.mlp.W_out`."""
     return f"blocks.{layer}.mlp.{weight}"
 
 

@@ -56,6 +56,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """A torch dtype from its name in `DTYPES` (or a dtype as is); None means float32."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
@@ -66,6 +67,8 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def cache_root() -> Path:
+    """The toolkit's cache folder: `$INTERP_CACHE`, else `$XDG_CACHE_HOME/interp` (default
+    `~/.cache/interp`)."""
     base = os.environ.get("INTERP_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "interp"
     )
@@ -81,6 +84,8 @@ def _attach_tokenizer(model: HookedTransformer, tokenizer) -> None:
 
 
 def load_tokenizer(path_or_name: str | Path):
+    """A tokenizer from a local folder (anything `AutoTokenizer.from_pretrained` takes); an
+    `InterpError` if it cannot be loaded."""
     from transformers import AutoTokenizer
 
     try:

@@ -48,6 +48,10 @@ ALL_TARGETS = ("W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out")
 
 @dataclass
 class LoRAConfig:
+    """LoRA adapter settings: rank, alpha (the term is scaled by alpha / rank), input-feature
+    dropout, the adapted weights (`targets`), the blocks (`layers`; None: every block), the init
+    seed and the implementation (`impl`)."""
+
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
@@ -78,6 +82,8 @@ class LoRADelta(nn.Module):
         self.B = nn.Parameter(torch.zeros(cfg.rank, d_out, device=device, dtype=dtype))
 
     def delta(self) -> Tensor:
+        """The low-rank term scale * A @ B (dropout on A's rows in training mode), in the weight's
+        TransformerLens layout."""
         a = self.A
         if self.training and self.dropout > 0:
             keep = torch.bernoulli(torch.full((a.shape[0], 1), 1 - self.dropout,
@@ -100,6 +106,7 @@ class LoRADelta(nn.Module):
         return ((x.to(a.dtype) @ a) @ self.B) * self.scale
 
     def forward(self, weight: Tensor) -> Tensor:
+        """The parametrization: `weight` + the delta, laid out as the stored weight is."""
         delta = self.delta().to(weight.dtype)
         order = _ORDERS.get(self.name)
         if order is None or weight.dim() != len(order):
@@ -311,6 +318,8 @@ def remove_lora(model: HookedTransformer, merge: bool = False) -> None:
 
 
 def merge_lora(model: HookedTransformer) -> None:
+    """Write the adapters into the weights for good (without dropout) and remove them; the model's
+    train/eval mode is kept."""
     was_training = model.training
     model.eval()  # no dropout in the merged delta
     with torch.no_grad():

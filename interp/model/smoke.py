@@ -20,6 +20,9 @@ from interp.training import TrainConfig, lm_loss, pack, sample_indices, seed_eve
 
 @dataclass
 class SmokeConfig:
+    """The smoke model's size (layers, widths, context) and its training run (steps, batch size,
+    learning rate, seed)."""
+
     n_layers: int = 4
     d_model: int = 64
     n_heads: int = 4
@@ -32,6 +35,8 @@ class SmokeConfig:
 
 
 def smoke_hooked_config(tokenizer, cfg: SmokeConfig, device) -> HookedTransformerConfig:
+    """The TransformerLens config of the smoke model: a Llama-style block (RMS norm, rotary, gated
+    SiLU MLP) over the tokenizer's vocabulary."""
     return HookedTransformerConfig(
         n_layers=cfg.n_layers, d_model=cfg.d_model, n_heads=cfg.n_heads,
         d_head=cfg.d_model // cfg.n_heads, d_mlp=cfg.d_mlp, n_ctx=cfg.n_ctx,

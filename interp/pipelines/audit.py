@@ -124,6 +124,8 @@ def same_audit_settings(out: Path, now: dict, configs: dict) -> None:
 
 
 def audit_cells(budget: str) -> list[str]:
+    """The audit's cells for a budget: "none" (the no-attack scores), then every attack the budget
+    runs."""
     return ["none", *audit_budget(budget).attacks]
 
 

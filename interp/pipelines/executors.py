@@ -60,6 +60,7 @@ def ray_executor(address: str | None = None, gpu: bool = False, num_cpus: int | 
 
 
 def serial_executor(fn: Callable, cells: list) -> list:
+    """The default stage runner: `fn(cell)` for every cell in turn, in this process."""
     return [fn(c) for c in cells]
 
 

@@ -39,6 +39,11 @@ SCORE = "score"  # the one kind every preset has: a question scored
 
 @dataclass
 class PlanConfig:
+    """What `interp plan` measures: the preset, the model shape, device and dtype (None: the
+    preset's), steps per stage, the prompt length in tokens, forget and retain question counts
+    (None: WMDP-bio's and MMLU's), the memory to plan for in MB (None: the device's) and the
+    seed."""
+
     preset: str = "paper"
     shape: str = "zephyr"  # a named shape, a config.json, or a folder with one
     device: str | None = None
@@ -53,6 +58,9 @@ class PlanConfig:
 
 @dataclass
 class Stage:
+    """One stage's line of the plan: seconds per step (its `unit`), how many steps the preset runs
+    (`counted`: by module), the projected seconds, the peak memory in MB, and whether it fits."""
+
     stage: str
     unit: str
     seconds_per_step: float | None
@@ -66,6 +74,10 @@ class Stage:
 
 @dataclass
 class Plan:
+    """What a preset will cost: the model's shape, device, dtype and parameter count, the memory
+    planned for (MB), the question and text counts, a line per stage and the projected total in
+    seconds."""
+
     preset: str
     shape: str
     device: str
@@ -80,6 +92,7 @@ class Plan:
     threads: int
 
     def to_json(self) -> dict:
+        """The plan as a JSON object (stages and sizes included)."""
         return asdict(self)
 
 
@@ -156,10 +169,13 @@ def count_steps(p: Preset, sizes: Sizes) -> dict[str, dict[str, int]]:
 
 
 def project(seconds_per_step: float | None, steps: int) -> float | None:
+    """Projected seconds for `steps` steps; None when the stage was not timed."""
     return None if seconds_per_step is None else seconds_per_step * steps
 
 
 def preset_sizes(p: Preset, cfg: PlanConfig, n_layers: int) -> Sizes:
+    """The question and text counts the preset would run on, with the entity splits applied
+    (questions from sources capped at `source_limit`)."""
     n_forget = cfg.forget or PAPER_QUESTIONS["forget"]
     n_retain = cfg.retain or PAPER_QUESTIONS["retain"]
     if p.source_limit:
@@ -173,6 +189,8 @@ def preset_sizes(p: Preset, cfg: PlanConfig, n_layers: int) -> Sizes:
 
 
 def advice(stage: str, knob: str, peak_mb: float | None, limit_mb: float) -> str:
+    """The advice for a stage that does not fit in `limit_mb` MB: the knob to lower, or more
+    GPUs."""
     need = f"needs {peak_mb:,.0f} MB" if peak_mb else "ran out of memory"
     return (f"{stage}: {need} of {limit_mb:,.0f} MB; use {knob}, or spread the model over GPUs "
             "with --n-devices 2")

@@ -18,6 +18,10 @@ from interp.errors import InterpError
 
 @dataclass
 class Preset:
+    """A scale of `interp reproduce`: the benchmark, each protection's and attack's config, the
+    model (None: the benchmark's), and at paper scale the question sources, externally protected
+    models, tokenizer, dtype and GPU count."""
+
     name: str
     data: str  # benchmark preset for `build_benchmark`
     protections: dict[str, Any] = field(default_factory=dict)  # method -> its Config
@@ -36,6 +40,8 @@ class Preset:
 
     @property
     def methods(self) -> tuple[str, ...]:
+        """Every protected model's name: the trained protections, then the loaded (external)
+        ones."""
         return tuple(dict.fromkeys([*self.protections, *self.external]))
 
 
@@ -87,6 +93,9 @@ PRESETS: Mapping[str, Preset] = _Presets()
 
 @dataclass
 class AuditBudget:
+    """What `interp audit` runs at one budget: each attack's config, and questions per split for the
+    no-attack scores (None: all)."""
+
     attacks: dict[str, Any]  # attack -> its Config
     eval_limit: int | None  # questions per split for the no-attack scores
 

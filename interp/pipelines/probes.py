@@ -21,6 +21,7 @@ from interp.pipelines.presets import Preset
 
 
 def device_memory_mb(device: torch.device) -> float:
+    """The device's total memory in MB (a GPU's, or the machine's RAM for a CPU; inf if unknown)."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory / 2**20
     for line in Path("/proc/meminfo").read_text().splitlines():
@@ -66,6 +67,7 @@ def peak_memory(device: torch.device) -> Iterator[dict]:
 
 
 def is_oom(exc: BaseException) -> bool:
+    """Whether an exception is the device (or the process) running out of memory."""
     return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or \
         "out of memory" in str(exc).lower()
 
@@ -140,6 +142,7 @@ class Probe:
 
     @property
     def original(self):
+        """A copy of the model standing in for the unprotected one, made when first asked for."""
         if self._original is None:
             from interp.model.state import copy_model
 
@@ -147,6 +150,7 @@ class Probe:
         return self._original
 
     def drop_original(self) -> None:
+        """Forget the copy made by `original`, freeing its memory."""
         self._original = None
 
 

@@ -67,6 +67,8 @@ def make_table(rows: list[Row], models: Iterable[str]) -> tuple[list[str], list[
 
 def table_markdown(columns: list[str], table: list[dict], preset: str, seed: int,
                    timings: dict) -> str:
+    """`table.md`: the results table in markdown (a row per model, a column per attack), with the
+    wall time per stage."""
     head = ["model", *columns]
     lines = [f"Preset `{preset}`, seed {seed}. Forget-set accuracy (%) after each attack, raw mode "
              "unless noted (GCG: held-out forget questions); retain accuracy in its own column; "
@@ -122,6 +124,8 @@ def _ci(ci) -> str:
 
 
 def audit_html(result: dict, figures: list[str], out: Path) -> str:
+    """The audit's HTML report: the headline, a row per attack and the PNG figures (paths relative
+    to `out`)."""
     h = result["headline"]
     rows = "".join(f"<tr><td>{html.escape(a['attack'])}</td><td>{_pct(a['forget'])} "
                    f"{_ci(a.get('forget_ci'))}</td><td>{_pct(a['retain'])}</td>"

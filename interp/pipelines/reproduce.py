@@ -47,6 +47,7 @@ class GridCell:
 
     @property
     def name(self) -> str:
+        """The cell's name: the stage, or "method/stage" for a cell of one model."""
         return self.stage if self.method == "all" else f"{self.method}/{self.stage}"
 
 
@@ -277,6 +278,9 @@ def reproduce(preset: str | Preset, out: Path, *, seed: int = 0, device=None,
               executor: str = "serial", address: str | None = None,
               n_devices: int | None = None, dtype: str | None = None,
               tokenizer: str | None = None, letter_ids: str | None = None) -> dict:
+    """Run a preset end to end in `out` (benchmark, protections, every attack on every protected
+    model, the table) and return the summary written to `results.json`; finished cells are read
+    back, not recomputed."""
     from interp.prompts import check_letter_ids
 
     p = get_preset(preset) if isinstance(preset, str) else preset
@@ -314,6 +318,8 @@ def same_run_settings(out: Path, p: Preset) -> None:
 
 def summarize(p: Preset, out: Path, results: dict, seed: int,
               figures_dir: Path | None) -> dict:
+    """Collect the cells' results into `results.json`, `table.json`, `table.md` and `figures/` (PNGs
+    also copied to `figures_dir`), and return the summary."""
     from interp.pipelines.report import (
         collect_figures,
         collect_rows,

@@ -14,10 +14,13 @@ from interp.store import read_json
 
 @dataclass(frozen=True)
 class RunFolder:
+    """A finished `interp reproduce` run folder (see `open_run`)."""
+
     folder: Path
 
     @property
     def results(self) -> dict:
+        """The run's `results.json`: rows, timings, models."""
         path = Path(self.folder) / "results.json"
         if not path.is_file():
             raise InterpError(f"no results in {self.folder}: run `interp reproduce` first")
@@ -25,13 +28,17 @@ class RunFolder:
 
     @property
     def data(self) -> DataFolder:
+        """The run's benchmark data folder."""
         return DataFolder(Path(self.folder) / "data")
 
     @property
     def model_names(self) -> list[str]:
+        """The run's model names: "original" and each protection."""
         return list(self.results["models"])
 
     def model_spec(self, name: str) -> str:
+        """What loads model `name` (a folder inside the run resolves from there, else the spec as
+        recorded)."""
         models = self.results["models"]
         if name not in models:
             raise InterpError(f"no model {name!r} in {self.folder}; one of {sorted(models)}")
@@ -46,10 +53,12 @@ class RunFolder:
         return load_model(self.model_spec(name), **load_kwargs)
 
     def rows(self) -> list[dict]:
+        """Every measurement of the run, as `Row` JSON objects."""
         return self.results["rows"]
 
 
 def open_run(folder: str | Path) -> RunFolder:
+    """The `interp reproduce` run in `folder`; an `InterpError` if it has no `results.json`."""
     folder = Path(folder)
     if not (folder / "results.json").is_file():
         raise InterpError(f"no results in {folder}: run `interp reproduce --out {folder}` first")

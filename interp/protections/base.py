@@ -51,6 +51,8 @@ class ProtectionSpec:
 
 @dataclass
 class Measure:
+    """One accuracy measurement and the number of questions it is on."""
+
     accuracy: float
     n: int
 
@@ -73,12 +75,15 @@ class ProtectionResult(base.Result):
     figure_stem: ClassVar[str] = "losses"
 
     def rows(self, model: str) -> list[Row]:
+        """The protected model's no-attack rows (the accuracy after training)."""
         return measure_rows(model, self.after)
 
     def rows_before(self, model: str = "original") -> list[Row]:
+        """The unprotected model's rows (the accuracy before training), under the name `model`."""
         return measure_rows(model, self.before)
 
     def plot(self):
+        """The training loss per optimizer step."""
         import plotly.graph_objects as go
 
         fig = go.Figure(go.Scatter(x=list(range(1, len(self.losses) + 1)), y=self.losses,

@@ -21,6 +21,8 @@ from interp.prompts import chat_text, shared_prefix
 
 
 def encode_texts(model: HookedTransformer, texts: list[str], max_len: int = 128) -> list[list[int]]:
+    """Each text's token ids (the tokenizer's special tokens included), cut to the first
+    `max_len`."""
     tok = get_tokenizer(model)
     return [tok(t)["input_ids"][:max_len] for t in texts]
 
@@ -66,6 +68,7 @@ class Encoding:
     max_len: int = 0
 
     def to_json(self) -> dict:
+        """The counts as a JSON object."""
         return asdict(self)
 
 
@@ -91,6 +94,8 @@ def encode_pairs(model: HookedTransformer, pairs: Iterable[tuple[str, str, bool]
 
 
 def frozen_copy(model: HookedTransformer) -> HookedTransformer:
+    """A copy of the model in eval mode with every parameter frozen: the reference of NPO, DPO and
+    RMU."""
     ref = copy_model(model)  # the same tokenizer object
     ref.eval()
     for p in ref.parameters():

@@ -47,6 +47,10 @@ from interp.training import train as train_loop
 
 @dataclass
 class Config:
+    """DPO settings: beta, learning rate, batch size and steps, the parameters trained, the forget
+    share of each batch (None: uniform over all pairs), the SFT term's weight, the seed, `max_len`
+    in tokens, warm-up steps (None: 5% of the steps) and gradient accumulation."""
+
     beta: float = 0.1
     lr: float = 1e-5
     batch_size: int = 8
@@ -68,6 +72,9 @@ class Config:
 
 @dataclass
 class Result(ProtectionResult):
+    """DPO's result: accuracy before and after, the losses, the mean reward margin per step, and how
+    often its chat answers to forget prompts refuse."""
+
     method_name: ClassVar[str] = "dpo"
     config: Config = field(default_factory=Config)
     margins: list[float] = field(default_factory=list)  # mean reward margin per step
@@ -140,6 +147,8 @@ def reference_logps(model, pairs, which, device) -> torch.Tensor:
 
 def train(model: HookedTransformer, data: DataFolder, cfg: Config,
           run_dir: Path | None = None, progress: bool = True) -> tuple[list[float], dict]:
+    """Train the model in place on the preference pairs, raw and in chat; returns the loss per step
+    and extras (the reward margins, the encoding counts, ...)."""
     device = model.cfg.device
     pairs, n_forget, enc = build_pairs(model, data.preference(), cfg.max_len)
     model.eval()

@@ -37,6 +37,10 @@ from interp.training import train as train_loop
 
 @dataclass
 class Config:
+    """NPO settings: beta, the retain loss's weight, learning rate, batch size and steps, the
+    parameters trained, the seed, `max_len` in tokens, and the official trainer's choices: loss
+    tokens, retain reduction, warm-up steps (None: 5% of the steps), gradient accumulation."""
+
     beta: float = 0.1
     retain_weight: float = 1.0
     lr: float = 1e-5
@@ -62,6 +66,8 @@ class Config:
 
 @dataclass
 class Result(ProtectionResult):
+    """NPO's result: accuracy before and after, the losses and the mean forget NLL per step."""
+
     method_name: ClassVar[str] = "npo"
     config: Config = field(default_factory=Config)
     forget_nll: list[float] = field(default_factory=list)  # mean forget NLL per step
@@ -79,11 +85,16 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, out: Path 
 
 
 def npo_loss(nll: torch.Tensor, ref_nll: torch.Tensor, beta: float) -> torch.Tensor:
+    """The NPO loss -(2/beta) * mean log sigmoid(beta * (nll - ref_nll)), from per-sequence NLLs
+    (batch,)."""
     return -(2.0 / beta) * F.logsigmoid(beta * (nll - ref_nll)).mean()
 
 
 def train(model: HookedTransformer, data: DataFolder, cfg: Config,
           run_dir: Path | None = None, progress: bool = True) -> tuple[list[float], dict]:
+    """Train the model in place: NPO on the forget answers plus `retain_weight` x cross-entropy on
+    the retain answers; returns the loss per step and extras (the forget NLL per step, the encoding
+    counts, ...)."""
     device = model.cfg.device
     rows = data.preference()
     if not any(r["split"] == "forget" for r in rows) or not any(

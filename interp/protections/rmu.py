@@ -30,6 +30,10 @@ from interp.training import train as train_loop
 
 @dataclass
 class Config:
+    """RMU settings: the layer (None: `default_layer`), the steering scale (c = `steer_scale` x the
+    layer's typical residual norm), alpha (the retain term's weight), learning rate, batch size and
+    steps, the seed and `max_len` in tokens."""
+
     layer: int | None = None  # None: round(n_layers / 4.5) (7 of 32 for Zephyr)
     steer_scale: float = 1.0  # c = steer_scale * mean residual norm at the layer
     alpha: float = 1200.0
@@ -42,6 +46,10 @@ class Config:
 
 @dataclass
 class Result(ProtectionResult):
+    """RMU's result: accuracy before and after, the losses, the layer and steering coefficient c,
+    the typical residual norm it was scaled by, and raw continuations of forget prompts after
+    training."""
+
     method_name: ClassVar[str] = "rmu"
     config: Config = field(default_factory=Config)
     layer: int = 0
@@ -62,6 +70,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, out: Path 
 
 
 def default_layer(model: HookedTransformer) -> int:
+    """RMU's default layer: round(n_layers / 4.5), at least 2 (7 of 32 for Zephyr)."""
     return max(2, round(model.cfg.n_layers / 4.5))
 
 
