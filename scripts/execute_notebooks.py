@@ -36,6 +36,7 @@ def execute(path: Path, run: Path, figures: Path, timeout: int) -> float:
 
 
 def main() -> int:
+    """Execute the notebooks named (default: all) against the run; exit 2 without one."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path,
                         default=sorted((ROOT / "notebooks").glob("*.ipynb")))
