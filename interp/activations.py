@@ -4,7 +4,7 @@
 named hook points' activations at the counted positions ("last": each prompt's last token; "all":
 every real token after the first `skip_first`; an int k: the last k positions), with the batch's
 tokens and masks. Every forward-only reader of cached activations goes through it: the scorer's
-last activations (`interp.scoring.last_activations`), the logit lens, the difference-in-means
+last activations (`last_activations`), the logit lens, the difference-in-means
 directions and the official recipe's token activations. Batches are padded by the one rule of
 `interp.padding`.
 
@@ -110,3 +110,16 @@ def iter_activations(model: HookedTransformer, prompts: Sequence[Prompt], names:
         acts = torch.stack([cache[n][keep] for n in names])  # (names, t, d)
         del cache
         yield Batch(range(start, start + tokens.shape[0]), tokens, mask, keep, acts)
+
+
+def last_activations(model: HookedTransformer, questions: Sequence[Question], *,
+                     point: str = "resid_post", chat: bool = False, batch_size: int = 16
+                     ) -> Float[Tensor, "n_layers n d_model"]:
+    """Every layer's activation at `point` (a hook point such as "resid_post") at the last
+    position of each question's prompt, as the scorer encodes it (`iter_activations`), float32
+    on the CPU."""
+    from interp.model.hooks import layer_hook_names
+
+    names = layer_hook_names(model, point)
+    batches = iter_activations(model, questions, names, batch_size=batch_size, chat=chat)
+    return torch.cat([b.acts.float().cpu() for b in batches], dim=1)

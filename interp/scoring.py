@@ -255,17 +255,3 @@ def generate_greedy(
     finally:
         model.train(was_training)
     return out
-
-
-def last_activations(model: HookedTransformer, questions: Sequence[Question], *,
-                     point: str = "resid_post", chat: bool = False, batch_size: int = 16
-                     ) -> Float[Tensor, "n_layers n d_model"]:
-    """Every layer's activation at `point` (a hook point such as "resid_post") at the last
-    position of each question's prompt, as the scorer encodes it (`iter_activations`), float32
-    on the CPU."""
-    from interp.activations import iter_activations
-    from interp.model.hooks import layer_hook_names
-
-    names = layer_hook_names(model, point)
-    batches = iter_activations(model, questions, names, batch_size=batch_size, chat=chat)
-    return torch.cat([b.acts.float().cpu() for b in batches], dim=1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from interp.attacks.ablation import LayerDirections
 from interp.attacks.ablation_sweep import AblationSweep, ablation_sweep
-from interp.attacks.directions import Directions
 from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import hook_name
@@ -21,7 +21,7 @@ RETAIN = [Question(f"The city of {c} lies in", ("France", "Italy", "Norway", "Pe
                    format="cloze") for i, c in enumerate(CHOICES)]
 
 
-def _directions(model, zero_layer: int | None = None) -> Directions:
+def _directions(model, zero_layer: int | None = None) -> LayerDirections:
     g = torch.Generator().manual_seed(0)
     n, d = model.cfg.n_layers, model.cfg.d_model
     table = torch.randn(n, d, generator=g)
@@ -29,7 +29,7 @@ def _directions(model, zero_layer: int | None = None) -> Directions:
     norms = torch.ones(n)
     if zero_layer is not None:
         table[zero_layer], norms[zero_layer] = 0.0, 0.0
-    return Directions(table, norms, torch.zeros(n, d, dtype=torch.float64),
+    return LayerDirections(table, norms, torch.zeros(n, d, dtype=torch.float64),
                       torch.zeros(n, d, dtype=torch.float64), "resid_post", "models")
 
 

@@ -85,7 +85,7 @@ def test_smoke_benchmark(smoke_data):
     for domain in ("forget", "retain"):
         ents = {split: {(q.meta["relation"], q.meta["entity"]) for q in
                         load_questions(folder / f"{domain}_{name}.jsonl")}
-                for split, name in (("train", "train"), ("val", "val"), ("test", "eval"))}
+                for split, name in (("train", "train"), ("val", "val"), ("test", "test"))}
         assert all(ents.values())
         assert not (ents["train"] & ents["val"] or ents["train"] & ents["test"]
                     or ents["val"] & ents["test"])

@@ -67,6 +67,10 @@ def test_cost_counts_what_the_attack_does(tiny, name, monkeypatch):
 
     if real_evaluate is not None:
         monkeypatch.setattr(module, "evaluate", counting_evaluate)
+    if name == "directions":  # its per-layer sweep scores through the public ablation_sweep
+        from interp.attacks import ablation_sweep
+
+        monkeypatch.setattr(ablation_sweep, "evaluate", counting_evaluate)
     if name == "directions":
         real_mean = directions.robust_mean
 

@@ -126,7 +126,7 @@ def test_the_toys_run_through_reproduce(smoke_run, toy_run):
     assert "| noise-mlp |" in (run / "table.md").read_text()
     assert (run / "models" / "noise-mlp" / "protection.json").is_file()
     compare = json.loads((run / "attacks" / "compare" / "result.json").read_text())
-    assert "rmu vs noise-mlp" in compare["direction_cosine"]  # the compare stage was redone
+    assert any("noise-mlp" in pair for pair in compare["direction_cosine"])  # redone
 
 
 def test_the_toy_attack_runs_through_the_audit(smoke_audit, toy_plugins, tmp_path):
@@ -163,7 +163,7 @@ def test_the_toys_are_counted_and_probed_by_plan(toy_plugins, monkeypatch, tmp_p
     counts = count_steps(smoke, sizes)
     toy = interp.attack_registry()["zero-mlp"]
     assert counts["score"]["zero-mlp on rmu"] == toy.cost(smoke.attacks["zero-mlp"], sizes)[
-        "score"] == 4 * 20 + 10 + 20 + 2 * 80
+        "score"] == 4 * 20 + 10 + 20 + 2 * (40 + 30)
     assert "noise-mlp: protect" in counts["score"]  # its before/after scores
     assert step_kinds(smoke).uncounted == []
     monkeypatch.delattr(toy, "cost")

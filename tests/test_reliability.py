@@ -147,7 +147,7 @@ def ex_generate(m, mp):
 
 
 def ex_ablated(m, mp):
-    from interp.attacks.directions import ablated, ablation_hooks
+    from interp.attacks.ablation import ablated, ablation_hooks
 
     _raise_inside(ablated(m, ablation_hooks(m, torch.ones(m.cfg.n_layers, m.cfg.d_model))))
 
@@ -177,7 +177,7 @@ def ex_lens(m, mp):
 
 
 def ex_last_activations(m, mp):
-    from interp.scoring import last_activations
+    from interp.activations import last_activations
 
     Fault(m, mp)
     with pytest.raises(RuntimeError, match="boom"):
@@ -262,13 +262,13 @@ EXERCISES = {
     "interp.scoring.maybe_hooks": ex_maybe_hooks,
     "interp.scoring.evaluate": ex_evaluate,
     "interp.scoring.generate_greedy": ex_generate,
-    "interp.attacks.directions.ablated": ex_ablated,
+    "interp.attacks.ablation.ablated": ex_ablated,
     "interp.attacks.directions.stream_activations": ex_stream,
     "interp.activations.iter_activations": ex_iter_activations,
     "interp.attacks.lens.logit_lens": ex_lens,
-    "interp.scoring.last_activations": ex_last_activations,
-    "interp.attacks.prune.snip_scores": ex_snip,
-    "interp.attacks.prune.pruned": ex_pruned,
+    "interp.activations.last_activations": ex_last_activations,
+    "interp.attacks.snip.snip_scores": ex_snip,
+    "interp.attacks.snip.pruned": ex_pruned,
     "interp.model.lora.lora_adapters": ex_lora,
     "interp.training.fixed_threads": ex_fixed_threads,
     "interp.timing.step_times": ex_step_times,

@@ -57,15 +57,17 @@ def test_a_copy_is_not_the_untouched_loaded_model(tiny_model, tmp_path):
     assert not torch.equal(edited, scoring.evaluate(loaded, QUESTIONS, progress=False).probs)
 
 
-def test_a_plain_deep_copy_is_refused_with_a_hint(tiny_model):
-    plain = copy.deepcopy(tiny_model)
-    for use in (get_tokenizer, scoring.letter_rule, model_state):
-        with pytest.raises(InterpError, match=r"interp\.copy_model"):
-            use(plain)
-    with pytest.raises(InterpError, match=r"interp\.copy_model"):
-        scoring.evaluate(plain, QUESTIONS, progress=False)
-    with pytest.raises(InterpError, match=r"interp\.copy_model"):  # not made an entry by a rule
-        scoring.set_letter_ids(plain, "official")
+def test_a_plain_deep_copy_keeps_the_state(tiny_model):
+    """`copy.deepcopy` carries the entry over as `copy_model` does (copyreg): the same tokenizer
+    and letter-id rule, no load source, and the same scores."""
+    model = copy_model(tiny_model)
+    scoring.set_letter_ids(model, "official")
+    plain = copy.deepcopy(model)
+    assert find_state(plain) is not find_state(model)
+    assert get_tokenizer(plain) is get_tokenizer(model)
+    assert scoring.letter_rule(plain) == "official" and find_state(plain).source is None
+    assert torch.equal(scoring.evaluate(plain, QUESTIONS, progress=False).probs,
+                       scoring.evaluate(model, QUESTIONS, progress=False).probs)
     assert interp.copy_model is copy_model
 
 

@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from interp.attacks.directions import Directions, ablated, ablation_hooks
+from interp.attacks.ablation import LayerDirections, ablated, ablation_hooks
 from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.plots import layer_lines
@@ -67,22 +67,22 @@ class AblationSweep:
         return fig
 
 
-def _table(directions: Directions | Tensor) -> Tensor:
-    return directions.directions if isinstance(directions, Directions) else directions
+def _table(directions: LayerDirections | Tensor) -> Tensor:
+    return directions.directions if isinstance(directions, LayerDirections) else directions
 
 
-def _has_direction(directions: Directions | Tensor, layer: int) -> bool:
-    if isinstance(directions, Directions):
+def _has_direction(directions: LayerDirections | Tensor, layer: int) -> bool:
+    if isinstance(directions, LayerDirections):
         return bool(directions.diff_norms[layer] != 0)
     return bool(directions[layer].norm() != 0)
 
 
-def ablation_sweep(model: HookedTransformer, directions: Directions | Tensor,
+def ablation_sweep(model: HookedTransformer, directions: LayerDirections | Tensor,
                    questions: Sequence[Question], retain: Sequence[Question] | None = None, *,
                    batch_size: int = 32, chat: bool = False,
                    baseline: tuple[float, float | None] | None = None, progress: bool = False,
                    desc: str = "ablation sweep") -> AblationSweep:
-    """Ablate each layer's own direction (`directions`: a `Directions`, or an (n_layers,
+    """Ablate each layer's own direction (`directions`: a `LayerDirections`, or an (n_layers,
     d_model) table at resid_post), one layer at a time, and score the forget `questions` and,
     when given, the `retain` questions (`evaluate`, raw or `chat` prompts). `baseline`: the
     accuracies without ablation (forget, retain) when already known, else they are scored. A

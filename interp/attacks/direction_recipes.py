@@ -1,6 +1,6 @@
 """The direction variants of the paper, and the official code's recipe for computing them.
 
-Variants (each a per-layer direction table, `Directions`):
+Variants (each a per-layer direction table, `LayerDirections`):
 - "models": mean(unlearned) - mean(original) on the same forget prompts (the paper's main one);
 - "retain": mean(unlearned, forget prompts) - mean(unlearned, retain prompts) (the official
   code's MMLU variant);

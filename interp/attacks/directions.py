@@ -14,7 +14,6 @@ second pass.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Iterator, Sequence
@@ -28,6 +27,16 @@ from transformer_lens import HookedTransformer
 from interp import timing
 from interp.activations import iter_activations
 from interp.attacks import base
+from interp.attacks.ablation import (  # noqa: F401 - the ablation API, re-exported here
+    HOOKS,
+    LayerDirections,
+    ablate_everywhere_hooks,
+    ablated,
+    ablation_hooks,
+    hook_names,
+    orthogonalize_weights,
+    project_out,
+)
 from interp.attacks.base import AttackSpec, Baseline, Measured, Row, Scores
 from interp.attacks.direction_recipes import (
     RECIPES,
@@ -41,12 +50,9 @@ from interp.cost import StepProbe, capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
-from interp.model.hooks import hook_name, layer_hook_names, residual_writers
 from interp.model.state import copy_model
 from interp.plots import layer_lines
 from interp.scoring import evaluate
-
-HOOKS = ("resid_post", "resid_pre", "attn_out", "mlp_out")
 
 
 @dataclass
@@ -60,32 +66,6 @@ class DirectionsConfig:
     skip_first: int = 1
     outlier_z: float | None = 3.0  # None or 0: keep every token
     batch_size: int = 16
-
-
-@dataclass
-class Directions:
-    """Unit directions per layer and the statistics that made them.
-
-    directions: (n_layers, d_model), unit norm; diff_norms: (n_layers,) norm of the raw
-    difference; means_a, means_b: (n_layers, d_model) float64 means of the two sides.
-    """
-
-    directions: Float[Tensor, "n_layers d_model"]
-    diff_norms: Float[Tensor, "n_layers"]  # noqa: F821
-    means_a: Float[Tensor, "n_layers d_model"]
-    means_b: Float[Tensor, "n_layers d_model"]
-    hook: str
-    variant: str
-
-    def __post_init__(self) -> None:
-        n, d = self.directions.shape
-        assert self.diff_norms.shape == (n,) and self.means_a.shape == (n, d)
-
-
-def _hook_names(model: HookedTransformer, hook: str) -> list[str]:
-    if hook not in HOOKS:
-        raise InterpError(f"unknown hook {hook!r}; use one of {sorted(HOOKS)}")
-    return layer_hook_names(model, hook)
 
 
 Prompts = Sequence[Question] | Sequence[str] | Sequence[list[int]]
@@ -107,7 +87,7 @@ def stream_activations(model: HookedTransformer, prompts: Prompts,
     token after the first `skip_first` of each prompt, or the last one (`cfg.positions`)."""
     if cfg.positions not in ("all", "last"):
         raise InterpError(f"positions must be 'all' or 'last', got {cfg.positions!r}")
-    for batch in iter_activations(model, prompt_ids(model, prompts), _hook_names(model, cfg.hook),
+    for batch in iter_activations(model, prompt_ids(model, prompts), hook_names(model, cfg.hook),
                                   batch_size=cfg.batch_size, positions=cfg.positions,
                                   skip_first=cfg.skip_first):
         yield batch.acts  # (n_layers, tokens, d)
@@ -153,7 +133,7 @@ def robust_mean(model, prompts, cfg: DirectionsConfig) -> Tensor:
     return streaming_mean(model, prompts, cfg, center=first["mean"], max_dist=cut)["mean"]
 
 
-def _finish(mean_a: Tensor, mean_b: Tensor, hook: str, variant: str) -> Directions:
+def _finish(mean_a: Tensor, mean_b: Tensor, hook: str, variant: str) -> LayerDirections:
     diff = mean_a - mean_b
     norms = diff.norm(dim=-1)
     if not torch.isfinite(norms).all():
@@ -163,23 +143,23 @@ def _finish(mean_a: Tensor, mean_b: Tensor, hook: str, variant: str) -> Directio
                           "same activations")
     # layers before an edit (e.g. below RMU's layer) have no difference: their direction is 0
     unit = torch.where(norms[:, None] > 0, diff / norms.clamp(min=1e-30)[:, None], 0.0)
-    return Directions(unit.float(), norms.float(), mean_a, mean_b, hook, variant)
+    return LayerDirections(unit.float(), norms.float(), mean_a, mean_b, hook, variant)
 
 
-def diff_in_means_models(model_a, model_b, prompts, cfg: DirectionsConfig) -> Directions:
+def diff_in_means_models(model_a, model_b, prompts, cfg: DirectionsConfig) -> LayerDirections:
     """mean(model_a) - mean(model_b) on the same prompts (e.g. unlearned - original)."""
     return _finish(robust_mean(model_a, prompts, cfg), robust_mean(model_b, prompts, cfg),
                    cfg.hook, "models")
 
 
-def diff_in_means_prompts(model, prompts_a, prompts_b, cfg: DirectionsConfig) -> Directions:
+def diff_in_means_prompts(model, prompts_a, prompts_b, cfg: DirectionsConfig) -> LayerDirections:
     """mean(prompts_a) - mean(prompts_b) in one model (e.g. forget - retain)."""
     return _finish(robust_mean(model, prompts_a, cfg), robust_mean(model, prompts_b, cfg),
                    cfg.hook, "prompts")
 
 
 @torch.no_grad()
-def first_principal_component(model, prompts, cfg: DirectionsConfig) -> Directions:
+def first_principal_component(model, prompts, cfg: DirectionsConfig) -> LayerDirections:
     """Top eigenvector of the per-layer activation covariance (float64, streamed)."""
     mean = streaming_mean(model, prompts, cfg)["mean"]
     cov = None
@@ -192,64 +172,8 @@ def first_principal_component(model, prompts, cfg: DirectionsConfig) -> Directio
     # orient each component along the mean, so signs are stable
     sign = torch.sign((top * mean).sum(-1, keepdim=True)).clamp(min=0) * 2 - 1
     top = top * sign
-    return Directions(top.float(), torch.ones_like(top[:, 0]).float(), mean, torch.zeros_like(mean),
-                      cfg.hook, "pca")
-
-
-# -------------------------------------------------------------------------------------- ablation
-def project_out(x: Tensor, direction: Tensor) -> Tensor:
-    """x - (x . r) r for a unit r; a new tensor, the input is never edited in place."""
-    r = direction.to(x.dtype)
-    return x - einops.einsum(x, r, "... d, d -> ...")[..., None] * r
-
-
-def _check(direction: Tensor) -> Tensor:
-    norm = direction.norm()
-    if not torch.isfinite(norm) or norm == 0:
-        raise InterpError("cannot ablate a zero or NaN direction")
-    return direction / norm
-
-
-def ablation_hooks(model: HookedTransformer, dirs: Directions | Tensor,
-                   layers: Sequence[int] | None = None, hook: str | None = None) -> list:
-    """Hooks removing each chosen layer's own direction at that layer's hook point."""
-    table = dirs.directions if isinstance(dirs, Directions) else dirs
-    hook = hook or (dirs.hook if isinstance(dirs, Directions) else "resid_post")
-    names = _hook_names(model, hook)
-    layers = range(model.cfg.n_layers) if layers is None else layers
-    hooks = []
-    for layer in layers:
-        if isinstance(dirs, Directions) and dirs.diff_norms[layer] == 0:
-            continue  # nothing differs at this layer: nothing to remove
-        r = _check(table[layer]).to(model.cfg.device)
-        hooks.append((names[layer], lambda x, hook, r=r: project_out(x, r)))
-    return hooks
-
-
-def ablate_everywhere_hooks(model: HookedTransformer, direction: Tensor) -> list:
-    """Arditi-style: remove one direction from every block input and attention and MLP output."""
-    r = _check(direction).to(model.cfg.device)
-    fn = lambda x, hook: project_out(x, r)  # noqa: E731
-    names = [hook_name(i, point) for i in range(model.cfg.n_layers)
-             for point in ("resid_pre", "attn_out", "mlp_out")]
-    return [(n, fn) for n in names]
-
-
-@contextmanager
-def ablated(model: HookedTransformer, hooks: list) -> Iterator[HookedTransformer]:
-    """The model with ablation hooks on; they are removed on exit whatever happens."""
-    with model.hooks(fwd_hooks=hooks):
-        yield model
-
-
-@torch.no_grad()
-def orthogonalize_weights(model: HookedTransformer, direction: Tensor) -> None:
-    """Weight edit equal to `ablate_everywhere_hooks`: W <- W - r r^T W for every matrix that
-    writes to the residual stream (token and position embeddings, attention W_O, MLP W_out and
-    their biases), in place."""
-    r = _check(direction).to(model.cfg.device, model.cfg.dtype)
-    for weight in residual_writers(model):
-        weight.copy_(project_out(weight, r))
+    return LayerDirections(top.float(), torch.ones_like(top[:, 0]).float(), mean,
+                           torch.zeros_like(mean), cfg.hook, "pca")
 
 
 # ---------------------------------------------------------------------------------- the attack
@@ -321,7 +245,7 @@ class Result(base.Result):
     format: str = "cloze"
     seconds: float = 0.0
     figures: list[str] = field(default_factory=list)
-    dirs: Directions | None = base.not_saved()
+    dirs: LayerDirections | None = base.not_saved()
     figure_stem: ClassVar[str] = "ablation_sweep"
 
     def rows(self, model: str) -> list[Row]:
@@ -404,7 +328,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
     base_f, base_r = score(f_small), score(r_small)
     n_val = (len(f_small), len(r_small))
 
-    def sweep_of(d: Directions, desc: str) -> tuple[Sweep, int]:
+    def sweep_of(d: LayerDirections, desc: str) -> tuple[Sweep, int]:
         from interp.attacks.ablation_sweep import ablation_sweep
 
         s = ablation_sweep(model, d, f_small, r_small, batch_size=cfg.batch_size,
@@ -443,7 +367,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
 
 def compute_variants(model: HookedTransformer, original: HookedTransformer,
                      chosen: list[Question], data, cfg: Config
-                     ) -> tuple[dict[str, Directions], list[str]]:
+                     ) -> tuple[dict[str, LayerDirections], list[str]]:
     """Each asked variant's directions (`interp.attacks.direction_recipes`) and, for the official
     recipe, the outlier token strings removed."""
     want = set(cfg.variants)
@@ -453,7 +377,7 @@ def compute_variants(model: HookedTransformer, original: HookedTransformer,
     for name, have in (("retain", retain), ("unrelated", unrelated)):
         if name in want and not have:
             raise InterpError(f"the {name!r} direction variant needs {name} data in the folder")
-    out: dict[str, Directions] = {}
+    out: dict[str, LayerDirections] = {}
     if cfg.recipe == "official":
         if hook != "resid_post":
             raise InterpError("the official recipe reads the block outputs (hook resid_post)")
@@ -467,7 +391,7 @@ def compute_variants(model: HookedTransformer, original: HookedTransformer,
             out["unrelated"] = _finish(mean_unl, m["unrelated"], hook, "unrelated")
         if "pca" in want:
             top = paired_pca(m["pca_original"], m["pca_unlearned"], out["models"].directions)
-            out["pca"] = Directions(top.float(), torch.ones(top.shape[0]), m["original"],
+            out["pca"] = LayerDirections(top.float(), torch.ones(top.shape[0]), m["original"],
                                     mean_unl, hook, "pca")
         return {v: out[v] for v in cfg.variants}, m["outliers"]
     dcfg = cfg.directions
@@ -481,7 +405,7 @@ def compute_variants(model: HookedTransformer, original: HookedTransformer,
         ids = prompt_ids(model, chosen)
         acts = [first_acts(m, ids, dcfg, limit) for m in (original, model)]
         top = paired_pca(acts[0], acts[1], out["models"].directions)
-        out["pca"] = Directions(top.float(), torch.ones(top.shape[0]), out["models"].means_b,
+        out["pca"] = LayerDirections(top.float(), torch.ones(top.shape[0]), out["models"].means_b,
                                 out["models"].means_a, hook, "pca")
     return {v: out[v] for v in cfg.variants}, []
 
@@ -498,7 +422,7 @@ DIRECTIONS_FILE = "directions.safetensors"
 DIRECTIONS_KEY = "directions"  # the unit directions (layer, d_model) in DIRECTIONS_FILE
 
 
-def save_directions(dirs: Directions, path: Path) -> None:
+def save_directions(dirs: LayerDirections, path: Path) -> None:
     """Write the unit directions (n_layers, d_model) and their difference norms (n_layers,) to a
     safetensors file."""
     from safetensors.torch import save_file

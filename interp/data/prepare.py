@@ -70,7 +70,7 @@ def prepare_data(forget: list[Question], retain: list[Question], out: Path,
         split_of = assign([q.meta["entity"] for q in qs], seed, train=0.25, val=0.2,
                           max_train=max_train, max_val=max_val)
         entities[domain] = {s: sum(v == s for v in split_of.values()) for s in SPLITS}
-        for split, name in (("train", "train"), ("val", "val"), ("test", "eval")):
+        for split, name in (("train", "train"), ("val", "val"), ("test", "test")):
             files[f"{domain}_{name}"] = [q for q in qs if split_of[q.meta["entity"]] == split]
     f_train, r_train = files["forget_train"], files["retain_train"]
     out.mkdir(parents=True, exist_ok=True)

@@ -8,14 +8,12 @@ untouched) and its attached LoRA adapters (`interp.model.lora`). They live here,
 `ModelState` per model, in a table that holds the model weakly (the entry goes with the model).
 `find_state` / `model_state` read it, `set_state` writes it.
 
-Copies: `copy.deepcopy(model)` copies the module, not its entry here. Copy a model with
-`copy_model`: the copy scores as the original (the same tokenizer object, the same letter-id rule)
-and has no load source, so the score cache never takes the copy, which may be edited, for the
-untouched loaded model; a model with LoRA adapters attached is not copied (merge or remove them
-first). A plain deep copy of a model in the table is recognised at its first lookup (the same
-TransformerLens config and tokenizer as a model in the table, and no entry) and refused with one
-line naming `copy_model`, rather than scored with another tokenizer. A model interp never built
-has no entry: its tokenizer is TransformerLens' own.
+Copies: `copy.deepcopy(model)` (and `copy_model`, which also refuses a model with LoRA adapters
+attached) gives the copy an entry of its own: the same tokenizer object and letter-id rule, and no
+load source, so the score cache never takes the copy, which may be edited, for the untouched
+loaded model. (`copyreg` hands deep copies of a `HookedTransformer` to `_copy_with_state`; a
+model without an entry copies as before.) A model interp never built has no entry: its tokenizer
+is TransformerLens' own.
 """
 
 from __future__ import annotations
@@ -33,11 +31,6 @@ from interp.errors import InterpError
 from interp.model.files import weights_stamp
 
 M = TypeVar("M", bound=nn.Module)
-
-_COPY_HINT = ("this model has the config and tokenizer of a model interp built but none of its "
-              "state (tokenizer, letter-id rule): a copy.deepcopy? copy models with "
-              "interp.copy_model(model)")
-
 
 @dataclass(frozen=True)
 class Source:
@@ -74,30 +67,24 @@ _STATES: weakref.WeakKeyDictionary[nn.Module, ModelState] = weakref.WeakKeyDicti
 
 
 def find_state(model: nn.Module) -> ModelState | None:
-    """The model's state; None for a model interp never built. A plain deep copy of a model that
-    has state raises `InterpError` (use `copy_model`)."""
+    """The model's state; None for a model interp never built."""
     try:
-        found = _STATES.get(model)
+        return _STATES.get(model)
     except TypeError:  # not weakly referenceable or not hashable: no model interp built
         return None
-    if found is None and _copy_of_known(model):
-        raise InterpError(_COPY_HINT)
-    return found
 
 
 def model_state(model: nn.Module) -> ModelState:
-    """The model's state; `InterpError` when it has none (not built by interp, or deep-copied
-    without `copy_model`)."""
+    """The model's state; `InterpError` when it has none (not built by interp)."""
     found = find_state(model)
     if found is None:
         raise InterpError("interp keeps no state for this model (it was not built by "
-                          "interp.load_model, or was copied without interp.copy_model)")
+                          "interp.load_model)")
     return found
 
 
 def set_state(model: nn.Module, **changes: Any) -> ModelState:
-    """Set some of the model's `ModelState` fields (the rest kept, or defaults); returns it.
-    A plain deep copy of a model in the table is refused here too (`find_state`)."""
+    """Set some of the model's `ModelState` fields (the rest kept, or defaults); returns it."""
     current = find_state(model) or ModelState()
     _STATES[model] = updated = replace(current, **changes)
     return updated
@@ -139,32 +126,36 @@ def copy_model(model: M) -> M:
         # shares its module class with the original, and removing one breaks the other
         raise InterpError("the model has LoRA adapters (or parametrizations) attached, which a "
                           "copy cannot take over; merge or remove them before copying")
-    twin = copy.deepcopy(model)
+    return copy.deepcopy(model)  # the entry follows (`_copy_with_state`)
+
+
+def _copy_with_state(new, args: tuple, original_id: int):
+    """A deep copy's new object, given the original's entry (less its load source and adapters)
+    before the copy's fields are filled in."""
+    twin = new(*args)
+    found = next((st for m, st in list(_STATES.items()) if id(m) == original_id), None)
     if found is not None:
-        _STATES[twin] = replace(found, source=None)
+        _STATES[twin] = replace(found, source=None, lora=None)
     return twin
 
 
-_PLACEMENT = frozenset({"device", "dtype", "n_devices"})  # a copy may be moved or cast
+def _reduce_with_state(model):
+    """`copyreg`'s reducer for a `HookedTransformer`: the default one, whose object is made by
+    `_copy_with_state` when the model has an entry (pickling takes the same path: an unpickled
+    model in another process finds no entry and is a model interp did not build)."""
+    reduced = model.__reduce_ex__(4)
+    if find_state(model) is None:
+        return reduced
+    new, args, *rest = reduced
+    return (_copy_with_state, (new, args, id(model)), *rest)
 
 
-def _fingerprint(model: nn.Module) -> tuple | None:
-    cfg, tok = getattr(model, "cfg", None), getattr(model, "tokenizer", None)
-    if cfg is None or tok is None:
-        return None
-    fields = {k: v for k, v in vars(cfg).items() if k not in _PLACEMENT}
-    return (type(model), type(tok), getattr(tok, "name_or_path", None), len(tok), fields)
+def _register_copies() -> None:
+    import copyreg
+
+    from transformer_lens import HookedTransformer
+
+    copyreg.pickle(HookedTransformer, _reduce_with_state)
 
 
-def _copy_of_known(model: nn.Module) -> bool:
-    """Whether `model` (no entry) looks like a deep copy of a model in the table."""
-    mine = _fingerprint(model)
-    if mine is None:
-        return False
-    for other in list(_STATES.keys()):
-        try:
-            if other is not model and _fingerprint(other) == mine:
-                return True
-        except (RuntimeError, ValueError, TypeError):  # a config value with no plain equality
-            continue
-    return False
+_register_copies()

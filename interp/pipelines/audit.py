@@ -111,7 +111,7 @@ def same_audit_settings(out: Path, now: dict, configs: dict) -> None:
     if (out / "audit.json").is_file() and not (out / AUDIT_SETTINGS).is_file():
         raise InterpError(f"{out} holds an audit without its settings ({AUDIT_SETTINGS}); "
                           "use a new --out folder")
-    same_settings(out / AUDIT_SETTINGS, now, out)
+    same_settings(out / AUDIT_SETTINGS, now, out, write=False)
     for name, cfg in configs.items():
         marker = out / "cells" / f"{name}.json"
         if not marker.is_file():
@@ -171,15 +171,19 @@ def audit(original_spec: str, unlearned_spec: str, forget: list[Question],
         raise InterpError(f"unknown budget {budget!r}; use one of {sorted(AUDIT_LIMITS)}")
     out = Path(out)
     names = audit_cells(budget)
-    same_audit_settings(out, {
+    settings = {
         "original": original_spec, "unlearned": unlearned_spec, "budget": budget, "seed": seed,
         "retain_drop": retain_drop, "dtype": dtype, "tokenizer": tokenizer,
         "letter_ids": letter_ids, "questions": questions_digest(forget, retain),
-        "attacks": names[1:]}, {n: cell_config(budget, n, seed, retain_drop) for n in names[1:]})
+        "attacks": names[1:]}
+    # checked before anything is written; kept once the questions are laid out (bad input first)
+    same_audit_settings(out, settings, {n: cell_config(budget, n, seed, retain_drop)
+                                        for n in names[1:]})
     if (out / "audit.json").is_file():
         return read_json(out / "audit.json")
     run_stage = stage_runner(executor, address, gpu=resolve_device(device).type == "cuda")
     prepare_data(forget, retain, out / "data", original_spec, seed)
+    same_settings(out / AUDIT_SETTINGS, settings, out)  # written now
     ship_plotlyjs(out)  # one copy for every figure of the audit (they open offline)
     t0 = time.perf_counter()
     fn = partial(audit_cell, original_spec, unlearned_spec, out, budget, seed, retain_drop,

@@ -45,12 +45,14 @@ def config_differences(cfg, saved: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def same_settings(path: Path, now: dict[str, Any], folder: Path) -> None:
-    """Write `now` to `path` the first time; later, refuse (one line) any setting that differs
-    from the stored one. Settings the stored file lacks are taken as matching (older folders)."""
+def same_settings(path: Path, now: dict[str, Any], folder: Path, write: bool = True) -> None:
+    """Write `now` to `path` the first time (with `write`); later, refuse (one line) any setting
+    that differs from the stored one. Settings the stored file lacks are taken as matching (older
+    folders)."""
     now = jsonable(now)
     if not path.is_file():
-        write_json(path, now)
+        if write:
+            write_json(path, now)
         return
     saved = read_json(path)
     differ = [k for k in now if k in saved and saved[k] != now[k]]
