@@ -234,3 +234,16 @@ def test_every_subcommand_that_loads_a_model_takes_device_dtype_tokenizer():
     for name, parser in leaves.items():
         flags = set(parser._option_string_actions)
         assert {"--device", "--dtype", "--tokenizer"} <= flags, name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_committed_notebooks_show_their_figures(path):
+    """The notebooks are committed executed (`make notebooks`): every code cell ran, none
+    failed, and every plotly figure carries a static PNG beside the interactive one."""
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c.get("execution_count") for c in code), "a cell was not executed"
+    outputs = [o for c in code for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    figures = [o for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert figures and all("image/png" in o["data"] for o in figures)
