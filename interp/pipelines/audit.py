@@ -71,7 +71,7 @@ def audit_cell(original_spec: str, unlearned_spec: str, out: Path, budget: str, 
         def acc(model, name):
             from interp.data.folder import DataFolder
 
-            qs = DataFolder(data).questions(name, limit=AUDIT_LIMITS[budget])
+            qs = DataFolder(data).questions(name, limit=audit_budget(budget).eval_limit)
             return {"accuracy": evaluate(model, qs, progress=False, batch_size=32).accuracy,
                     "n": len(qs)}
 

@@ -104,6 +104,7 @@ class Kinds:
 
     probes: dict[str, StepProbe | None]
     uncounted: list[str]
+    configs: dict[str, object] = field(default_factory=dict)  # kind -> the config it times
 
 
 def _trained_step(module) -> StepProbe | None:
@@ -124,7 +125,7 @@ def step_kinds(p: Preset) -> Kinds:
     from interp.registry import attacks, protections
 
     kinds: dict[str, StepProbe | None] = {SCORE: score_probe()}
-    uncounted = []
+    uncounted, configs = [], {}
     for table, modules in ((p.protections, protections()), (p.attacks, attacks())):
         for name, module in modules.items():
             if name not in table:
@@ -132,10 +133,14 @@ def step_kinds(p: Preset) -> Kinds:
             if not hasattr(module, "cost"):
                 uncounted.append(name)
             if hasattr(module, "probes"):
-                kinds.update(module.probes(table[name]))
+                own = module.probes(table[name])
             elif table is p.protections:
-                kinds[name] = _trained_step(module)
-    return Kinds(kinds, uncounted)
+                own = {name: _trained_step(module)}
+            else:
+                own = {}
+            kinds.update(own)
+            configs.update({k: table[name] for k in own})
+    return Kinds(kinds, uncounted, configs)
 
 
 # ---------------------------------------------------------------------------------- counting
@@ -302,15 +307,6 @@ def _measure_all(p: Preset, cfg: PlanConfig, kinds: Kinds, device, dtype_name: s
     model = random_model(cfg.shape, device=device, dtype=dtype_name, seed=cfg.seed)
     long_tokens = max([getattr(c, "max_len", 0) for c in (*p.protections.values(),
                                                           *p.attacks.values())] + [64])
-    owner = {}  # kind -> the config its probe measures with
-    from interp.registry import attacks, protections
-
-    for table, modules in ((p.protections, protections()), (p.attacks, attacks())):
-        for name, module in modules.items():
-            if name in table:
-                kinds_of = (module.probes(table[name]) if hasattr(module, "probes")
-                            else {name: None})
-                owner.update({k: table[name] for k in kinds_of})
     wanted = [s for s, probe in kinds.probes.items() if probe is not None]
     with tempfile.TemporaryDirectory(prefix="interp-plan-") as tmp:
         data = synthetic_data(model, Path(tmp) / "data", cfg.prompt_tokens, long_tokens,
@@ -324,7 +320,7 @@ def _measure_all(p: Preset, cfg: PlanConfig, kinds: Kinds, device, dtype_name: s
                 torch.cuda.empty_cache()
             try:
                 with peak_memory(device) as peak:
-                    seconds[stage] = kinds.probes[stage].measure(probe, owner.get(stage))
+                    seconds[stage] = kinds.probes[stage].measure(probe, kinds.configs.get(stage))
             except Exception as exc:  # a stage that does not fit is a result, not a crash
                 if not is_oom(exc):
                     raise
