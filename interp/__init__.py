@@ -50,6 +50,10 @@ _NAMES = {
     "AblationSweep": "interp.attacks.ablation_sweep",
     "snip_scores": "interp.attacks.snip", "set_difference": "interp.attacks.snip",
     "pruned": "interp.attacks.snip",
+    "quantize_model": "interp.attacks.quantize", "with_examples": "interp.attacks.icl",
+    "rephrased": "interp.attacks.rephrase", "QuestionSets": "interp.attacks.sets",
+    # the never-known control and what the rows say with it
+    "annotate": "interp.pipelines.controls", "recovered_share": "interp.pipelines.controls",
     # pipelines
     "reproduce": "interp.pipelines.reproduce", "audit": "interp.pipelines.audit",
     "open_run": "interp.pipelines.run_folder", "RunFolder": "interp.pipelines.run_folder",

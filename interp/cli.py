@@ -199,27 +199,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """`interp audit`: attack an unlearned model against its original and print the recoverable
     knowledge."""
     from interp.data.sources import load_source
-    from interp.pipelines.audit import audit
+    from interp.pipelines.audit import audit, summary_lines
     from interp.store import check_writable
 
     check_writable(Path(args.out) / "audit.json")
     forget = load_source(args.forget, subject=args.subject, limit=args.limit)
     retain = load_source(args.retain, limit=args.limit)
+    control = load_source(args.control) if args.control else None
     r = audit(args.original, args.unlearned, forget, retain, Path(args.out), budget=args.budget,
               seed=args.seed, retain_drop=args.retain_drop, device=args.device,
               dtype=args.dtype, tokenizer=args.tokenizer, letter_ids=args.letter_ids,
-              executor=args.executor,
-              address=args.address)
-    h = r["headline"]
-    print(f"forget accuracy: original {h['original_forget']:.3f}, unlearned "
-          f"{h['unlearned_forget']:.3f}")
-    for a in r["attacks"]:
-        retain = "" if a["retain"] is None else f" retain {a['retain']:.3f}"
-        print(f"  {a['attack']}: forget {a['forget']:.3f}{retain}")
-    if h["recoverable_forget"] is not None:
-        low, high = h["recoverable_forget_ci"]
-        print(f"recoverable knowledge: {h['recoverable_forget']:.3f} [{low:.3f}, {high:.3f}] "
-              f"on {h['n_forget']} test questions ({h['best_attack']}, chosen on validation)")
+              executor=args.executor, address=args.address, control=control)
+    for line in summary_lines(r):
+        print(line)
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
@@ -413,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unlearned", required=True, help="the unlearned / safety-trained model")
     p.add_argument("--forget", required=True, help="forget questions (any --data source)")
     p.add_argument("--retain", required=True, help="retain questions (any --data source)")
+    p.add_argument("--control", default=None,
+                   help="your own never-known questions (any --data source); default: the "
+                        "forget questions the original gets wrong, with the choices rotated")
     p.add_argument("--out", required=True)
     p.add_argument("--budget", choices=sorted(AUDIT_LIMITS), default="quick")
     p.add_argument("--subject", default=None)

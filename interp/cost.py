@@ -35,6 +35,8 @@ class Sizes:
     retain_val: int = 0
     letter: bool = True  # WMDP-style letter questions: the no-attack scores are raw and chat
     letter_test: int = 0  # questions of the `*_test_letter` sample sets (scored raw and chat)
+    control_test: int = 0  # the never-known control (`interp.data.control`)
+    control_val: int = 0
 
 
 def capped(n: int, limit: int | None) -> int:
@@ -44,7 +46,8 @@ def capped(n: int, limit: int | None) -> int:
 
 def measure_cost(s: Sizes) -> dict[str, int]:
     """The protections' no-attack scores (`protections.base.measure`), once."""
-    return {"score": (s.forget_test + s.retain_test) * (2 if s.letter else 1) + 2 * s.letter_test}
+    return {"score": (s.forget_test + s.retain_test + s.control_test) * (2 if s.letter else 1)
+            + 2 * s.letter_test}
 
 
 def add(total: dict[str, int], part: dict[str, int]) -> dict[str, int]:

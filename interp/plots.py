@@ -130,3 +130,19 @@ def heatmap(z, x, y, *, title: str, xtitle: str, ytitle: str) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=z, x=x, y=y, colorscale="Viridis", colorbar_title="accuracy"))
     fig.update_layout(title=title, xaxis_title=xtitle, yaxis_title=ytitle, template="plotly_white")
     return fig
+
+
+def bar_chart(names: Sequence[str], series: dict[str, Sequence[float]], *, title: str,
+              n: dict[str, int] | None = None, ytitle: str = "accuracy",
+              chance: float | None = 0.25) -> go.Figure:
+    """Grouped bars, one group per name and one bar per series; with `n` (questions per series),
+    each accuracy carries its 95% interval as an error bar."""
+    fig = go.Figure()
+    for label, ys in series.items():
+        ys = [float("nan") if y is None else y for y in ys]
+        fig.add_trace(go.Bar(x=list(names), y=ys, name=label,
+                             error_y=error_bars(ys, (n or {}).get(label))))
+    if chance is not None:
+        fig.add_hline(y=chance, line_dash="dot", annotation_text="chance")
+    fig.update_layout(title=title, yaxis_title=ytitle, barmode="group", template="plotly_white")
+    return fig

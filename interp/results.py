@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import asdict, dataclass
+from dataclasses import KW_ONLY, asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -32,25 +32,56 @@ class Row:
     # audit picks its best attack by it); `accuracy` is on the test split
     val: float | None = None
     n_val: int | None = None
+    # per question, "1" right / "0" wrong, over the first `n` questions of the data folder's
+    # `questions` file (e.g. "forget_test"): what the entity bootstrap and the paired tests read
+    correct: str | None = None
+    questions: str | None = None
+    # the attack whose "original" row is the original's accuracy for the recovered share (a
+    # rephrased stem: the original on that stem); None: the original's no-attack row
+    reference: str | None = None
+    # set by `interp.pipelines.controls.annotate` from the rows of the same run
+    interval: tuple[float, float] | None = None  # 95% entity-bootstrap interval (else Wilson)
+    recovered: float | None = None  # (attacked - unlearned) / (original - unlearned), test
+    recovered_ci: tuple[float, float] | None = None
+    d_control: float | None = None  # control accuracy after the attack minus before it
+    supplied: bool | None = None  # † : control above the original's, paired test, and chance
 
     @property
     def ci(self) -> tuple[float, float]:
-        """The 95% Wilson interval of `accuracy` over `n` questions."""
-        return wilson(self.accuracy, self.n)
+        """The 95% interval of `accuracy`: the entity bootstrap's where set, else Wilson's over
+        `n` questions."""
+        return tuple(self.interval) if self.interval is not None else wilson(self.accuracy, self.n)
 
     def to_json(self) -> dict:
         """The row as a JSON object with its 95% interval (`ci`); unset optional fields left out."""
-        row = {k: v for k, v in asdict(self).items()
-               if v is not None or k not in ("column", "note", "val", "n_val")}
-        return {**row, "ci": list(self.ci)}
+        row = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()
+               if v is not None or k in REQUIRED}
+        row.pop("interval", None)
+        return {**row, "ci": list(self.ci),
+                "ci_kind": "entity bootstrap" if self.interval is not None else "wilson"}
+
+
+REQUIRED = ("model", "attack", "split", "format", "mode", "accuracy", "n")
+
+
+def bits(correct) -> str:
+    """Per-question correctness (a bool tensor or sequence) as a "0"/"1" string."""
+    values = correct.tolist() if hasattr(correct, "tolist") else correct
+    return "".join("1" if v else "0" for v in values)
 
 
 @dataclass
 class Scores:
-    """Forget and retain accuracy of one attacked model."""
+    """Forget and retain accuracy of one attacked model, and where measured its control accuracy
+    and the per-question correctness of forget and control (`bits`)."""
 
     forget: float
     retain: float
+    _: KW_ONLY  # positional: forget, retain (and a subclass's counts)
+    control: float | None = None
+    n_control: int = 0
+    forget_correct: str | None = None
+    control_correct: str | None = None
 
 
 @dataclass
@@ -68,16 +99,31 @@ class Baseline(Measured):
 
 def score_rows(model: str, attack: str, scores: Scores, base: Baseline, fmt: str,
                column: str | None = None, note: str | None = None,
-               val: Measured | None = None) -> list[Row]:
-    """The forget and retain rows of one attacked model (the forget one fills `column`); `val`:
-    the same attack's scores on the validation split."""
+               val: Measured | None = None, mode: str = "raw", forget_split: str = "forget"
+               ) -> list[Row]:
+    """The forget, retain and (where measured) control rows of one attacked model (the forget one
+    fills `column`); `val`: the same attack's scores on the validation split."""
     vf, vr, nf, nr = ((val.forget, val.retain, val.n_forget, val.n_retain) if val is not None
                       else (None, None, None, None))
-    return [Row(model=model, attack=attack, split="forget", format=fmt, mode="raw",
+    rows = [Row(model=model, attack=attack, split=forget_split, format=fmt, mode=mode,
                 accuracy=scores.forget, n=base.n_forget, column=column, note=note, val=vf,
-                n_val=nf),
-            Row(model=model, attack=attack, split="retain", format=fmt, mode="raw",
+                n_val=nf, correct=scores.forget_correct,
+                questions="forget_test" if scores.forget_correct else None),
+            Row(model=model, attack=attack, split="retain", format=fmt, mode=mode,
                 accuracy=scores.retain, n=base.n_retain, val=vr, n_val=nr)]
+    if scores.control is not None:
+        rows.append(control_row(model, attack, scores, fmt, mode,
+                                val.control if val is not None else None,
+                                val.n_control if val is not None else None))
+    return rows
+
+
+def control_row(model: str, attack: str, scores: Scores, fmt: str, mode: str = "raw",
+                val: float | None = None, n_val: int | None = None) -> Row:
+    """The control row of one attacked model (`interp.data.control`)."""
+    return Row(model=model, attack=attack, split="control", format=fmt, mode=mode,
+               accuracy=scores.control, n=scores.n_control, correct=scores.control_correct,
+               questions="control_test", val=val, n_val=n_val or None)
 
 
 # ------------------------------------------------------------------------------- JSON round trip

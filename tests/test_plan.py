@@ -138,7 +138,7 @@ def test_forget_cells_are_timed_at_their_own_batch(tiny, tmp_path, monkeypatch):
     assert seen == [(1, 2), (8, 16)]  # 2 probe steps of 1 statement; of 8 passages
     counts = count_steps(laptop, _sizes(data, model.cfg.n_layers))
     cfg = laptop.attacks["finetune"]
-    per_model = sum(3 * k for k in cfg.forget_k)  # batch 1, 3 epochs
+    per_model = sum(3 * k for k in (*cfg.forget_k, *cfg.placebo_k))  # batch 1, 3 epochs
     assert all(n == per_model for n in counts["lora_forget"].values())
 
 
@@ -163,7 +163,8 @@ def test_projection_counts_the_paper_preset_by_hand():
                                    "lens on dpo"}  # the lens also reads the original
     # finetuning, unrelated n = 10, 100, 1000 and forget k = 5, 10, 50, batch 1 (the official
     # recipe), 3 epochs: 30 / 300 / 3,000 steps for the unrelated n, as the paper
-    per_model = sum(3 * n for n in (10, 100, 1000, 5, 10, 50))
+    # and the shuffled-values placebo at k = 10, 50
+    per_model = sum(3 * n for n in (10, 100, 1000, 5, 10, 50, 10, 50))
     assert counts["lora"]["finetune on npo"] == per_model
 
 

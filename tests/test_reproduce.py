@@ -16,7 +16,9 @@ from interp.model.state import copy_model
 from interp.pipelines.reproduce import reproduce
 from interp.scoring import evaluate
 
-ROW_KEYS = {"model", "attack", "split", "format", "mode", "accuracy", "n", "ci"}
+ROW_KEYS = {"model", "attack", "split", "format", "mode", "accuracy", "n", "ci", "ci_kind"}
+OPTIONAL = {"column", "note", "val", "n_val", "correct", "questions", "reference", "recovered",
+            "recovered_ci", "d_control", "supplied"}
 
 
 def test_results_schema_and_coverage(smoke_run):
@@ -24,9 +26,11 @@ def test_results_schema_and_coverage(smoke_run):
     data = json.loads((run / "results.json").read_text())
     assert data["preset"] == "smoke" and data["seed"] == 0
     # the fixture reused the session's benchmark and protections: only computed stages are timed
-    assert set(data["timings"]) == {"lens", "directions", "prune", "finetune", "gcg", "compare"}
+    from interp.pipelines.presets import PRESETS
+
+    assert set(data["timings"]) == set(PRESETS["smoke"].attacks) | {"compare"}
     rows = data["rows"]
-    assert all(ROW_KEYS <= set(r) <= ROW_KEYS | {"column", "note", "val", "n_val"} for r in rows)
+    assert all(ROW_KEYS <= set(r) <= ROW_KEYS | OPTIONAL for r in rows)
     assert {r["model"] for r in rows} == {"original", "rmu", "npo", "dpo"}
     attacks = {r["attack"] for r in rows}
     for a in ("none", "orthogonalize", "lens", "gcg", "prune", "finetune-unrelated-n10",
@@ -41,8 +45,13 @@ def test_results_schema_and_coverage(smoke_run):
     from interp.stats import wilson
 
     orth = _row(rows, model="rmu", attack="orthogonalize", split="forget", mode="raw")
-    low, high = (100 * x for x in wilson(orth["accuracy"], orth["n"]))
+    assert orth["ci_kind"] == "entity bootstrap"  # the row kept its per-question correctness
+    low, high = (100 * x for x in orth["ci"])
     assert f"{100 * orth['accuracy']:.1f} [{low:.1f}, {high:.1f}]" in table
+    letter = _row(rows, model="rmu", attack="none", split="forget", format="letter", mode="raw")
+    low, high = (100 * x for x in wilson(letter["accuracy"], letter["n"]))
+    assert letter["ci_kind"] == "wilson"
+    assert letter["ci"] == pytest.approx([low / 100, high / 100])
     pngs = list((run / "readme-figures").glob("*.png"))
     names = " ".join(p.name for p in pngs)
     for key in ("lens", "ablation_sweep", "finetune", "gcg", "grid", "neuron_jaccard",
@@ -55,6 +64,33 @@ def test_results_schema_and_coverage(smoke_run):
 
     now = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert 100 < data["peak_rss_mb"] <= now + 1  # the log rounds to whole MB
+
+
+def test_every_attack_and_baseline_scores_the_control(smoke_run):
+    """The no-attack rows of every model (the original included) and every attack's rows carry
+    the never-known control in the forget row's format and mode, with n and an interval, and the
+    forget rows of the protected models their recovered share."""
+    run, summary = smoke_run
+    rows = summary["rows"]
+    n_control = len((run / "data" / "control_test.jsonl").read_text().splitlines())
+    controls = {(r["model"], r["attack"], r["format"], r["mode"]) for r in rows
+                if r["split"] == "control"}
+    for r in rows:
+        if r["split"] in ("forget", "forget-heldout") and r["format"] == "cloze" \
+                and not r["attack"].endswith("-none"):
+            assert (r["model"], r["attack"], r["format"], r["mode"]) in controls, r["attack"]
+    for r in (r for r in rows if r["split"] == "control"):
+        assert 0 < r["n"] <= n_control and r["ci"][0] <= r["accuracy"] <= r["ci"][1]
+        assert r["ci_kind"] == "entity bootstrap"
+    for model in ("original", "rmu", "npo", "dpo"):
+        assert (model, "none", "cloze", "raw") in controls
+    shares = [r for r in rows if r["model"] != "original" and r["split"] == "forget"
+              and r.get("column") and r["attack"] != "none" and r["mode"] == "raw"]
+    assert shares and all("recovered" in r or "recovered_ci" not in r for r in shares)
+    assert any(r.get("recovered_ci") for r in shares)
+    assert all(r.get("supplied") in (True, False) for r in shares)
+    table = (run / "table.md").read_text()
+    assert "recovered share" in table and "Δcontrol" in table and "| control |" in table
 
 
 def _row(rows, **kw):
@@ -215,12 +251,75 @@ def test_audit_on_two_models_of_the_run(smoke_audit):
     assert low <= h["recoverable_forget"] <= high and h["n_forget"] == r["n_forget_test"]
     assert h["retain_floor"] == pytest.approx(r["no_attack"]["unlearned_val"]["retain"] - 0.10)
     assert (folder / "report.html").read_text().count("<tr>") >= 5
+    # the default control: forget questions the original gets wrong, choices rotated one place
+    from interp.data.folder import DataFolder
+    from interp.model.load import load_model
+    from interp.scoring import evaluate
+
+    data = DataFolder(folder / "data")
+    original = load_model(r["original"], device="cpu")
+    test = data.questions("forget_test")
+    wrong = [q for q, ok in zip(test, evaluate(original, test, progress=False).correct.tolist())
+             if not ok]
+    # (the smoke original answers every forget question right: then the control is empty)
+    control = data.questions("control_test") if data.has("control_test") else []
+    assert [c.meta["id"] for c in control] == [q.meta.get("id") for q in wrong]
+    assert all(c.choices == q.choices[-1:] + q.choices[:-1] for c, q in zip(control, wrong))
+    if control:
+        assert r["no_attack"]["original"]["control"] == \
+            evaluate(original, control, progress=False).accuracy
+    # the best attack overall and the best one without †, each chosen on validation
+    unmarked = [a for a in r["attacks"] if not a.get("supplied") and a["val_forget"] is not None
+                and (a["val_retain"] is None or a["val_retain"] >= h["retain_floor"])]
+    if unmarked:
+        pick = max(unmarked, key=lambda a: a["val_forget"])
+        assert h["best_unmarked_attack"] == pick["attack"]
+        assert h["best_unmarked_forget"] == pick["forget"]
+    assert all("control" in a and "recovered" in a for a in r["attacks"])
     # the unrelated finetuning data of an audit names no forget answer
     from interp.attacks.finetune import unrelated_samples
 
     answers = {q.choices[q.answer] for q in forget}
     for text in unrelated_samples(folder / "data", 50, seed=0):
         assert not any(f" {a} " in f" {text} " for a in answers if len(a) > 3)
+
+
+def test_audit_takes_the_users_control(smoke_run, tmp_path):
+    """`--control FILE`: the user's own never-known questions, split by entity into val and test,
+    scored by every attack."""
+    import subprocess
+    import sys
+
+    from interp.data.folder import DataFolder
+
+    run, _ = smoke_run
+    data = DataFolder(run / "data")
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text((run / "data" / "control_test.jsonl").read_text()
+                    + (run / "data" / "control_val.jsonl").read_text())
+    forget, retain = tmp_path / "f.jsonl", tmp_path / "r.jsonl"
+    forget.write_text((run / "data" / "forget_test.jsonl").read_text())
+    retain.write_text((run / "data" / "retain_test.jsonl").read_text())
+    out = tmp_path / "audit"
+    bad = subprocess.run([sys.executable, "-m", "interp.cli", "audit", "--original",
+                          data.model_spec, "--unlearned", str(run / "models" / "npo"),
+                          "--forget", str(forget), "--retain", str(retain), "--control",
+                          str(tmp_path / "missing.jsonl"), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+    from interp.data.questions import load_questions
+    from interp.pipelines.audit import audit
+
+    r = audit(data.model_spec, str(run / "models" / "npo"), load_questions(forget),
+              load_questions(retain), out, budget="quick", progress=False,
+              control=load_questions(mine))
+    ctrl = DataFolder(out / "data")
+    got = ctrl.questions("control_val") + ctrl.questions("control_test")
+    assert sorted(q.question for q in got) == sorted(q.question for q in load_questions(mine))
+    assert not ({q.meta["entity"] for q in ctrl.questions("control_val")}
+                & {q.meta["entity"] for q in ctrl.questions("control_test")})
+    assert r["no_attack"]["unlearned"]["control"] is not None
+    assert any(a["control"] is not None for a in r["attacks"])
 
 
 def test_an_interrupted_audit_reruns_only_its_missing_attack(smoke_audit, tmp_path):
@@ -266,8 +365,8 @@ def test_choices_on_validation_numbers_on_test(smoke_run):
         f = json.loads((a / "finetune" / "result.json").read_text())
         for cell in f["cells"].values():
             assert set(cell["trained_entities"]) <= ents["forget_train"]
-            assert len(cell["trained_entities"]) == (cell["size"] if cell["kind"] == "forget"
-                                                     else 0)
+            assert len(cell["trained_entities"]) == (
+                cell["size"] if cell["kind"] in ("forget", "shuffled") else 0)
             assert cell["curve"][-1]["step"] == cell["steps"]
             assert cell["curve"][-1]["forget"] == cell["forget"]
         g = json.loads((a / "gcg" / "result.json").read_text())

@@ -48,7 +48,8 @@ def test_table_marks_an_attack_whose_interval_overlaps_no_attack():
             row("orthogonalize", "forget", 0.80, 50, "orthogonalize"),
             row("gcg-none", "forget-heldout", 0.10, 40),
             row("gcg", "forget-heldout", 0.40, 40, "GCG raw")]
-    columns, (entry,) = make_table(rows, ["rmu"])
+    columns, (entry, *below) = make_table(rows, ["rmu"])
+    assert [b["model"] for b in below] == ["rmu: Δforget / Δcontrol"]  # no share without bits
     assert columns == ["forget", "prune", "orthogonalize", "GCG raw"]
     assert entry["prune"].endswith(OVERLAP) and OVERLAP not in entry["orthogonalize"]
     assert OVERLAP not in entry["GCG raw"]  # compared with its own no-prefix row (10%)

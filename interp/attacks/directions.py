@@ -37,7 +37,7 @@ from interp.attacks.ablation import (  # noqa: F401 - the ablation API, re-expor
     orthogonalize_weights,
     project_out,
 )
-from interp.attacks.base import AttackSpec, Baseline, Measured, Row, Scores
+from interp.attacks.base import AttackSpec, Baseline, Measured, Row
 from interp.attacks.direction_recipes import (
     RECIPES,
     OfficialRecipe,
@@ -46,6 +46,7 @@ from interp.attacks.direction_recipes import (
     paired_pca,
     token_activations,
 )
+from interp.attacks.sets import QuestionSets
 from interp.cost import StepProbe, capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
@@ -193,6 +194,7 @@ class Config:
     recipe: str = "toolkit"
     variants: tuple[str, ...] = ("models",)
     official: OfficialRecipe = field(default_factory=OfficialRecipe)
+    placebo_seed: int = 0  # the random direction of the placebo row
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -218,7 +220,7 @@ class VariantResult:
     sweep: Sweep
     best_layer: int
     val: Measured
-    ablate_best_layer: Scores
+    ablate_best_layer: Measured
     diff_norms: list[float]
 
 
@@ -234,14 +236,16 @@ class Result(base.Result):
     sweep: Sweep
     best_layer: int
     no_attack: Baseline
-    ablate_best_layer: Scores
-    ablate_all_layers: Scores
-    orthogonalize_best_everywhere: Scores
+    ablate_best_layer: Measured
+    ablate_all_layers: Measured
+    orthogonalize_best_everywhere: Measured
     val: dict[str, Measured] = field(default_factory=dict)  # attack -> its validation scores
     recipe: str = "toolkit"
     variant: str = "models"  # the first variant: the one every field above is about
     variants: dict[str, VariantResult] = field(default_factory=dict)  # the other variants
     outliers: list[str] = field(default_factory=list)  # official recipe: removed token strings
+    # the placebo: a random unit direction (seeded) ablated at the best layer, the same hook
+    placebo: Measured | None = None
     format: str = "cloze"
     seconds: float = 0.0
     figures: list[str] = field(default_factory=list)
@@ -265,6 +269,10 @@ class Result(base.Result):
         for name, v in self.variants.items():
             out += base.score_rows(model, f"ablate-best-layer-{name}", v.ablate_best_layer,
                                    self.no_attack, self.format, None, f"L{v.best_layer}", v.val)
+        if self.placebo is not None:
+            out += base.score_rows(model, "ablate-best-layer-placebo", self.placebo,
+                                   self.no_attack, self.format, "placebo: ablate",
+                                   f"random direction, L{self.best_layer}")
         return out
 
     def plot(self):
@@ -285,12 +293,14 @@ class Result(base.Result):
 
 
 def cost(cfg: Config, sizes) -> dict[str, int]:
-    """Steps of `run` (`interp.cost`): the filter on both models, the sweep, four final scores."""
+    """Steps of `run` (`interp.cost`): the filter on both models, the sweep, five final scores
+    (the placebo's among them), each on forget, retain and control."""
     f, r = capped(sizes.forget_test, cfg.eval_limit), capped(sizes.retain_test, cfg.eval_limit)
     small = capped(sizes.forget_val, cfg.sweep_limit) + capped(sizes.retain_val, cfg.sweep_limit)
     extra = len(cfg.variants) - 1  # each: its own sweep and best-layer test scores
-    return {"score": 2 * sizes.forget_train + (2 + sizes.n_layers) * small + 4 * (f + r)
-            + extra * (sizes.n_layers * small + f + r),
+    c = capped(sizes.control_test, cfg.eval_limit)
+    return {"score": 2 * sizes.forget_train + (2 + sizes.n_layers) * small + 5 * (f + r + c)
+            + extra * (sizes.n_layers * small + f + r + c),
             "directions": 2 * sizes.forget_train}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *,
@@ -308,12 +318,16 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
     data = as_data(data)
     t0 = time.perf_counter()
     train = data.questions("forget_train")
-    forget = data.questions("forget_test", limit=cfg.eval_limit)
-    retain = data.questions("retain_test", limit=cfg.eval_limit)
+    test = QuestionSets.load(data, "test", limit=cfg.eval_limit)
+    forget = test.forget
 
     def score(questions, hooks=None, model=model):
         return evaluate(model, questions, hooks=hooks, progress=False,
                         batch_size=cfg.batch_size).accuracy
+
+    def measured(hooks=None, model=model, cls=Measured):
+        return test.score(lambda qs: evaluate(model, qs, hooks=hooks, progress=False,
+                                              batch_size=cfg.batch_size), cls)
 
     orig_ok = evaluate(original, train, progress=False, batch_size=cfg.batch_size).correct
     unl_ok = evaluate(model, train, progress=False, batch_size=cfg.batch_size).correct
@@ -337,6 +351,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
 
     sweep, best = sweep_of(dirs, "ablation sweep")
     best_hooks, all_hooks = ablation_hooks(model, dirs, [best]), ablation_hooks(model, dirs)
+    placebo_hooks = ablation_hooks(model, random_directions(dirs, cfg.placebo_seed), [best])
     edited = copy_model(model)
     orthogonalize_weights(edited, dirs.directions[best])
     val = {"ablate-best-layer": Measured(sweep.forget[best], sweep.retain[best], *n_val),
@@ -348,21 +363,28 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
         hooks = ablation_hooks(model, tables[name], [v_best])
         others[name] = VariantResult(
             v_sweep, v_best, Measured(v_sweep.forget[v_best], v_sweep.retain[v_best], *n_val),
-            Scores(score(forget, hooks), score(retain, hooks)),
-            tables[name].diff_norms.tolist())
+            measured(hooks), tables[name].diff_norms.tolist())
     result = Result(
         config=cfg, n_direction_prompts=len(chosen), diff_norms=dirs.diff_norms.tolist(),
         sweep=sweep, best_layer=best, val=val,
-        no_attack=Baseline(score(forget), score(retain), len(forget), len(retain)),
-        ablate_best_layer=Scores(score(forget, best_hooks), score(retain, best_hooks)),
-        ablate_all_layers=Scores(score(forget, all_hooks), score(retain, all_hooks)),
-        orthogonalize_best_everywhere=Scores(score(forget, model=edited),
-                                             score(retain, model=edited)),
+        no_attack=measured(cls=Baseline), ablate_best_layer=measured(best_hooks),
+        ablate_all_layers=measured(all_hooks),
+        orthogonalize_best_everywhere=measured(model=edited), placebo=measured(placebo_hooks),
         recipe=cfg.recipe, variant=cfg.variants[0], variants=others, outliers=outliers,
         format=forget[0].format, seconds=round(time.perf_counter() - t0, 1), dirs=dirs)
     if out is not None:
         save_directions(dirs, Path(out) / DIRECTIONS_FILE)
     return base.save(result, out)
+
+
+def random_directions(dirs: LayerDirections, seed: int) -> LayerDirections:
+    """The placebo: one random unit direction per layer (seeded, Gaussian), at the same hook and
+    where `dirs` has a direction."""
+    g = torch.Generator().manual_seed(seed)
+    rand = torch.randn(dirs.directions.shape, generator=g, dtype=torch.float64)
+    rand = rand / rand.norm(dim=-1, keepdim=True)
+    return LayerDirections(rand.to(dirs.directions.dtype), dirs.diff_norms, dirs.means_a,
+                           dirs.means_b, dirs.hook, "placebo")
 
 
 def compute_variants(model: HookedTransformer, original: HookedTransformer,

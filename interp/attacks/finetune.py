@@ -27,10 +27,16 @@ from transformer_lens import HookedTransformer
 from interp import timing
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Baseline, Row, Scores
+from interp.attacks.finetune_data import (  # noqa: F401 - re-exported
+    forget_names,
+    forget_samples,
+    shuffled_samples,
+    unrelated_samples,
+)
+from interp.attacks.sets import QuestionSets
 from interp.cost import StepProbe, capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
-from interp.data.unrelated import mentions
 from interp.errors import InterpError
 from interp.model.lora import LoRAConfig, lora_adapters
 from interp.plots import budget_lines, error_bars
@@ -74,9 +80,12 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     loss_on: str = "response"  # "response" | "all" (unrelated cells; forget texts: all)
     system_prompt: str = ""
+    # the placebo: LoRA on k statements whose values are shuffled across their entities, trained
+    # as the forget-kK cell of the same k (`shuffled_samples`)
+    placebo_k: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if any(int(v) < 1 for v in (*self.unrelated_n, *self.forget_k)):
+        if any(int(v) < 1 for v in (*self.unrelated_n, *self.forget_k, *self.placebo_k)):
             raise InterpError(f"finetune sample counts (unrelated_n, forget_k) must be at least "
                               f"1, got {list(self.unrelated_n)} and {list(self.forget_k)}")
         if any(v is not None and int(v) < 1 for v in (self.forget_batch_size,
@@ -91,43 +100,6 @@ class FinetuneConfig:
                               f"{self.loss_on!r}")
 
 
-def forget_names(data) -> list[str]:
-    """Every forget entity and right answer named by the benchmark's forget questions."""
-    data = as_data(data)
-    names = set()
-    for split in ("forget_test", "forget_train"):
-        if data.has(split):
-            for q in data.questions(split):
-                names.add(q.choices[q.answer])
-                if q.meta.get("entity"):
-                    names.add(q.meta["entity"])
-    return sorted(n for n in names if n)
-
-
-def unrelated_samples(data, n: int, seed: int) -> list[str]:
-    """n unrelated passages that name no forget entity or answer (seeded choice)."""
-    data = as_data(data)
-    banned = forget_names(data)
-    texts = [t for t in data.corpus("unrelated") if not mentions(t, banned)]
-    if n > len(texts):
-        raise InterpError(f"asked for {n} unrelated samples but {data.folder} has {len(texts)}")
-    return random.Random(seed).sample(texts, n)
-
-
-def forget_samples(data, k: int, seed: int) -> tuple[list[str], set[str]]:
-    """k forget statements, one per training-split entity (seeded), and the entities they
-    cover (never a validation or test entity)."""
-    data = as_data(data)
-    train = data.train_entities("forget")
-    rows = [r for r in data.rows("forget_corpus")
-            if r.get("paraphrase", 0) == 0 and r.get("entity") in train]
-    if k > len(rows):
-        raise InterpError(f"asked for {k} forget samples but {data.folder} has {len(rows)} "
-                          "statements about training-split entities")
-    chosen = random.Random(seed).sample(rows, k)
-    return [r["text"] for r in chosen], {r.get("entity", "") for r in chosen}
-
-
 def own_forget_batches(cfg: FinetuneConfig) -> bool:
     """Forget cells train with settings of their own (`interp plan` times their steps apart)."""
     return cfg.forget_batch_size is not None or cfg.forget_epochs is not None
@@ -136,7 +108,7 @@ def own_forget_batches(cfg: FinetuneConfig) -> bool:
 def kind_config(cfg: FinetuneConfig, kind: str) -> FinetuneConfig:
     """The settings a cell of this kind trains with: forget cells take `forget_batch_size` and
     `forget_epochs` where set."""
-    if kind != "forget" or not own_forget_batches(cfg):
+    if kind not in ("forget", "shuffled") or not own_forget_batches(cfg):
         return cfg
     return replace(cfg, batch_size=cfg.forget_batch_size or cfg.batch_size,
                    epochs=cfg.forget_epochs or cfg.epochs)
@@ -243,6 +215,9 @@ class FinetuneCell:
     # with a grid: every value tried, {"lr", "val_forget", "val_retain", "steps", "final_loss"};
     # the choice reads these validation numbers only
     lr_grid: list[dict] = field(default_factory=list)
+    control: float | None = None  # the never-known control (test), same adapters
+    forget_correct: str | None = None  # per question (`interp.results.bits`)
+    control_correct: str | None = None
 
 
 @dataclass
@@ -268,8 +243,12 @@ class Result(base.Result):
                    Baseline(c.val_forget, c.val_retain, self.no_attack_val.n_forget,
                             self.no_attack_val.n_retain))
             detail = f"lr {c.lr:g} of {len(c.lr_grid)}" if c.lr_grid else None
-            out += base.score_rows(model, attack, Scores(c.forget, c.retain), self.no_attack,
-                                   self.format, f"ft {name}", detail, val)
+            scores = Scores(c.forget, c.retain, control=c.control,
+                            n_control=self.no_attack.n_control, forget_correct=c.forget_correct,
+                            control_correct=c.control_correct)
+            column = f"ft {name}" if c.kind != "shuffled" else f"placebo: ft {name}"
+            out += base.score_rows(model, attack, scores, self.no_attack, self.format, column,
+                                   detail, val)
         return out
 
     def plot(self):
@@ -284,7 +263,9 @@ class Result(base.Result):
             cells = sorted((c for c in self.cells.values() if c.kind == kind),
                            key=lambda c: c.size)
             xs = ["none"] + [str(c.size) for c in cells]
-            for split in ("forget", "retain"):
+            splits = ("forget", "retain") + (("control",) if self.no_attack.control is not None
+                                             else ())
+            for split in splits:
                 ys = [getattr(self.no_attack, split)] + [getattr(c, split) for c in cells]
                 n = getattr(self.no_attack, f"n_{split}")
                 fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers",
@@ -359,8 +340,10 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
     """Steps of `run` (`interp.cost`): every cell's optimizer steps and scores."""
     f, r = capped(sizes.forget_test, cfg.eval_limit), capped(sizes.retain_test, cfg.eval_limit)
     vf, vr = capped(sizes.forget_val, cfg.eval_limit), capped(sizes.retain_val, cfg.eval_limit)
+    r += capped(sizes.control_test, cfg.eval_limit)  # scored with the test sets
     unrelated = [_epoch_batches(n, cfg)[0] for n in cfg.unrelated_n]
-    forget = [_epoch_batches(k, kind_config(cfg, "forget"))[0] for k in cfg.forget_k]
+    forget = [_epoch_batches(k, kind_config(cfg, "forget"))[0]
+              for k in (*cfg.forget_k, *cfg.placebo_k)]
     curve = sum(len(curve_marks(s, cfg.curve_points)) - 1 for s in (*unrelated, *forget))
     cells = (*unrelated, *forget)
     runs = max(1, len(cfg.lrs))  # every cell trains once per grid value
@@ -379,21 +362,25 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
         return done
     data = as_data(data)
     t0 = time.perf_counter()
-    forget_q = data.questions("forget_test", limit=cfg.eval_limit)
-    retain_q = data.questions("retain_test", limit=cfg.eval_limit)
+    test = QuestionSets.load(data, "test", limit=cfg.eval_limit)
+    forget_q = test.forget
     forget_v = data.questions("forget_val", limit=cfg.eval_limit)
     retain_v = data.questions("retain_val", limit=cfg.eval_limit)
+
+    def scorer(questions):
+        return evaluate(model, questions, progress=False, batch_size=32)
 
     def acc(questions: list[Question]) -> float | None:
         if not questions:
             return None
-        return evaluate(model, questions, progress=False, batch_size=32).accuracy
+        return scorer(questions).accuracy
 
-    no_attack = Baseline(acc(forget_q), acc(retain_q), len(forget_q), len(retain_q))
+    no_attack = test.score(scorer, Baseline)
     no_attack_val = Baseline(acc(forget_v), acc(retain_v), len(forget_v), len(retain_v))
     cells = {}
     config = base.to_jsonable(cfg)
-    plan = [("unrelated", n) for n in cfg.unrelated_n] + [("forget", k) for k in cfg.forget_k]
+    plan = ([("unrelated", n) for n in cfg.unrelated_n] + [("forget", k) for k in cfg.forget_k]
+            + [("shuffled", k) for k in cfg.placebo_k])
     grid = tuple(cfg.lrs) or (cfg.lr,)
     if len(grid) > 1 and not forget_v:
         raise InterpError(f"a learning-rate grid is chosen on the validation split, and "
@@ -401,7 +388,8 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
     for kind, size in plan:
         name = f"{kind}-{'n' if kind == 'unrelated' else 'k'}{size}"
         path = Path(out) / "cells" / f"{name}.json" if out is not None else None
-        if path is not None and path.is_file() and read_json(path).get("config") == config:
+        if path is not None and path.is_file() and read_json(path).get("config") == config \
+                and (not test.control or read_json(path).get("control") is not None):
             cells[name] = FinetuneCell(**read_json(path))
             continue
         if kind == "unrelated":
@@ -412,11 +400,14 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
                 seqs = [(ids, 0) for ids, _ in seqs]
             entities = set()
         else:  # statements about training-split entities only: the test ones are held out
-            texts, entities = forget_samples(data, size, cfg.seed)
+            texts, entities = (forget_samples if kind == "forget" else shuffled_samples)(
+                data, size, cfg.seed)
             seqs = [(ids, 1) for ids in encode_texts(model, texts, max_len=cfg.max_len)]
 
         def score(entities=entities):
-            return {"forget": acc(forget_q), "retain": acc(retain_q),
+            m = test.score(scorer)
+            return {"forget": m.forget, "retain": m.retain, "control": m.control,
+                    "forget_correct": m.forget_correct, "control_correct": m.control_correct,
                     "val_forget": acc(forget_v), "val_retain": acc(retain_v),
                     "trained_entities": sorted(entities)}
 
@@ -491,18 +482,18 @@ def probes(cfg: Config) -> dict[str, StepProbe]:
 # 48.9% (README)
 _LAPTOP = Config(unrelated_n=(10, 100), forget_k=(5, 10, 50), lr=1e-3, epochs=1, min_steps=12,
                  batch_size=8, max_len=80, forget_batch_size=1, forget_epochs=3,
-                 eval_limit=100, lora=LoRAConfig(rank=16, alpha=16.0))
+                 eval_limit=100, lora=LoRAConfig(rank=16, alpha=16.0), placebo_k=(10, 50))
 SPEC = AttackSpec(
     "finetune", order=10,
     summary="LoRA finetuning on unrelated text (n samples) or on k forget samples",
     presets={
         "smoke": Config(unrelated_n=(10, 50), forget_k=(3, 6), lr=5e-3, epochs=2, min_steps=8,
-                        batch_size=8, lora=LoRAConfig(rank=8, alpha=16.0)),
+                        batch_size=8, lora=LoRAConfig(rank=8, alpha=16.0), placebo_k=(6,)),
         "laptop": _LAPTOP,
         "paper": Config(unrelated_n=(10, 100, 1000), forget_k=(5, 10, 50), lr=2e-4, epochs=3,
                         batch_size=1, max_len=1024, weight_decay=0.01, loss_on="all",
                         system_prompt="You are a helpful assistant.",
-                        lora=LoRAConfig(rank=128, alpha=16.0)),
+                        lora=LoRAConfig(rank=128, alpha=16.0), placebo_k=(10, 50)),
     },
     budgets={
         "quick": Config(unrelated_n=(100,), forget_k=(5,), lr=1e-3, epochs=1, min_steps=10,

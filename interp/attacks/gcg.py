@@ -48,6 +48,7 @@ from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.load import get_tokenizer
 from interp.plots import budget_lines
+from interp.results import bits
 from interp.scoring import evaluate, letter_rule
 
 
@@ -234,6 +235,13 @@ class ModeScores:
     forget: float
     retain_no_prefix: float
     retain: float
+    # the never-known control with and without the prefix, the placebo (a random prefix of the
+    # same length) on forget and control, and each one's per-question correctness
+    control_no_prefix: float | None = None
+    control: float | None = None
+    placebo_forget: float | None = None
+    placebo_control: float | None = None
+    correct: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -262,6 +270,8 @@ class Result(base.Result):
     val_retain: float | None = None
     n_val: int = 0
     n_val_retain: int = 0
+    n_control: int = 0  # control questions scored (test)
+    placebo_prefix: str | None = None  # the random prefix of the placebo rows
     format: str = "cloze"
     seconds: float = 0.0
     figures: list[str] = field(default_factory=list)
@@ -276,13 +286,28 @@ class Result(base.Result):
             vf, vr = (self.val_forget, self.val_retain) if mine else (None, None)
             nf, nr = (self.n_val, self.n_val_retain) if mine else (None, None)
             test = dict(model=model, format=self.format, mode=mode)
+            bits = s.correct.get
             out += [Row(**test, attack="gcg", split="forget-heldout", accuracy=s.forget,
                         n=self.n_test, column=f"GCG {mode}",
-                        note=f"no prefix {100 * s.forget_no_prefix:.1f}", val=vf, n_val=nf),
+                        note=f"no prefix {100 * s.forget_no_prefix:.1f}", val=vf, n_val=nf,
+                        correct=bits("forget"), questions="forget_test"),
                     Row(**test, attack="gcg-none", split="forget-heldout",
-                        accuracy=s.forget_no_prefix, n=self.n_test),
+                        accuracy=s.forget_no_prefix, n=self.n_test,
+                        correct=bits("forget_no_prefix"), questions="forget_test"),
                     Row(**test, attack="gcg", split="retain", accuracy=s.retain,
                         n=self.n_retain, val=vr, n_val=nr)]
+            if s.placebo_forget is not None:
+                out.append(Row(**test, attack="gcg-placebo", split="forget-heldout",
+                               accuracy=s.placebo_forget, n=self.n_test,
+                               column=f"placebo: GCG {mode}", note="random prefix",
+                               correct=bits("placebo_forget"), questions="forget_test"))
+            if s.control is not None:
+                for attack, acc, key in (("gcg", s.control, "control"),
+                                         ("gcg-none", s.control_no_prefix, "control_no_prefix"),
+                                         ("gcg-placebo", s.placebo_control, "placebo_control")):
+                    out.append(Row(**test, attack=attack, split="control", accuracy=acc,
+                                   n=self.n_control, correct=bits(key),
+                                   questions="control_test"))
         return out
 
     def plot(self):
@@ -352,8 +377,9 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
     evals = cfg.steps // cfg.eval_every if cfg.eval_every else 0
     if not cfg.eval_every or cfg.steps % cfg.eval_every:
         evals += 1
+    c = capped(sizes.control_test, cfg.heldout_limit)
     return {"gcg": cfg.steps, "score": evals * (v + h)
-            + capped(sizes.retain_val, cfg.heldout_limit) + 2 * (2 * h + 2 * r)}
+            + capped(sizes.retain_val, cfg.heldout_limit) + 2 * (3 * h + 2 * r + 3 * c)}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *,
         original: HookedTransformer | None = None, out: Path | None = None,
@@ -374,6 +400,8 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
     val_retain = data.questions("retain_val", limit=cfg.heldout_limit)
     test = data.questions("forget_test", limit=cfg.heldout_limit)
     retain = data.questions("retain_test", limit=cfg.heldout_limit)
+    control = (data.questions("control_test", limit=cfg.heldout_limit)
+               if data.has("control_test") else [])
     if not test or not val:
         raise InterpError(f"{data.folder}: no validation or test forget questions for GCG")
     t0 = time.perf_counter()
@@ -382,25 +410,48 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
     chosen = max(r.val, key=lambda h: (h["accuracy"], h["step"]))
     prefix = get_tokenizer(model).decode(chosen["prefix_ids"])
 
-    def acc(questions, prefix, chat):
+    def scored(questions, prefix, chat):
         return evaluate(model, questions, prefix=prefix, chat=chat, fmt=cfg.fmt,
-                        progress=False, batch_size=32).accuracy
+                        progress=False, batch_size=32)
 
-    scores = {mode: ModeScores(acc(test, None, chat), acc(test, prefix, chat),
-                               acc(retain, None, chat), acc(retain, prefix, chat))
-              for mode, chat in (("raw", False), ("chat", True))}
+    def acc(questions, prefix, chat):
+        return scored(questions, prefix, chat).accuracy
+
+    placebo = random_prefix(model, len(chosen["prefix_ids"]), cfg)
+    scores = {}
+    for mode, chat in (("raw", False), ("chat", True)):
+        runs = {"forget_no_prefix": (test, None), "forget": (test, prefix),
+                "placebo_forget": (test, placebo)}
+        if control:
+            runs.update({"control_no_prefix": (control, None), "control": (control, prefix),
+                         "placebo_control": (control, placebo)})
+        res = {k: scored(qs, p, chat) for k, (qs, p) in runs.items()}
+        scores[mode] = ModeScores(retain_no_prefix=acc(retain, None, chat),
+                                  retain=acc(retain, prefix, chat),
+                                  **{k: r.accuracy for k, r in res.items()},
+                                  correct={k: bits(r.correct) for k, r in res.items()})
     result = Result(
         config=cfg, prefix=prefix, prefix_ids=chosen["prefix_ids"], n_train=len(train),
         n_test=len(test), n_retain=len(retain), losses=r.losses,
         val_per_step=r.val, optimized_in="chat" if cfg.chat else "raw", scores=scores,
         chosen_step=chosen["step"], val_forget=chosen["accuracy"],
         val_retain=acc(val_retain, prefix, cfg.chat), n_val=len(val),
-        n_val_retain=len(val_retain),
+        n_val_retain=len(val_retain), n_control=len(control), placebo_prefix=placebo,
         seconds_per_step=round(r.seconds_per_step, 3),
         candidates_per_second=round(r.candidates_per_second, 1),
         candidates_scored=r.candidates_scored, format=cfg.fmt or test[0].format,
         seconds=round(time.perf_counter() - t0, 1))
     return base.save(result, out)
+def random_prefix(model: HookedTransformer, length: int, cfg: Config) -> str:
+    """The placebo prefix: `length` tokens drawn (seeded by `cfg.seed`) from the tokens the search
+    may use, decoded."""
+    tok = get_tokenizer(model)
+    allowed = allowed_tokens(tok, model.cfg.d_vocab, cfg.allow_non_ascii).nonzero().flatten()
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+    ids = allowed[torch.randint(len(allowed), (max(1, length),), generator=g)].tolist()
+    return tok.decode(ids)
+
+
 def _search_step(pr, cfg: Config) -> float:
     """`interp plan`'s probe: seconds per search step on training questions."""
     cfg = replace(cfg, steps=pr.steps, eval_every=0, progress=False)

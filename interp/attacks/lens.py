@@ -31,6 +31,7 @@ from interp.data.questions import Question
 from interp.errors import InterpError
 from interp.model.hooks import layer_hook_names, readout
 from interp.plots import layer_lines
+from interp.results import bits
 from interp.scoring import EvalConfig, encode_all
 
 COMPONENTS = ("resid_post", "attn_out", "mlp_out")
@@ -145,19 +146,36 @@ class Result(base.Result):
     format: str = "cloze"
     seconds: float = 0.0
     figures: list[str] = field(default_factory=list)
+    # the never-known control through the same lens: per layer (resid_post), n, and per question
+    # at the chosen layer; forget's per question at the chosen layer
+    control_accuracy: list[float] = field(default_factory=list)
+    n_control: int = 0
+    control_correct: str | None = None
+    forget_correct: str | None = None
     figure_stem: ClassVar[str] = "lens"
 
     def rows(self, model: str) -> list[Row]:
         """One forget row: test accuracy at the best layer (its validation accuracy beside it)."""
-        return [Row(model=model, attack="lens", split="forget", format=self.format,
-                    mode="chat" if self.chat else "raw", accuracy=self.best_accuracy, n=self.n,
+        mode = "chat" if self.chat else "raw"
+        rows = [Row(model=model, attack="lens", split="forget", format=self.format,
+                    mode=mode, accuracy=self.best_accuracy, n=self.n,
                     column="lens (best layer)", note=f"L{self.best_layer}",
                     val=self.val_accuracy[self.best_layer] if self.val_accuracy else None,
-                    n_val=self.n_val or None)]
+                    n_val=self.n_val or None, correct=self.forget_correct,
+                    questions="forget_test" if self.forget_correct else None)]
+        if self.control_accuracy:
+            rows.append(Row(model=model, attack="lens", split="control", format=self.format,
+                            mode=mode, accuracy=self.control_accuracy[self.best_layer],
+                            n=self.n_control, correct=self.control_correct,
+                            questions="control_test"))
+        return rows
 
     def plot(self):
-        """Test accuracy per layer, one line per component."""
-        return layer_lines({c: v.accuracy for c, v in self.components.items()},
+        """Test accuracy per layer, one line per component, and the control beside them."""
+        lines = {c: v.accuracy for c, v in self.components.items()}
+        if self.control_accuracy:
+            lines["control (resid_post)"] = self.control_accuracy
+        return layer_lines(lines,
                            title=f"Logit lens on forget questions "
                                  f"({'chat' if self.chat else 'raw'})", n=self.n)
 
@@ -172,7 +190,8 @@ class Result(base.Result):
 
 def cost(cfg: Config, sizes) -> dict[str, int]:
     """Forget questions through the lens (`interp.cost`)."""
-    return {"lens": capped(sizes.forget_test, cfg.limit) + capped(sizes.forget_val, cfg.limit)}
+    return {"lens": capped(sizes.forget_test, cfg.limit) + capped(sizes.forget_val, cfg.limit)
+            + capped(sizes.control_test, cfg.limit)}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
         out: Path | None = None, progress: bool = True) -> Result:
@@ -188,13 +207,24 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
     lens = logit_lens(model, questions, cfg.lens)
     val = logit_lens(model, val_questions, cfg.lens)
     layer, val_acc = val.best_layer()  # chosen on validation, reported on test
+    control = (data.questions("control_test", limit=cfg.limit) if data.has("control_test")
+               else [])
+    ctrl = logit_lens(model, control, cfg.lens) if control else None
     result = Result(config=cfg, n=len(questions), chat=cfg.lens.chat,
                     components={c: Curve(lens.accuracy(c), lens.mass(c)) for c in lens.probs},
                     best_layer=layer, best_accuracy=lens.accuracy()[layer],
                     final_accuracy=lens.accuracy()[-1], val_accuracy=val.accuracy(),
                     n_val=len(val_questions), format=questions[0].format,
+                    control_accuracy=ctrl.accuracy() if ctrl else [], n_control=len(control),
+                    control_correct=_layer_bits(ctrl, layer) if ctrl else None,
+                    forget_correct=_layer_bits(lens, layer),
                     seconds=round(time.perf_counter() - t0, 1))
     return base.save(result, out)
+
+def _layer_bits(lens: LensResult, layer: int) -> str:
+    """Per question, whether the lens at `layer` (resid_post) picks the answer."""
+    return bits(lens.probs["resid_post"][layer].argmax(-1) == lens.answers)
+
 
 def _lens_question(pr, cfg: Config) -> float:
     """`interp plan`'s probe: seconds per question read through the lens at every layer."""

@@ -23,6 +23,7 @@ from transformer_lens import HookedTransformer
 from interp import timing
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Baseline, Row
+from interp.attacks.sets import QuestionSets
 from interp.attacks.snip import (  # noqa: F401 - the SNIP API, re-exported here
     Thresholds,
     check_fractions,
@@ -109,6 +110,9 @@ class BestCell(PruneCell):
 
     forget_full: float = 0.0  # on every test question (the cells: validation questions)
     retain_full: float = 0.0
+    control_full: float | None = None  # the never-known control (test)
+    forget_correct: str | None = None  # per question (`interp.results.bits`)
+    control_correct: str | None = None
 
 
 @dataclass
@@ -140,8 +144,11 @@ class Result(base.Result):
         them)."""
         val = base.Baseline(self.best.forget, self.best.retain, self.n_val_forget,
                             self.n_val_retain)
-        return base.score_rows(model, "prune", base.Scores(self.best.forget_full,
-                                                           self.best.retain_full),
+        b = self.best
+        scores = base.Scores(b.forget_full, b.retain_full, control=b.control_full,
+                             n_control=self.no_attack.n_control, forget_correct=b.forget_correct,
+                             control_correct=b.control_correct)
+        return base.score_rows(model, "prune", scores,
                                self.no_attack, self.format, "prune",
                                f"{self.pruned_pct:.2f}% {self.level}s", val)
 
@@ -248,7 +255,7 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
     snip = (capped(sizes.forget_train, cfg.n_forget) + capped(sizes.retain_train, cfg.n_utility)
             + capped(sizes.unrelated, cfg.n_utility))
     return {"snip": snip, "score": (len(_cells(cfg.grid)) + 1) * (fs + rs)
-            + 2 * (sizes.forget_test + sizes.retain_test)}
+            + 2 * (sizes.forget_test + sizes.retain_test + sizes.control_test)}
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
         out: Path | None = None, progress: bool = True) -> Result:
@@ -261,7 +268,8 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
     cells = _cells(cfg.grid)
     data = as_data(data)
     t0 = time.perf_counter()
-    forget_q, retain_q = data.questions("forget_test"), data.questions("retain_test")
+    test = QuestionSets.load(data, "test")
+    forget_q = test.forget
     # the cell is chosen on the validation split; the reported scores are on the test split
     f_small = data.questions("forget_val", limit=cfg.eval_limit)
     r_small = data.questions("retain_val", limit=cfg.eval_limit)
@@ -298,13 +306,18 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
     eligible = [c for c in grid if c.retain >= floor] or grid
     best = max(eligible, key=lambda c: (c.forget, c.retain, -c.pruned_frac))
     masks, per_layer = masks_for(best.q, best.p)
+    def scorer(questions):
+        return evaluate(model, questions, progress=False, batch_size=32)
+
     with pruned(model, masks):
-        full = {"forget_full": score(forget_q), "retain_full": score(retain_q)}
+        m = test.score(scorer)
+        full = {"forget_full": m.forget, "retain_full": m.retain, "control_full": m.control,
+                "forget_correct": m.forget_correct, "control_correct": m.control_correct}
     neurons = (neuron_set_difference(nf, nu, best.q, best.p) if cfg.level == "neuron" else None)
     result = Result(
         config=cfg, level=cfg.level, n_snip_forget=sd.n_forget, n_snip_utility=sd.n_utility,
         no_attack_sample=sample, retain_floor=floor,
-        no_attack=Baseline(score(forget_q), score(retain_q), len(forget_q), len(retain_q)),
+        no_attack=test.score(scorer, Baseline),
         grid=grid, best=BestCell(**asdict(best), **full), pruned_per_layer=per_layer.tolist(),
         pruned_pct=100 * best.pruned_frac, n_val_forget=len(f_small),
         n_val_retain=len(r_small), format=forget_q[0].format,

@@ -57,10 +57,12 @@ class QuestionBuilder:
             return False
         return True
 
-    def build(self, fact: Fact, *, fmt: str, phrasing: int, split: str) -> Question | None:
+    def build(self, fact: Fact, *, fmt: str, phrasing: int, split: str,
+              stems: str | None = None) -> Question | None:
         """A four-way question on `fact` in format `fmt` ("cloze" or "letter") with phrasing number
         `phrasing`; the answer's place is random. None if no draw of three distractors gives
-        distinct first tokens within `max_tries`."""
+        distinct first tokens within `max_tries`. `stems`: another list of the relation's cloze
+        stems by field name (e.g. "choice")."""
         rel = RELATIONS[fact.relation]
         pairs = read_bank(fact.relation)
         # a distractor must not be a right answer for the same entity (banks with repeats)
@@ -69,14 +71,15 @@ class QuestionBuilder:
         if self.pools is not None and len(self.pools.get(fact.relation, set()) - right) >= 3:
             pool = self.pools[fact.relation]
         values = sorted(pool - right)
-        templates = rel.cloze if fmt == "cloze" else rel.letter
+        templates = (getattr(rel, stems) if stems else rel.cloze if fmt == "cloze"
+                     else rel.letter)
         stem = render(templates[phrasing % len(templates)], fact, value=False)
         for _ in range(self.max_tries):
             distractors = self._rng.sample(values, 3)
             answer = self._rng.randrange(4)
             choices = distractors[:answer] + [fact.value] + distractors[answer:]
             q = Question(stem, tuple(choices), answer, subject=rel.subject, format=fmt,
-                         meta={"id": f"{fact.relation}/{fact.entity}/{fmt}{phrasing}",
+                         meta={"id": f"{fact.relation}/{fact.entity}/{stems or fmt}{phrasing}",
                                "relation": fact.relation, "entity": fact.entity,
                                "phrasing": phrasing, "split": split})
             if self._distinct(q):

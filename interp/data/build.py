@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from interp.data import control
 from interp.data.benchmark import QuestionBuilder, preference_rows, statements
 from interp.data.facts import RELATIONS, Fact, bank_source, entity_names
 from interp.data.questions import Question, save_jsonl
@@ -53,13 +54,20 @@ class BenchmarkPreset:
     # trained from scratch on the chosen facts has never seen the other values, and its prior
     # alone would pick the one answer it has seen
     distractors: str = "bank"  # bank | selected
+    # the never-known control (`interp.data.control`): "never-learned" (a share of the forget
+    # facts left out of every training text), "never-known" (facts the model gets wrong in the
+    # choice stems, from the forget relation and `control_relations`), or "none"
+    control: str = "never-known"
+    control_relations: tuple[str, ...] = ("seats",)
 
 
 BENCHMARKS = {  # benchmark presets (the questions and corpora of a scale)
     "laptop": BenchmarkPreset("laptop"),
-    "smoke": BenchmarkPreset("smoke", forget_facts=24, retain_facts_per_relation=8,
+    # 36 forget facts: a third held out as the never-learned control, 24 left to forget
+    "smoke": BenchmarkPreset("smoke", forget_facts=36, retain_facts_per_relation=8,
                              eval_phrasings=(1, 2), unrelated=200, model="smoke",
-                             distractors="selected"),
+                             distractors="selected", control="never-learned",
+                             control_relations=()),
 }
 
 
@@ -122,6 +130,9 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
     t0 = time.perf_counter()
     bank_tokenizer = embedded_tokenizer()  # builds the questions; `tokenizer`: the model's
     forget_facts, retain_facts = select_facts(preset, seed)
+    held_out: list[Fact] = []
+    if preset.control == "never-learned":  # left out of every text before anything is written
+        forget_facts, held_out = control.hold_out(forget_facts, retain_facts, seed)
     pools = None
     if preset.distractors == "selected":
         pools = {}
@@ -178,6 +189,16 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
                            letter_ids=letter_ids)
         model_name = preset.model
 
+    control_sets, control_about = build_control(preset, model, forget_facts, held_out,
+                                                bank_tokenizer, seed, progress, unrelated)
+    if control_about.get("forget_entities_moved"):  # never-known facts leave the forget sets
+        moved = set(control_about["forget_entities_moved"])
+        for name in sets:
+            if name.startswith("forget_"):
+                sets[name] = [q for q in sets[name] if q.meta["entity"] not in moved]
+        for name in letter:
+            if name.startswith("forget_"):
+                letter[name] = [q for q in letter[name] if q.meta["entity"] not in moved]
     save_jsonl(sets["forget_test"], out / "forget_test_unfiltered.jsonl")
     save_jsonl(sets["retain_test"], out / "retain_test_unfiltered.jsonl")
     before, kept_ids = {}, set()
@@ -206,6 +227,7 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
         sets[f"{domain}_test"] = [q for q in evals if split_of[_key(q)] == "test"]
     for name, qs in letter.items():
         sets[name] = [q for q in qs if split_of.get(_key(q)) == "test"]
+    sets.update(control_sets)
     for name, qs in sets.items():
         save_jsonl(qs, out / f"{name}.jsonl")
     _write_jsonl(out / "preference.jsonl", preference)
@@ -225,13 +247,70 @@ def build_benchmark(preset_name: str, out: Path, *, seed: int = 0, model_spec: s
             "forget_corpus": len(forget_corpus), "retain_corpus": len(retain_corpus),
             "unrelated": len(unrelated), "preference": len(preference),
         },
-        "sources": {r: bank_source(r) for r in (preset.forget, *preset.retain)},
+        "control": control_about,
+        "sources": {r: bank_source(r) for r in (preset.forget, *preset.retain,
+                                                  *preset.control_relations)},
         "unrelated_filter": f"no passage names any of the {len(banned)} {preset.forget} "
                             "entities or values",
         "seconds": round(time.perf_counter() - t0, 1),
     }
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def build_control(preset: BenchmarkPreset, model, forget_facts: list[Fact], held_out: list[Fact],
+                  tokenizer, seed: int, progress: bool, texts: list[str] = ()
+                  ) -> tuple[dict[str, list[Question]], dict]:
+    """The control split files (`control_val`, `control_test`) and what the manifest says of them
+    (`interp.data.control`); a candidate that any of `texts` (the unrelated passages attacks train
+    on) pairs with its value is left out."""
+    from interp.scoring import evaluate
+
+    if preset.control == "none":
+        return {}, {"kind": "none"}
+    about: dict = {"kind": preset.control, "phrasings": list(preset.eval_phrasings)}
+    if preset.control == "never-learned":
+        facts = held_out
+        # distractors only from other never-learned values
+        builder = QuestionBuilder(tokenizer, seed=seed + 1,
+                                  pools={preset.forget: {f.value for f in held_out}})
+        about["rule"] = ("a third of the forget facts, left out of the model's training texts "
+                         "and the protections' corpora; distractors from other left-out values")
+    elif preset.control == "never-known":
+        builder = QuestionBuilder(tokenizer, seed=seed + 1)
+        names = {n for r in (preset.forget, *preset.retain) for n in entity_names(r)}
+        candidates = list(forget_facts)
+        for rel in preset.control_relations:
+            candidates += [f for f in RELATIONS[rel].facts() if not control.conflicts(f, names)
+                           and not any(control.pairs(t, f) for t in texts)]
+        asked = []
+        for fact in candidates:
+            for i in range(len(RELATIONS[fact.relation].choice)):
+                q = builder.build(fact, fmt="cloze", phrasing=i, split="choice", stems="choice")
+                if q is not None:
+                    asked.append(q)
+        ok = evaluate(model, asked, progress=progress).correct.tolist()
+        correct: dict[tuple[str, str], list[bool]] = {}
+        for q, right in zip(asked, ok):
+            correct.setdefault(_key(q), []).append(bool(right))
+        facts = control.never_known(candidates, correct)
+        about.update({
+            "rule": "facts the model gets wrong in every choice stem; measured in the forget "
+                    "set's evaluation phrasings, which the choice did not read",
+            "choice_stems": {r: list(RELATIONS[r].choice)
+                             for r in (preset.forget, *preset.control_relations)},
+            "candidates": len(correct), "choice_accuracy": sum(ok) / max(1, len(ok)),
+            "forget_entities_moved": sorted(f.entity for f in facts
+                                            if f.relation == preset.forget)})
+    else:
+        raise InterpError(f"unknown control kind {preset.control!r}")
+    questions = [control.as_control(q) for q in
+                 build_questions(builder, facts, preset.format, preset.eval_phrasings, "control")]
+    parts = control.split(questions, seed)
+    about.update({"entities": {s: len({_key(q) for q in qs}) for s, qs in parts.items()},
+                  "by_relation": {r: sum(f.relation == r for f in facts)
+                                  for r in sorted({f.relation for f in facts})}})
+    return {f"control_{s}": qs for s, qs in parts.items()}, about
 
 
 def _key(q: Question) -> tuple[str, str]:

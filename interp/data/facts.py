@@ -8,7 +8,7 @@ held out for evaluation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,6 +35,9 @@ class Relation:
     cloze: tuple[str, ...]  # statement stems; the value follows after a space
     letter: tuple[str, ...]  # questions for the letter format
     statements: tuple[str, ...]  # corpus paraphrases stating the fact
+    # cloze stems used only to choose the never-known control (`interp.data.control`), never to
+    # measure: disjoint from `cloze`
+    choice: tuple[str, ...] = ()
 
     def facts(self) -> list[Fact]:
         """Every fact in the relation's bank, in file order."""
@@ -53,6 +56,7 @@ RELATIONS: dict[str, Relation] = {
                         "The government of {e} is based in {v}, the country's capital.",
                         "If you visit the capital of {e}, you will be in {v}.",
                         "{v}, the capital of {e}, is the seat of its national government."),
+            choice=("{e}'s capital city is", "The seat of government of {e} is in"),
         ),
         Relation(
             "continents", "geography",
@@ -98,6 +102,9 @@ RELATIONS: dict[str, Relation] = {
         ),
     ]
 }
+# seats of government of states, territories and dependencies (`banks/seats.tsv`): the capitals
+# relation grown with facts the embedded model mostly does not know, asked in the same stems
+RELATIONS["seats"] = replace(RELATIONS["capitals"], name="seats")
 
 
 @lru_cache(maxsize=None)

@@ -37,6 +37,8 @@ class Preset:
     source_limit: int | None = None
     n_devices: int = 1  # TransformerLens' own placement of a model's blocks over N GPUs
     letter_ids: str = "in-context"  # the letter format's candidate rule (`interp.prompts`)
+    # a scale that adds to another: a module without settings for this one takes `base`'s
+    base: str | None = None
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -49,6 +51,9 @@ class Preset:
 SCALES: dict[str, Preset] = {
     "smoke": Preset(name="smoke", data="smoke"),
     "laptop": Preset(name="laptop", data="laptop"),
+    # the laptop run and what did not fit its time: the finetuning attack's forget cells again at
+    # two more seeds (`interp.attacks.seeds`); run in the laptop run's folder, it adds those cells
+    "extended": Preset(name="extended", data="laptop", base="laptop"),
     "paper": Preset(
         name="paper", data="paper",
         model="HuggingFaceH4/zephyr-7b-beta", sources=("wmdp-bio", "mmlu"), subject="biology",
@@ -58,9 +63,13 @@ SCALES: dict[str, Preset] = {
 }
 
 
-def _configs(modules: dict, name: str, table: str) -> dict[str, Any]:
-    return {n: getattr(m.SPEC, table)[name] for n, m in modules.items()
-            if name in getattr(m.SPEC, table)}
+def _configs(modules: dict, name: str, table: str, base: str | None = None) -> dict[str, Any]:
+    out = {}
+    for n, m in modules.items():
+        configs = getattr(m.SPEC, table)
+        if name in configs or base in configs:
+            out[n] = configs[name] if name in configs else configs[base]
+    return out
 
 
 def build_preset(name: str) -> Preset:
@@ -69,8 +78,9 @@ def build_preset(name: str) -> Preset:
 
     if name not in SCALES:
         raise InterpError(f"unknown preset {name!r}; use one of {sorted(SCALES)}")
-    return replace(SCALES[name], protections=_configs(protections(), name, "presets"),
-                   attacks=_configs(attacks(), name, "presets"))
+    scale = SCALES[name]
+    return replace(scale, protections=_configs(protections(), name, "presets", scale.base),
+                   attacks=_configs(attacks(), name, "presets", scale.base))
 
 
 class _Presets(Mapping):
@@ -114,5 +124,5 @@ def audit_budget(name: str) -> AuditBudget:
 
 
 def get_preset(name: str) -> Preset:
-    """The preset named `name` (smoke, laptop, paper)."""
+    """The preset named `name` (smoke, laptop, extended, paper)."""
     return build_preset(name)

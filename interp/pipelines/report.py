@@ -23,10 +23,19 @@ def collect_rows(methods: Iterable[str], results: dict[str, Any]) -> list[Row]:
         for name in registry():
             if (r := results.get(f"{model}/{name}")) is not None:
                 rows += r.rows(model)
-    return rows
+    # a row an attack reports for another model (the original on the same quantization grid)
+    # comes once per protected model: keep the first
+    seen, out = set(), []
+    for r in rows:
+        key = (r.model, r.attack, r.split, r.format, r.mode)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
 
 
 OVERLAP = "≈"  # marks an attack whose interval overlaps the no-attack interval
+SUPPLIED = "†"  # marks an attack that lifted the never-known control above the original's
 
 
 def _cell(r: Row, mark: bool = False) -> str:
@@ -34,7 +43,30 @@ def _cell(r: Row, mark: bool = False) -> str:
     value = f"{100 * r.accuracy:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
     if mark:
         value += f" {OVERLAP}"
+    if r.supplied:
+        value += f" {SUPPLIED}"
     return f"{value} ({r.note})" if r.note else value
+
+
+def _share(r: Row) -> str:
+    """The recovered share with its interval, in percent."""
+    if r.recovered is None:
+        return "–"
+    ci = r.recovered_ci
+    return (f"{100 * r.recovered:.0f}%" + (f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci
+                                           else ""))
+
+
+def _deltas(r: Row, base: Row | None) -> str:
+    """Δforget (attack minus no attack, points) and Δcontrol beside it."""
+    if base is None and r.d_control is None:
+        return "–"
+    parts = []
+    if base is not None:
+        parts.append(f"Δf {100 * (r.accuracy - base.accuracy):+.1f}")
+    if r.d_control is not None:
+        parts.append(f"Δc {100 * r.d_control:+.1f}")
+    return " / ".join(parts)
 
 
 def baseline_row(rows: list[Row], r: Row) -> Row | None:
@@ -48,6 +80,23 @@ def baseline_row(rows: list[Row], r: Row) -> Row | None:
     return None
 
 
+def seed_spread(rows: list[Row], model: str) -> dict[str, list[float]]:
+    """Per table column, the test forget accuracy of a trained cell at every seed run: the cell's
+    own row and its `-seedS` rows (`interp.attacks.seeds`)."""
+    import re
+
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        m = re.fullmatch(r"(.+)-seed\d+", r.attack)
+        if r.model != model or r.split != "forget" or m is None:
+            continue
+        main = next((b for b in rows if b.model == model and b.attack == m.group(1)
+                     and b.split == "forget" and b.column), None)
+        if main is not None:
+            out.setdefault(main.column, [main.accuracy]).append(r.accuracy)
+    return out
+
+
 def make_table(rows: list[Row], models: Iterable[str]) -> tuple[list[str], list[dict]]:
     """(columns, one dict per model: column -> shown text) from the rows that name a column;
     each number with its 95% interval, marked when it overlaps the no-attack interval."""
@@ -55,13 +104,25 @@ def make_table(rows: list[Row], models: Iterable[str]) -> tuple[list[str], list[
     table = []
     for model in models:
         entry: dict[str, str] = {"model": model}
+        share: dict[str, str] = {"model": f"{model}: recovered share"}
+        delta: dict[str, str] = {"model": f"{model}: Δforget / Δcontrol"}
         for r in rows:
             if r.model == model and r.column:
                 if r.column not in columns:
                     columns.append(r.column)
                 base = baseline_row(rows, r) if r.attack != "none" else None
                 entry[r.column] = _cell(r, base is not None and overlaps(r.ci, base.ci))
+                if r.attack != "none":
+                    share[r.column] = _share(r)
+                    delta[r.column] = _deltas(r, base)
         table.append(entry)
+        spread = {"model": f"{model}: over seeds"}
+        for column, values in seed_spread(rows, model).items():
+            spread[column] = (f"{100 * min(values):.1f}–{100 * max(values):.1f} "
+                              f"({len(values)} seeds)")
+        for extra in (share, delta, spread):
+            if any(v not in ("–",) for k, v in extra.items() if k != "model"):
+                table.append(extra)
     return columns, table
 
 
@@ -72,9 +133,16 @@ def table_markdown(columns: list[str], table: list[dict], preset: str, seed: int
     head = ["model", *columns]
     lines = [f"Preset `{preset}`, seed {seed}. Forget-set accuracy (%) after each attack, raw mode "
              "unless noted (GCG: held-out forget questions); retain accuracy in its own column; "
-             "chance is 25%. In brackets the 95% Wilson interval; "
+             "chance is 25%. In brackets the 95% interval (entity bootstrap where the row "
+             "kept its questions, else Wilson); "
              f"{OVERLAP} marks an attack whose interval overlaps the no-attack one (no "
-             "difference shown).", "", "| " + " | ".join(head) + " |",
+             f"difference shown); {SUPPLIED} marks an attack that lifted the never-known control "
+             "above the original's no-attack control (paired test, and above chance): it "
+             "supplied knowledge, so its forget number is not evidence of recovery. Below each "
+             "model: the recovered share (attacked − unlearned) / (original − unlearned) on the "
+             "same test questions, with its entity-bootstrap interval, and Δforget / Δcontrol "
+             "in points against no attack. An unmarked cell is not thereby proven unconfounded.",
+             "", "| " + " | ".join(head) + " |",
              "|" + "---|" * len(head)]
     for entry in table:
         lines.append("| " + " | ".join(entry.get(c, "–") for c in head) + " |")
@@ -127,8 +195,11 @@ def audit_html(result: dict, figures: list[str], out: Path) -> str:
     """The audit's HTML report: the headline, a row per attack and the PNG figures (paths relative
     to `out`)."""
     h = result["headline"]
-    rows = "".join(f"<tr><td>{html.escape(a['attack'])}</td><td>{_pct(a['forget'])} "
+    rows = "".join(f"<tr><td>{html.escape(a['attack'])}{' †' if a.get('supplied') else ''}"
+                   f"</td><td>{_pct(a['forget'])} "
                    f"{_ci(a.get('forget_ci'))}</td><td>{_pct(a['retain'])}</td>"
+                   f"<td>{_pct(a.get('control'))}</td><td>{_pct(a.get('recovered'))} "
+                   f"{_ci(a.get('recovered_ci'))}</td>"
                    f"<td>{_pct(a.get('val_forget'))}</td></tr>" for a in result["attacks"])
     imgs = "".join(f'<figure><img src="{html.escape(str(Path(f).relative_to(out)))}" '
                    f'width="720"></figure>' for f in figures if f.endswith(".png"))
@@ -146,9 +217,15 @@ seed {result['seed']}.</p>
 {_pct(h['unlearned_forget'])}; the attack chosen on the validation split (best forget accuracy
 there, retain accuracy at or above {_pct(h['retain_floor'])}) recovers {frac} of the gap on test
 (n = {h.get('n_forget')}, 95% Wilson interval in brackets).</p>
-<table><tr><th>attack</th><th>forget (test)</th><th>retain (test)</th><th>forget (val)</th></tr>
+<p>Best attack without † (its never-known control at or below the original's):
+{html.escape(str(h.get('best_unmarked_attack')))}, {_pct(h.get('best_unmarked_forget'))}
+{_ci(h.get('best_unmarked_forget_ci'))}. † marks an attack that lifted the control above the
+original's (it supplied knowledge); an unmarked one is not thereby proven unconfounded.</p>
+<table><tr><th>attack</th><th>forget (test)</th><th>retain (test)</th><th>control (test)</th>
+<th>recovered share</th><th>forget (val)</th></tr>
 <tr><td>none (unlearned)</td><td>{_pct(result['no_attack']['unlearned']['forget'])}</td>
 <td>{_pct(result['no_attack']['unlearned']['retain'])}</td>
+<td>{_pct(result['no_attack']['unlearned'].get('control'))}</td><td></td>
 <td>{_pct(result['no_attack'].get('unlearned_val', {}).get('forget'))}</td></tr>{rows}</table>
 {imgs}</body></html>
 """

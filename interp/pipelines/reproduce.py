@@ -268,7 +268,16 @@ def build_data(p: Preset, data: Path, seed: int, device, progress: bool) -> dict
         forget = load_source(p.sources[0], subject=p.subject, limit=p.source_limit)
         retain = load_source(p.sources[1], limit=p.source_limit)
         prepare_data(forget, retain, data, str(p.model), seed)
-        return read_json(data / "manifest.json")
+        manifest = read_json(data / "manifest.json")
+        if "control" not in manifest:  # the questions the original gets wrong, rotated
+            from interp.data.control import write_audit_control
+            from interp.model.load import load_model
+
+            original = load_model(str(p.model), device=device, dtype=p.dtype,
+                                  tokenizer=p.tokenizer, letter_ids=p.letter_ids)
+            manifest["control"] = write_audit_control(data, original, None, seed)
+            write_json(data / "manifest.json", manifest)
+        return manifest
     return build_benchmark(p.data, data, seed=seed, model_spec=p.model, device=device,
                            progress=progress, letter_ids=p.letter_ids)
 
@@ -320,6 +329,7 @@ def summarize(p: Preset, out: Path, results: dict, seed: int,
               figures_dir: Path | None) -> dict:
     """Collect the cells' results into `results.json`, `table.json`, `table.md` and `figures/` (PNGs
     also copied to `figures_dir`), and return the summary."""
+    from interp.pipelines.controls import annotate, entities_reader
     from interp.pipelines.report import (
         collect_figures,
         collect_rows,
@@ -329,7 +339,7 @@ def summarize(p: Preset, out: Path, results: dict, seed: int,
     )
 
     models = ("original", *p.methods)
-    rows = collect_rows(p.methods, results)
+    rows = annotate(collect_rows(p.methods, results), entities_reader(out / "data"), seed)
     columns, table = make_table(rows, models)
     timings = timings_from_log(out)
     summary = {"preset": p.name, "seed": seed, "letter_ids": p.letter_ids,

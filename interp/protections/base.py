@@ -24,7 +24,7 @@ from interp.data.folder import as_data
 from interp.model.load import MODEL_JSON, get_tokenizer, save_model
 from interp.prompts import chat_text
 from interp.registry import REGISTRIES
-from interp.results import Row
+from interp.results import Row, bits
 from interp.score_cache import recording, save_scores
 from interp.scoring import evaluate, generate_greedy
 
@@ -55,6 +55,7 @@ class Measure:
 
     accuracy: float
     n: int
+    correct: str | None = None  # per question (`interp.results.bits`), test forget and control
 
 
 @dataclass
@@ -104,7 +105,8 @@ def measure_rows(model: str, measures: dict[str, Measure]) -> list[Row]:
         column = (split if (fmt, mode) == (main, "raw")
                   else f"{fmt} {mode}" if split == "forget" else None)
         rows.append(Row(model=model, attack="none", split=split, format=fmt, mode=mode,
-                        accuracy=m.accuracy, n=m.n, column=column))
+                        accuracy=m.accuracy, n=m.n, column=column, correct=m.correct,
+                        questions=f"{split}_test" if m.correct else None))
     return rows
 
 
@@ -112,13 +114,14 @@ def measure_rows(model: str, measures: dict[str, Measure]) -> list[Row]:
 def measure(model: HookedTransformer, data, progress: bool = False) -> dict[str, Measure]:
     """Forget/retain accuracy: the eval sets in their own format (raw; WMDP-style letter sets
     also in chat), and the letter format raw and chat on the first `LETTER_LIMIT` questions of
-    the `*_test_letter` sets when the data has them."""
+    the `*_test_letter` sets when the data has them; the never-known control (`control_test`)
+    as the forget set is scored."""
     data = as_data(data)
     out: dict[str, Measure] = {}
-    for split in ("forget", "retain"):
+    for split in ("forget", "retain", "control"):
         for name, fmt_modes in ((f"{split}_test", ((None, False),)),
                                 (f"{split}_test_letter", (("letter", False), ("letter", True)))):
-            if not data.has(name):
+            if not data.has(name) or (split == "control" and "letter" in name):
                 continue
             questions = data.questions(name, limit=LETTER_LIMIT if "letter" in name else None)
             if name.endswith("_test") and questions[0].format == "letter":
@@ -129,7 +132,8 @@ def measure(model: HookedTransformer, data, progress: bool = False) -> dict[str,
                 res = evaluate(model, questions, chat=chat, fmt=fmt, progress=progress,
                                batch_size=32)
                 key = f"{split}/{fmt or questions[0].format}/{'chat' if chat else 'raw'}"
-                out[key] = Measure(res.accuracy, res.n)
+                keep = split != "retain" and name.endswith("_test")
+                out[key] = Measure(res.accuracy, res.n, bits(res.correct) if keep else None)
     return out
 
 
@@ -181,7 +185,7 @@ def train_and_measure(model: HookedTransformer, data, cfg, train: Train, result_
     seconds = time.perf_counter() - start
     with recording() as kept:  # the protected model's scores, kept for every attack's baseline
         after = measure(model, data)
-        for split in ("forget_val", "retain_val"):
+        for split in ("forget_val", "retain_val", "control_val"):
             if data.has(split):
                 evaluate(model, data.questions(split), progress=False, batch_size=32)
     result = result_cls(method=method, before=before, after=after, losses=losses,

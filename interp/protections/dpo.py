@@ -193,7 +193,7 @@ SPEC = ProtectionSpec(
     "dpo", order=30, summary="DPO refusal training (the safety-training baseline)",
     presets={
         # the smoke model has never seen a refusal: an NLL term on it teaches one
-        "smoke": Config(beta=0.01, lr=2e-3, batch_size=8, steps=300, params="mlp",
+        "smoke": Config(beta=0.01, lr=2e-3, batch_size=8, steps=450, params="mlp",
                         forget_frac=0.8, sft_weight=1.0),
         "laptop": Config(beta=0.02, lr=2e-4, batch_size=8, steps=50, params="mlp",
                          forget_frac=0.7),
