@@ -80,6 +80,13 @@ def test_asymmetric_groups_by_hand_and_gguf_fixed_point():
     assert torch.allclose(quantize_rows(once, g), once, atol=1e-6)
 
 
+def test_a_group_size_that_does_not_divide_leaves_a_shorter_last_group():
+    w = torch.randn(3, 10)
+    got = quantize_rows(w, Grid(4, group=4))  # groups 0-3, 4-7, and 8-9
+    for lo, hi in ((0, 4), (4, 8), (8, 10)):
+        assert torch.equal(got[:, lo:hi], quantize_rows(w[:, lo:hi], Grid(4)))
+
+
 def test_model_rounding_groups_the_checkpoint_layout(tiny_model):
     """The rounding of a TransformerLens weight equals rounding its checkpoint-layout matrix
     (output rows, input columns): W_Q is (heads, d_model, d_head), the checkpoint's q_proj is

@@ -19,7 +19,7 @@ The grid is chosen on the validation split; the reported numbers are on the test
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -63,12 +63,15 @@ LAYOUTS = {"W_Q": "h i k -> (h k) i", "W_K": "h i k -> (h k) i", "W_V": "h i k -
 
 
 def quantize_rows(w: Float[Tensor, "out inp"], grid: Grid) -> Float[Tensor, "out inp"]:
-    """`w` rounded to `grid` and dequantized (same shape and dtype); computed in float32."""
+    """`w` rounded to `grid` and dequantized (same shape and dtype); computed in float32. Where
+    the group size does not divide the input dimension, the remainder is one shorter group."""
     x = w.float()
     out_dim, in_dim = x.shape
     g = grid.group or in_dim
-    if in_dim % g:
-        raise InterpError(f"group size {g} does not divide the input dimension {in_dim}")
+    if in_dim % g:  # a last, shorter group (SmolLM2's 576 = 4 x 128 + 64)
+        cut = in_dim - in_dim % g
+        return torch.cat([quantize_rows(w[:, :cut], grid),
+                          quantize_rows(w[:, cut:], replace(grid, group=None))], dim=1)
     x = einops.rearrange(x, "o (n g) -> o n g", g=g)
     if grid.symmetric:
         qmax = 2 ** (grid.bits - 1) - 1
