@@ -57,7 +57,8 @@ def test_results_schema_and_coverage(smoke_run):
     for key in ("lens", "ablation_sweep", "finetune", "gcg", "grid", "neuron_jaccard",
                 "direction_cosine", "all_directions", "all_finetune", "all_gcg", "all_lens",
                 "finetune_curve", "gcg_curve", "all_finetune_curve_unrelated",
-                "all_finetune_curve_forget", "all_gcg_curve"):
+                "all_finetune_curve_forget", "all_gcg_curve", "all_recovered_share",
+                "icl", "quantize", "rephrase"):
         assert key in names, key
     # the run computed in this process: its logged peak is this process's peak at that time
     import resource

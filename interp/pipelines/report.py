@@ -152,6 +152,36 @@ def table_markdown(columns: list[str], table: list[dict], preset: str, seed: int
     return "\n".join(lines) + "\n"
 
 
+def recovered_chart(rows: list[Row], models: Iterable[str]):
+    """One bar per protected model and attack column: the recovered share on the test split with
+    its entity-bootstrap interval (a † above the bar where the attack supplied knowledge); None
+    when no row has a share."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    shown = False
+    for model in models:
+        picked = [r for r in rows if r.model == model and r.column and r.recovered is not None
+                  and r.split in ("forget", "forget-heldout")]
+        if not picked:
+            continue
+        shown = True
+        lo = [r.recovered - r.recovered_ci[0] if r.recovered_ci else 0 for r in picked]
+        hi = [r.recovered_ci[1] - r.recovered if r.recovered_ci else 0 for r in picked]
+        fig.add_trace(go.Bar(
+            x=[r.column for r in picked], y=[r.recovered for r in picked], name=model,
+            text=[SUPPLIED if r.supplied else "" for r in picked], textposition="outside",
+            error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}))
+    if not shown:
+        return None
+    fig.add_hline(y=1.0, line_dash="dot", annotation_text="the original's accuracy")
+    fig.update_layout(title="Recovered share (test split; 95% entity bootstrap; † supplied)",
+                      barmode="group",
+                      yaxis_title="(attacked − unlearned) / (original − unlearned)",
+                      template="plotly_white")
+    return fig
+
+
 def collect_figures(results: dict[str, Any], folders: dict[str, Path], out: Path) -> list[Path]:
     """Copy every result's figures into `out`, named by cell (model_attack_figure)."""
     out.mkdir(parents=True, exist_ok=True)

@@ -350,6 +350,11 @@ def summarize(p: Preset, out: Path, results: dict, seed: int,
     folders = {c.name: cell_folder(out, c) for c in cells}
     figs = collect_figures({c.name: results[c.name] for c in cells}, folders, out / "figures")
     figs += cross_model_figures(p.methods, results, out / "figures")
+    from interp.pipelines.report import recovered_chart
+    from interp.plots import save_figure
+
+    if (chart := recovered_chart(rows, p.methods)) is not None:
+        figs += save_figure(chart, out / "figures" / "all_recovered_share")
     if figures_dir is not None:
         Path(figures_dir).mkdir(parents=True, exist_ok=True)
         for f in figs:
