@@ -31,12 +31,17 @@ from transformer_lens import HookedTransformer
 
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Measured, Row
-from interp.attacks.sets import scorer_of, test_and_val
+from interp.attacks.sets import (
+    best_on_val,
+    option_bars,
+    reference_rows,
+    scorer_of,
+    test_and_val,
+)
 from interp.cost import StepProbe, capped
 from interp.data.folder import as_data
 from interp.errors import InterpError
 from interp.model.state import copy_model
-from interp.plots import bar_chart
 
 
 @dataclass(frozen=True)
@@ -199,25 +204,13 @@ class Result(base.Result):
 
     def reference_rows(self) -> list[Row]:
         """The original on each grid (forget and control, test)."""
-        out = []
-        for name, s in self.settings.items():
-            if s.original is not None:
-                out += [r for r in base.score_rows("original", f"quantize-{name}", s.original,
-                                                   s.original, self.format)
-                        if r.split != "retain"]
-        return out
+        return [r for name, s in self.settings.items() if s.original is not None
+                for r in reference_rows(f"quantize-{name}", s.original, self.format)]
 
     def plot(self):
         """Test forget and control accuracy per grid, beside no attack."""
-        names = ["none", *self.settings]
-        series = {"forget": [self.no_attack.forget] + [s.test.forget
-                                                       for s in self.settings.values()]}
-        if self.no_attack.control is not None:
-            series["control"] = [self.no_attack.control] + [s.test.control
-                                                            for s in self.settings.values()]
-        return bar_chart(names, series, title="Accuracy after rounding the weights (test)",
-                         n={"forget": self.no_attack.n_forget,
-                            "control": self.no_attack.n_control})
+        return option_bars(self.no_attack, {k: s.test for k, s in self.settings.items()},
+                           title="Accuracy after rounding the weights (test)")
 
 
 def cost(cfg: Config, sizes) -> dict[str, int]:
@@ -259,7 +252,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
             del qo
         settings[name] = Setting(test.score(scorer(q)), val.score(scorer(q)), change, back, ref)
         del q
-    best = max(settings, key=lambda k: (settings[k].val.forget, settings[k].val.retain))
+    best = best_on_val(settings)
     result = Result(config=cfg, no_attack=no_attack, settings=settings, best=best,
                     format=test.forget[0].format, seconds=round(time.perf_counter() - t0, 1))
     return base.save(result, out)

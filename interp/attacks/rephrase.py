@@ -20,14 +20,19 @@ from transformer_lens import HookedTransformer
 
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Measured, Row
-from interp.attacks.sets import scorer_of, test_and_val
+from interp.attacks.sets import (
+    best_on_val,
+    option_bars,
+    reference_rows,
+    scorer_of,
+    test_and_val,
+)
 from interp.cost import StepProbe, capped
 from interp.data.benchmark import render
 from interp.data.facts import Fact
 from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
-from interp.plots import bar_chart
 
 # per relation, the new stems: a question with its answer slot, and a record
 STEMS: dict[str, tuple[str, ...]] = {
@@ -98,26 +103,18 @@ class Result(base.Result):
             out += [_ref(r, f"rephrase-{name}") for r in base.score_rows(
                 model, f"rephrase-{name}", s.test, self.no_attack, self.format, val=s.val)]
             if s.original is not None:
-                out += [r for r in base.score_rows("original", f"rephrase-{name}", s.original,
-                                                   s.original, self.format)
-                        if r.split != "retain"]
+                out += reference_rows(f"rephrase-{name}", s.original, self.format)
         return out
 
     def plot(self):
         """Test forget and control accuracy per stem, the original's beside them."""
         if not self.stems:
             return None
-        names = ["usual stems", *self.stems]
-        series = {"forget": [self.no_attack.forget] + [s.test.forget
-                                                       for s in self.stems.values()]}
-        if self.no_attack.control is not None:
-            series["control"] = [self.no_attack.control] + [s.test.control
-                                                            for s in self.stems.values()]
-        if all(s.original is not None for s in self.stems.values()):
-            series["original forget"] = [None] + [s.original.forget for s in self.stems.values()]
-        return bar_chart(names, series, title="Accuracy in rephrased stems (test)",
-                         n={"forget": self.no_attack.n_forget,
-                            "control": self.no_attack.n_control})
+        extra = ({"original forget": [None] + [s.original.forget for s in self.stems.values()]}
+                 if all(s.original is not None for s in self.stems.values()) else None)
+        return option_bars(self.no_attack, {k: s.test for k, s in self.stems.items()},
+                           title="Accuracy in rephrased stems (test)", first="usual stems",
+                           extra=extra)
 
 
 def _ref(r: Row, reference: str) -> Row:
@@ -168,7 +165,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *,
         stems[f"r{i}"] = Stem(t.score(scorer(model)), v.score(scorer(model)),
                               t.score(scorer(original), retain=False)
                               if original is not None else None)
-    best = max(stems, key=lambda k: (stems[k].val.forget, stems[k].val.retain))
+    best = best_on_val(stems)
     result = Result(config=cfg, no_attack=test.score(scorer(model)), stems=stems, best=best,
                     format=test.forget[0].format, seconds=round(time.perf_counter() - t0, 1))
     return base.save(result, out)

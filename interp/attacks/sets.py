@@ -73,3 +73,31 @@ def scorer_of(model, batch_size: int = 32, **settings) -> Scorer:
     from interp.scoring import evaluate
 
     return lambda qs: evaluate(model, qs, progress=False, batch_size=batch_size, **settings)
+
+
+def best_on_val(options: dict) -> str:
+    """The option (a name -> object with a `val` `Measured`) with the best validation forget
+    accuracy, ties broken by validation retain accuracy."""
+    return max(options, key=lambda k: (options[k].val.forget, options[k].val.retain))
+
+
+def reference_rows(attack: str, measured: Measured, fmt: str) -> list:
+    """The original's rows on an attack's own setting (a rephrased stem, a rounding grid): forget
+    and control, the reference of the recovered share."""
+    from interp.results import score_rows
+
+    return [r for r in score_rows("original", attack, measured, measured, fmt)
+            if r.split != "retain"]
+
+
+def option_bars(no_attack: Measured, options: dict[str, Measured], *, title: str,
+                first: str = "none", extra: dict[str, list] | None = None):
+    """Test forget (and control, where measured) accuracy per option beside no attack, as bars."""
+    from interp.plots import bar_chart
+
+    series = {"forget": [no_attack.forget] + [m.forget for m in options.values()]}
+    if no_attack.control is not None:
+        series["control"] = [no_attack.control] + [m.control for m in options.values()]
+    series.update(extra or {})
+    return bar_chart([first, *options], series, title=title,
+                     n={"forget": no_attack.n_forget, "control": no_attack.n_control})
