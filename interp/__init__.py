@@ -52,6 +52,10 @@ _NAMES = {
     "pruned": "interp.attacks.snip",
     "quantize_model": "interp.attacks.quantize", "with_examples": "interp.attacks.icl",
     "rephrased": "interp.attacks.rephrase", "QuestionSets": "interp.attacks.sets",
+    # the continuous-space attacks and the fitted readouts, as functions (`interp.attack_registry()`
+    # holds their modules: Config, Result, run)
+    "soft_prompt": "interp.attacks.soft_prompt", "latent": "interp.attacks.latent",
+    "tuned_lens": "interp.attacks.tuned_lens", "probe": "interp.attacks.probe",
     # the never-known control and what the rows say with it
     "annotate": "interp.pipelines.controls", "recovered_share": "interp.pipelines.controls",
     # pipelines
@@ -79,8 +83,8 @@ def _registered(plugins: bool = True) -> list[str]:
 
 
 # plugin files (`INTERP_PLUGINS`) are imported on first use, not by `import interp`
-__all__ = sorted([*_NAMES, *_ALIASES, *_MODULES, *_FUNCTIONS, *_registered(False),
-                  "__version__"])
+__all__ = sorted({*_NAMES, *_ALIASES, *_MODULES, *_FUNCTIONS, *_registered(False),
+                  "__version__"})
 
 
 def __getattr__(name: str):

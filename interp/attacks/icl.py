@@ -176,7 +176,7 @@ def probes(cfg: Config) -> dict[str, StepProbe]:
 SPEC = AttackSpec(
     "icl", order=52,
     summary="in-context examples: k solved forget questions before each test question",
-    presets={"smoke": Config(ks=(0, 1, 3)), "laptop": Config(eval_limit=200),
+    presets={"smoke": Config(ks=(0, 1, 3)), "laptop": Config(modes=("raw",), eval_limit=200),
              "paper": Config(ks=(0, 1, 3, 5))},
     budgets={"quick": Config(ks=(0, 3), modes=("raw",), eval_limit=100),
              "full": Config(eval_limit=200)})
