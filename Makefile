@@ -24,9 +24,10 @@ reproduce: setup
 	$(BIN)/interp reproduce --preset laptop --out runs/laptop --figures figures
 
 # What did not fit the laptop run's time, added to its folder (make reproduce first): the
-# finetuning attack's forget cells at two more seeds; the table gains their spread.
+# finetuning attack's forget cells at two more seeds (the table gains their spread) and the
+# rephrasing attack (flat on the laptop run of 2026-12-06).
 extended: setup
-	$(BIN)/interp reproduce --preset extended --out runs/laptop
+	$(BIN)/interp reproduce --preset extended --out runs/laptop --figures figures
 
 # The notebooks executed against the laptop run (make reproduce first), saved with their outputs:
 # every plotly figure also as a static PNG, so they show where no JavaScript runs.

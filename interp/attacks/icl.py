@@ -80,7 +80,8 @@ class Config:
 @dataclass
 class ModeResult:
     """One prompt mode: validation forget accuracy per k, the k chosen there, test scores at that k
-    with forget examples and with retain examples, and no examples."""
+    with forget examples and with retain examples (forget and control: the retain split under
+    retain examples says nothing and is not scored), and no examples."""
 
     val_forget: dict[str, float]  # str(k) -> validation forget accuracy
     k: int
@@ -128,7 +129,7 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
     """Questions scored by `run` (`interp.cost`; longer prompts than one plain question)."""
     f, r = capped(sizes.forget_test, cfg.eval_limit), capped(sizes.retain_test, cfg.eval_limit)
     c, v = capped(sizes.control_test, cfg.eval_limit), capped(sizes.forget_val, cfg.eval_limit)
-    return {"score": len(cfg.modes) * (len(cfg.ks) * v + 3 * (f + r + c) + v)}
+    return {"score": len(cfg.modes) * (len(cfg.ks) * v + 3 * (f + c) + 2 * r + v)}
 
 
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
@@ -162,7 +163,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
         modes[mode] = ModeResult(
             curve, k, test.map(add(forget_pool, k)).score(scorer),
             val.map(add(forget_pool, k)).score(scorer),
-            test.map(add(retain_pool, k)).score(scorer), test.score(scorer))
+            test.map(add(retain_pool, k)).score(scorer, retain=False), test.score(scorer))
     result = Result(config=cfg, modes=modes, n_val=len(val.forget),
                     format=test.forget[0].format, seconds=round(time.perf_counter() - t0, 1))
     return base.save(result, out)

@@ -322,7 +322,7 @@ SPEC = AttackSpec(
     "latent", order=56,
     summary="latent perturbation: a bounded universal vector added to the residual stream",
     presets={"smoke": Config(layers=(1, 2), eps=(0.5, 2.0), steps=10),
-             "laptop": Config(n_layers=2, eps=(0.5, 2.0), steps=12),
+             "laptop": Config(n_layers=2, eps=(0.5, 2.0), steps=12, batch_size=8),
              "paper": Config()},
     budgets={"quick": Config(n_layers=2, eps=(0.5, 2.0), steps=12, eval_limit=100),
              "full": Config()})

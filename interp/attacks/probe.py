@@ -173,7 +173,6 @@ def _fit_all(model, res: dict[str, Residuals], lambdas: Sequence[float]):
     return chosen, {k: torch.stack(v) for k, v in preds.items()}
 
 
-@torch.no_grad()
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
         out: Path | None = None, progress: bool = True) -> Result:
     """Fit a probe per layer on training forget questions; choose λ per layer and the layer (at
@@ -181,8 +180,12 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
     cfg = cfg or Config()
     if (done := base.finished(Result, out)) is not None:
         return done
+    with torch.no_grad():
+        return base.save(_fit(model, as_data(data), cfg, original), out)
+
+
+def _fit(model: HookedTransformer, data, cfg: Config, original) -> Result:
     t0 = time.perf_counter()
-    data = as_data(data)
     test = QuestionSets.load(data, "test", limit=cfg.limit)
     sets = {"train": data.questions("forget_train"), "val": data.questions("forget_val",
                                                                            limit=cfg.limit),
@@ -204,7 +207,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
                                      if "control" in logits else None),
                     format=test.forget[0].format, chat=cfg.chat,
                     seconds=round(time.perf_counter() - t0, 1))
-    return base.save(result, out)
+    return result
 
 
 def cost(cfg: Config, sizes) -> dict[str, int]:

@@ -179,5 +179,5 @@ def probes(cfg: Config) -> dict[str, StepProbe]:
 SPEC = AttackSpec(
     "rephrase", order=53, needs_original=True,
     summary="rephrasing: the same questions in new stems (a question, a record)",
-    presets={"smoke": Config(), "laptop": Config(eval_limit=200)},
+    presets={"smoke": Config(), "extended": Config(eval_limit=200)},
     budgets={"quick": Config(eval_limit=100), "full": Config(eval_limit=200)})

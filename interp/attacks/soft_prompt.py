@@ -324,7 +324,7 @@ SPEC = AttackSpec(
     "soft_prompt", order=54,
     summary="soft prompt: a universal prefix of free input embeddings, fitted by Adam",
     presets={"smoke": Config(n_tokens=(1, 5), steps=20, eval_every=5),
-             "laptop": Config(n_tokens=(1, 5), steps=24, eval_every=8),
+             "laptop": Config(n_tokens=(1, 5), steps=24, eval_every=8, batch_size=8),
              "paper": Config()},
     budgets={"quick": Config(n_tokens=(5,), steps=30, eval_every=10, eval_limit=100),
              "full": Config()})

@@ -256,7 +256,6 @@ def tuned_lens(model: HookedTransformer, data, cfg: Config | None = None, *, ori
                progress=progress)
 
 
-@torch.no_grad()
 def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=None,
         out: Path | None = None, progress: bool = True) -> Result:
     """Fit the translators on the unrelated corpus; read forget, retain and control per layer;
@@ -264,8 +263,12 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
     cfg = cfg or Config()
     if (done := base.finished(Result, out)) is not None:
         return done
+    with torch.no_grad():
+        return base.save(_fit(model, as_data(data), cfg, original), out)
+
+
+def _fit(model: HookedTransformer, data, cfg: Config, original) -> Result:
     t0 = time.perf_counter()
-    data = as_data(data)
     texts = data.corpus("unrelated")
     resid = corpus_residuals(model, texts, cfg.fit_tokens + cfg.heldout_tokens, cfg.max_len,
                              cfg.batch_size)
@@ -292,7 +295,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
                                      if "control" in logits else None),
                     format=test.forget[0].format, chat=cfg.chat,
                     seconds=round(time.perf_counter() - t0, 1), translators=lens)
-    return base.save(result, out)
+    return result
 
 
 def cost(cfg: Config, sizes) -> dict[str, int]:

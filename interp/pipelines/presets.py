@@ -52,7 +52,8 @@ SCALES: dict[str, Preset] = {
     "smoke": Preset(name="smoke", data="smoke"),
     "laptop": Preset(name="laptop", data="laptop"),
     # the laptop run and what did not fit its time: the finetuning attack's forget cells again at
-    # two more seeds (`interp.attacks.seeds`); run in the laptop run's folder, it adds those cells
+    # two more seeds (`interp.attacks.seeds`) and the rephrasing attack; run in the laptop run's
+    # folder, it adds those cells
     "extended": Preset(name="extended", data="laptop", base="laptop"),
     "paper": Preset(
         name="paper", data="paper",
