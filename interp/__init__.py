@@ -52,10 +52,6 @@ _NAMES = {
     "pruned": "interp.attacks.snip",
     "quantize_model": "interp.attacks.quantize", "with_examples": "interp.attacks.icl",
     "rephrased": "interp.attacks.rephrase", "QuestionSets": "interp.attacks.sets",
-    # the continuous-space attacks and the fitted readouts, as functions (`interp.attack_registry()`
-    # holds their modules: Config, Result, run)
-    "soft_prompt": "interp.attacks.soft_prompt", "latent": "interp.attacks.latent",
-    "tuned_lens": "interp.attacks.tuned_lens", "probe": "interp.attacks.probe",
     # the never-known control and what the rows say with it
     "annotate": "interp.pipelines.controls", "recovered_share": "interp.pipelines.controls",
     # pipelines
@@ -101,7 +97,10 @@ def __getattr__(name: str):
     elif name in _MODULES:
         value = importlib.import_module(_MODULES[name])
     elif any(name in r.names() for r in REGISTRIES.values()):
-        return next(r.get(name) for r in REGISTRIES.values() if name in r.names())
+        module = next(r.get(name) for r in REGISTRIES.values() if name in r.names())
+        # a module with a function of its own name (`interp.tuned_lens(model, data)`) is
+        # reached as that function; the module stays in `interp.attack_registry()`
+        return getattr(module, name, module)
     else:
         raise AttributeError(f"module 'interp' has no attribute {name!r}")
     globals()[name] = value

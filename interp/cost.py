@@ -4,7 +4,9 @@ Every protection and attack module may define `cost(cfg, sizes) -> dict[str, int
 of each kind one run of it does on data of these sizes. The kinds are the stages `interp plan`
 measures: "score" (one question scored), "rmu" / "npo" / "dpo" (one training step), "lora" (one
 finetuning step), "gcg" (one search step), "snip" (one attribution sample), "directions" (one prompt
-through the difference-in-means pass, per model), "lens" (one question through the logit lens).
+through the difference-in-means pass, per model), "lens" (one question through the logit lens),
+"readout" (one question's residuals read at every layer, for the tuned lens and the probes),
+"soft_prompt" / "latent" (one optimizer step).
 The counts follow each module's own loops (the tests compare them with what a run does).
 
 A module also says how `interp plan` times one step of each kind it counts: `probes(cfg) ->

@@ -4,6 +4,7 @@ writes and reads itself (JSON) and its figures, and the resumable result folder.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import KW_ONLY, asdict, dataclass
 from pathlib import Path
@@ -108,9 +109,10 @@ def score_rows(model: str, attack: str, scores: Scores, base: Baseline, fmt: str
     rows = [Row(model=model, attack=attack, split=forget_split, format=fmt, mode=mode,
                 accuracy=scores.forget, n=base.n_forget, column=column, note=note, val=vf,
                 n_val=nf, correct=scores.forget_correct,
-                questions="forget_test" if scores.forget_correct else None),
-            Row(model=model, attack=attack, split="retain", format=fmt, mode=mode,
-                accuracy=scores.retain, n=base.n_retain, val=vr, n_val=nr)]
+                questions="forget_test" if scores.forget_correct else None)]
+    if not math.isnan(scores.retain):  # NaN: retain not scored (a placebo), no row
+        rows.append(Row(model=model, attack=attack, split="retain", format=fmt, mode=mode,
+                        accuracy=scores.retain, n=base.n_retain, val=vr, n_val=nr))
     if scores.control is not None:
         rows.append(control_row(model, attack, scores, fmt, mode,
                                 val.control if val is not None else None,

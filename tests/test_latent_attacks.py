@@ -233,7 +233,7 @@ def test_cost_counts_what_the_attack_does(name, monkeypatch, tmp_path):
              "probe": probe.Config(limit=9)}
     module = {"soft_prompt": soft_prompt, "latent": latent, "tuned_lens": tuned_lens,
               "probe": probe}[name]
-    counted = {"score": 0, "lens": 0}
+    counted = {"score": 0, "readout": 0}
     real_eval, real_rows, real_last = scoring.evaluate, continuous.score_rows, \
         readouts.last_residuals
 
@@ -246,7 +246,7 @@ def test_cost_counts_what_the_attack_does(name, monkeypatch, tmp_path):
         return real_rows(m, rows, *a, **k)
 
     def count_last(m, questions, **k):
-        counted["lens"] += len(questions)
+        counted["readout"] += len(questions)
         return real_last(m, questions, **k)
 
     monkeypatch.setattr(scoring, "evaluate", count_eval)
@@ -277,4 +277,4 @@ def test_cost_counts_what_the_attack_does(name, monkeypatch, tmp_path):
         assert len(steps) == expected[name]
         assert counted["score"] == expected["score"]
     else:
-        assert counted["lens"] + sum(texts) == expected["lens"]
+        assert counted["readout"] + sum(texts) == expected["readout"]

@@ -161,6 +161,8 @@ def test_projection_counts_the_paper_preset_by_hand():
         assert counts["gcg"][f"gcg on {model}"] == g.steps
     assert set(counts["lens"]) == {"lens on original", "lens on rmu", "lens on npo",
                                    "lens on dpo"}  # the lens also reads the original
+    assert set(counts["readout"]) == {f"{a} on {m}" for a in ("tuned_lens", "probe")
+                                      for m in ("original", "rmu", "npo", "dpo")}
     # finetuning, unrelated n = 10, 100, 1000 and forget k = 5, 10, 50, batch 1 (the official
     # recipe), 3 epochs: 30 / 300 / 3,000 steps for the unrelated n, as the paper
     # and the shuffled-values placebo at k = 10, 50
@@ -195,7 +197,7 @@ def test_plan_tiny_end_to_end(tmp_path, monkeypatch):
     # the LoRA batch: no kind of their own)
     assert list(stages) == list(planning.step_kinds(light).probes)
     assert set(stages) == {"score", "rmu", "npo", "dpo", "lora", "directions", "lens", "gcg",
-                           "snip"}
+                           "snip", "readout", "soft_prompt", "latent"}
     for name, s in stages.items():
         assert {"stage", "seconds_per_step", "steps", "projected_seconds", "peak_memory_mb",
                 "fits"} <= set(s)

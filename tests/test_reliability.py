@@ -256,7 +256,31 @@ def ex_hf_block_output(m, mp):
     assert not any(mod._forward_hooks for mod in hf.modules())
 
 
+def ex_continuous(m, mp):
+    """The continuous attacks' forward (a hook on the embedding) and the frozen block."""
+    from interp.attacks import continuous, soft_prompt
+
+    rows = continuous.encode_rows(m, _questions(), 2)
+    prefix = torch.zeros(2, m.cfg.d_model, requires_grad=True)
+    Fault(m, mp)
+    with pytest.raises(RuntimeError, match="boom"):
+        with continuous.frozen(m):
+            continuous.candidate_loss(m, rows, soft_prompt.prefix_hooks(prefix)(rows))
+
+
+def ex_mean_norm(m, mp):
+    from interp.attacks import continuous, latent
+
+    rows = continuous.encode_rows(m, _questions())
+    mp.setattr(m.blocks[0], "forward", _boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        latent.mean_norm(m, rows, 0)
+
+
 EXERCISES = {
+    "interp.attacks.continuous.candidate_logits": ex_continuous,
+    "interp.attacks.continuous.frozen": ex_continuous,
+    "interp.attacks.latent.mean_norm": ex_mean_norm,
     "interp.attacks.direction_recipes.token_activations": ex_token_activations,
     "benchmarks.training.hf_block_output": ex_hf_block_output,
     "interp.scoring.maybe_hooks": ex_maybe_hooks,

@@ -114,13 +114,13 @@ def mean_norm(model: HookedTransformer, rows: Rows, layer: int, batch_size: int 
     """The mean residual norm after block `layer` over the rows' real positions, each row's first
     excluded."""
     total, count = 0.0, 0.0
+    store: dict[str, Tensor] = {}
+
+    def keep(x, hook):
+        store["x"] = x.detach().float()
+
     for start in range(0, len(rows), batch_size):
         part = rows.take(range(start, min(start + batch_size, len(rows))))
-        store = {}
-
-        def keep(x, hook):
-            store["x"] = x.detach().float()
-
         with model.hooks(fwd_hooks=[(hook_name(layer), keep)]):
             model(part.tokens, attention_mask=part.mask, stop_at_layer=layer + 1)
         w = after_first(part.mask)
@@ -194,6 +194,7 @@ class Result(base.Result):
 
     @property
     def mode(self) -> str:
+        """"chat" or "raw"."""
         return "chat" if self.chat else "raw"
 
     def rows(self, model: str) -> list[Row]:

@@ -212,7 +212,7 @@ def _fit(model: HookedTransformer, data, cfg: Config, original) -> Result:
 
 def cost(cfg: Config, sizes) -> dict[str, int]:
     """Questions read at every layer by `run` (`interp.cost`)."""
-    return {"lens": sizes.forget_train + capped(sizes.forget_val, cfg.limit)
+    return {"readout": sizes.forget_train + capped(sizes.forget_val, cfg.limit)
             + capped(sizes.forget_test, cfg.limit) + capped(sizes.retain_test, cfg.limit)
             + capped(sizes.control_test, cfg.limit)}
 
@@ -226,7 +226,7 @@ def _question(pr, cfg: Config) -> float:
 
 def probes(cfg: Config) -> dict[str, StepProbe]:
     """How `interp plan` times the kinds `cost` counts (`interp.cost`)."""
-    return {"lens": StepProbe("question read", _question, knob="a smaller batch_size")}
+    return {"readout": StepProbe("question read", _question, knob="a smaller batch_size")}
 
 
 SPEC = AttackSpec(

@@ -113,6 +113,7 @@ class Result(base.Result):
 
     @property
     def mode(self) -> str:
+        """"chat" or "raw"."""
         return "chat" if self.chat else "raw"
 
     def rows(self, model: str) -> list[Row]:

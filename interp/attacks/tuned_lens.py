@@ -77,6 +77,7 @@ class Translators:
     lambdas: list[float]  # the chosen penalty per layer (absolute)
 
     def __call__(self, resid: Float[Tensor, "n_layers n d"]) -> Float[Tensor, "n_layers n d"]:
+        """Each layer's residuals through its translator."""
         w, b = self.weight.to(resid.device), self.bias.to(resid.device)
         return resid + torch.einsum("lnd,lde->lne", resid, w) + b[:, None]
 
@@ -302,7 +303,7 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
     """Questions read by `run` (`interp.cost`; the corpus pass is about as many prompts of
     `max_len` tokens as the fit needs, counted as lens questions)."""
     texts = -(-(cfg.fit_tokens + cfg.heldout_tokens) // (cfg.max_len - 1))
-    return {"lens": capped(sizes.forget_test, cfg.limit) + capped(sizes.retain_test, cfg.limit)
+    return {"readout": capped(sizes.forget_test, cfg.limit) + capped(sizes.retain_test, cfg.limit)
             + capped(sizes.control_test, cfg.limit) + capped(sizes.forget_val, cfg.limit)
             + texts}
 
@@ -316,7 +317,7 @@ def _question(pr, cfg: Config) -> float:
 
 def probes(cfg: Config) -> dict[str, StepProbe]:
     """How `interp plan` times the kinds `cost` counts (`interp.cost`)."""
-    return {"lens": StepProbe("question read", _question, knob="a smaller batch_size")}
+    return {"readout": StepProbe("question read", _question, knob="a smaller batch_size")}
 
 
 SPEC = AttackSpec(
