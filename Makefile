@@ -27,7 +27,7 @@ reproduce: setup
 # finetuning attack's forget cells at two more seeds (the table gains their spread) and the
 # rephrasing attack (flat on the laptop run of 2026-12-06).
 extended: setup
-	$(BIN)/interp reproduce --preset extended --out runs/laptop --figures figures
+	$(BIN)/interp reproduce --preset extended --out runs/laptop
 
 # The notebooks executed against the laptop run (make reproduce first), saved with their outputs:
 # every plotly figure also as a static PNG, so they show where no JavaScript runs.
