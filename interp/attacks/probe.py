@@ -24,7 +24,6 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from interp import timing
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Row
 from interp.attacks.readouts import (
@@ -32,13 +31,14 @@ from interp.attacks.readouts import (
     Residuals,
     accuracy_per_layer,
     choose_layer,
+    difference_lines,
     first_edited_layer,
     last_residuals,
     layer_bits,
     normed,
+    readout_probes,
 )
 from interp.attacks.sets import QuestionSets
-from interp.attacks.tuned_lens import difference_lines
 from interp.cost import StepProbe, capped
 from interp.data.folder import as_data
 from interp.errors import InterpError
@@ -217,16 +217,9 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
             + capped(sizes.control_test, cfg.limit)}
 
 
-def _question(pr, cfg: Config) -> float:
-    """`interp plan`'s probe: seconds per question read at every layer."""
-    questions = pr.data.questions("forget_test")[: cfg.batch_size]
-    return timing.timed_calls(lambda: (last_residuals(pr.model, questions), len(questions))[1],
-                              pr.steps, pr.device)
-
-
 def probes(cfg: Config) -> dict[str, StepProbe]:
     """How `interp plan` times the kinds `cost` counts (`interp.cost`)."""
-    return {"readout": StepProbe("question read", _question, knob="a smaller batch_size")}
+    return readout_probes(cfg.batch_size)
 
 
 SPEC = AttackSpec(

@@ -19,9 +19,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from interp import timing
 from interp.activations import iter_activations
+from interp.cost import StepProbe
 from interp.data.questions import Question
 from interp.model.hooks import layer_hook_names
+from interp.plots import layer_lines
 from interp.results import bits
 from interp.scoring import EvalConfig, encode_all, letter_rule
 
@@ -115,3 +118,30 @@ class Curves:
     retain: list[float]
     val: list[float]
     control: list[float] = field(default_factory=list)
+
+
+def difference_lines(results: dict, attr: str, title: str):
+    """Forget accuracy per layer (`getattr(result, attr).forget`) minus the original's, one line
+    per protected model (the original's own line where there is no original)."""
+    base_ = results.get("original")
+    lines = {}
+    for m, r in results.items():
+        ys = getattr(r, attr).forget
+        if base_ is None or m == "original":
+            lines[m] = ys
+        else:
+            lines[f"{m} − original"] = [a - b for a, b in zip(ys, getattr(base_, attr).forget)]
+    return layer_lines(lines, chance=None, ytitle="forget accuracy (minus the original's)",
+                       title=f"{title}: forget accuracy per layer, protected minus original")
+
+
+def readout_probes(batch_size: int) -> dict[str, StepProbe]:
+    """How `interp plan` times the "readout" kind (`interp.cost`): seconds per question whose
+    residuals are read at every layer."""
+
+    def measure(pr, cfg) -> float:
+        questions = pr.data.questions("forget_test")[:batch_size]
+        return timing.timed_calls(lambda: (last_residuals(pr.model, questions),
+                                           len(questions))[1], pr.steps, pr.device)
+
+    return {"readout": StepProbe("question read", measure, knob="a smaller batch_size")}

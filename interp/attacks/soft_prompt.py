@@ -266,7 +266,7 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
             getattr(curve, k).append(score_rows(model, r, prefix_hooks(prefixes[n][s])).accuracy)
     step = curves[str(n)].steps[i]
     chosen = prefixes[n][step]
-    plain = _plain_scorer(model, cfg)
+    plain = scorer_of(model, chat=cfg.chat)
     # no prefix is an option too: a prefix is used only if it beats none on validation
     used = curves[str(n)].val[i] > plain(val.forget).accuracy
     score = scorer(model, prefix_hooks(chosen), n, chat=cfg.chat) if used else plain
@@ -286,10 +286,6 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
                     n_val=len(val.forget), format=test.forget[0].format, chat=cfg.chat,
                     seconds=round(time.perf_counter() - t0, 1), prefix=chosen)
     return base.save(result, out)
-
-
-def _plain_scorer(model, cfg: Config):
-    return scorer_of(model, chat=cfg.chat)
 
 
 def cost(cfg: Config, sizes) -> dict[str, int]:

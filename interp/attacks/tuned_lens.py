@@ -24,7 +24,6 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from interp import timing
 from interp.activations import iter_activations
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Row
@@ -33,9 +32,11 @@ from interp.attacks.readouts import (
     accuracy_per_layer,
     candidate_logits,
     choose_layer,
+    difference_lines,
     first_edited_layer,
     last_residuals,
     layer_bits,
+    readout_probes,
 )
 from interp.attacks.sets import QuestionSets
 from interp.cost import StepProbe, capped
@@ -226,20 +227,6 @@ class Result(base.Result):
         return difference_lines(results, "tuned", "Tuned lens")
 
 
-def difference_lines(results: dict, attr: str, title: str):
-    """Forget accuracy per layer minus the original's, one line per protected model."""
-    base_ = results.get("original")
-    lines = {}
-    for m, r in results.items():
-        ys = getattr(r, attr).forget
-        if base_ is None or m == "original":
-            lines[m] = ys
-        else:
-            lines[f"{m} − original"] = [a - b for a, b in zip(ys, getattr(base_, attr).forget)]
-    return layer_lines(lines, chance=None, ytitle="forget accuracy (minus the original's)",
-                       title=f"{title}: forget accuracy per layer, protected minus original")
-
-
 def _curves(model, lens: Translators, sets: dict, first_layer: int):
     logits = {k: candidate_logits(model, lens(r.resid), r.candidates) for k, r in sets.items()}
     acc = {k: accuracy_per_layer(v, sets[k].answers) for k, v in logits.items()}
@@ -308,16 +295,9 @@ def cost(cfg: Config, sizes) -> dict[str, int]:
             + texts}
 
 
-def _question(pr, cfg: Config) -> float:
-    """`interp plan`'s probe: seconds per question read at every layer."""
-    questions = pr.data.questions("forget_test")[: cfg.batch_size]
-    return timing.timed_calls(lambda: (last_residuals(pr.model, questions), len(questions))[1],
-                              pr.steps, pr.device)
-
-
 def probes(cfg: Config) -> dict[str, StepProbe]:
     """How `interp plan` times the kinds `cost` counts (`interp.cost`)."""
-    return {"readout": StepProbe("question read", _question, knob="a smaller batch_size")}
+    return readout_probes(cfg.batch_size)
 
 
 SPEC = AttackSpec(
