@@ -211,13 +211,24 @@ def evaluate(
 def generate_greedy(
     model: HookedTransformer, prompts: Sequence[list[int]], *, max_new_tokens: int = 24,
     batch_size: int = 16, hooks: Sequence[Hook] | None = None, use_cache: bool = True,
+    eos_check_every: int = 8,
 ) -> list[str]:
     """Greedy continuations of token-id prompts (left-padded batches, hooks applied).
 
     With `use_cache` each new token is one single-position forward against TransformerLens'
-    key-value cache; without it the whole sequence is recomputed per token (the reference)."""
+    key-value cache; without it the whole sequence is recomputed per token (the reference).
+
+    The generated ids stay on the model's device (one preallocated tensor per batch) and are read
+    back once per batch, to decode. A row's text ends at its first end-of-sequence token; the batch
+    stops once every row has one, which the cached path checks (a host read) only every
+    `eos_check_every` tokens: the few extra forwards after the last row ends are ignored, so the
+    texts are the same as checking every token, and no read stalls the device between tokens. The
+    recomputing path reads one number per token anyway (the next input's width, since a finished
+    row stops growing) and checks then."""
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
+    if eos_check_every < 1:
+        raise InterpError(f"eos_check_every must be at least 1, got {eos_check_every}")
     tokenizer = get_tokenizer(model)
     pad = pad_id(tokenizer)
     eos = tokenizer.eos_token_id
@@ -225,33 +236,62 @@ def generate_greedy(
     was_training = model.training
     model.eval()
     device = model.cfg.device
+    n_ctx = model.cfg.n_ctx
     try:
         with maybe_hooks(model, hooks):
             for start in range(0, len(prompts), batch_size):
                 batch = [list(p) for p in prompts[start:start + batch_size]]
-                new: list[list[int]] = [[] for _ in batch]
-                done = [False] * len(batch)
-                cache = (TransformerLensKeyValueCache.init_cache(model.cfg, device, len(batch))
+                rows = len(batch)
+                cache = (TransformerLensKeyValueCache.init_cache(model.cfg, device, rows)
                          if use_cache else None)
                 tokens, mask = pad_left(batch, pad, device)
-                for _ in range(max_new_tokens):
-                    if cache is None:
-                        tokens, mask = pad_left([p + n for p, n in zip(batch, new)], pad,
-                                                device)
+                width = tokens.shape[1]  # the prompts' padded width
+                new = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=device)
+                done = torch.zeros(rows, dtype=torch.bool, device=device)
+                if cache is None:
+                    prompt_tokens, prompt_len = tokens, mask.sum(1)
+                    n_new = torch.zeros(rows, dtype=torch.long, device=device)  # kept per row
+                steps = 0
+                for step in range(max_new_tokens):
                     resid = model(tokens, attention_mask=mask, past_kv_cache=cache,
                                   stop_at_layer=model.cfg.n_layers)
                     logits = readout(model, resid[:, -1:])[:, 0]
-                    nxt = logits.argmax(-1).tolist()
-                    for i, t in enumerate(nxt):
-                        if not done[i]:
-                            new[i].append(t)
-                            done[i] = t == eos
-                    if all(done):
+                    nxt = logits.argmax(-1)
+                    new[:, step] = nxt
+                    steps = step + 1
+                    if cache is None:
+                        # rows that had not ended keep this token; those that had do not grow
+                        n_new += ~done
+                    if eos is not None:
+                        done |= nxt == eos
+                    if steps == max_new_tokens:
                         break
-                    tokens = torch.tensor(nxt, device=device)[:, None]
-                    mask = torch.ones_like(tokens)
-                out += [tokenizer.decode([t for t in n if t != eos], skip_special_tokens=True)
-                        for n in new]
+                    if cache is None:
+                        # every row's prompt and kept tokens, left-padded as `pad_left` does;
+                        # the width is a shape, so it is read here, with the all-ended check
+                        lengths = prompt_len + n_new
+                        if eos is None:  # no row ends: every row grew by one
+                            w = width + steps
+                        else:
+                            w, ended = torch.stack([lengths.max(), done.all().long()]).tolist()
+                            if ended:
+                                break
+                        seq = torch.cat([prompt_tokens, new[:, :steps]], 1)
+                        cols = torch.arange(w, device=device)
+                        src = (width + n_new - w)[:, None] + cols  # kept tokens end the row
+                        real = cols[None] >= (w - lengths)[:, None]
+                        tokens = torch.where(real, seq.gather(1, src.clamp(min=0)), pad)
+                        mask = real.long()
+                    else:
+                        if eos is not None and (steps % eos_check_every == 0
+                                                or width + steps >= n_ctx) and bool(done.all()):
+                            break
+                        tokens = nxt[:, None]
+                        mask = torch.ones_like(tokens)
+                for ids in new[:, :steps].tolist():  # the batch's one read of its ids
+                    if eos in ids:
+                        ids = ids[:ids.index(eos)]
+                    out.append(tokenizer.decode(ids, skip_special_tokens=True))
     finally:
         model.train(was_training)
     return out

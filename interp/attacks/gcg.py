@@ -134,18 +134,27 @@ def initial_prefix(tokenizer, cfg: GCGConfig, allowed: Tensor | None = None) -> 
 
 
 def sample_candidates(prefix: Tensor, grad: Tensor, allowed: Tensor, cfg: GCGConfig,
-                      gen: torch.Generator) -> Tensor:
-    """`search_width` prefixes, each with `n_replace` positions set to top-k gradient tokens."""
+                      gen: torch.Generator, k: int | None = None) -> Tensor:
+    """`search_width` prefixes, each with `n_replace` positions set to top-k gradient tokens, on
+    the gradient's device. The positions and choices are drawn from `gen` (a CPU generator, so a
+    seed gives the same draws on any device) and sent over without waiting for the device; `k`:
+    the number of top tokens per position, min(topk, allowed tokens) (computed here, with a host
+    read, when not given)."""
+    device = grad.device
     n = prefix.shape[0]
-    scores = (-grad.float()).masked_fill(~allowed.to(grad.device), float("-inf"))
-    k = min(cfg.topk, int(allowed.sum()))
-    top = scores.topk(k, dim=-1).indices.cpu()  # (n, k)
+    allowed = allowed.to(device)  # run_gcg passes it on the device already: no copy
+    scores = (-grad.float()).masked_fill(~allowed, float("-inf"))
+    if k is None:
+        k = min(cfg.topk, int(allowed.sum()))
+    top = scores.topk(k, dim=-1).indices  # (n, k)
     width = cfg.search_width
     n_rep = min(cfg.n_replace, n)
     pos = torch.argsort(torch.rand(width, n, generator=gen), dim=-1)[:, :n_rep]  # (w, r)
     choice = torch.randint(0, k, (width, n_rep), generator=gen)
+    pos = pos.to(device, non_blocking=True)
+    choice = choice.to(device, non_blocking=True)
     new = top[pos, choice]
-    cands = prefix.cpu()[None].repeat(width, 1)
+    cands = prefix.to(device)[None].repeat(width, 1)
     cands.scatter_(1, pos, new)
     return cands
 
@@ -154,22 +163,34 @@ def run_gcg(model: HookedTransformer, train: Sequence[Question], val: Sequence[Q
             cfg: GCGConfig, original: HookedTransformer | None = None,
             test: Sequence[Question] = ()) -> GCGResult:
     """Optimize one prefix on `train`; held-out accuracy with the scorer's `prefix=` every
-    `eval_every` steps and at the end (and on `test` too, for a budget curve)."""
+    `eval_every` steps and at the end (and on `test` too, for a budget curve).
+
+    A step reads the device twice: the candidates' ids once (`.tolist()`, for the tokenizer's
+    round trip) and the step's best loss once (the loss curve, the progress bar, and the step's
+    time, which on a GPU is the device's because of that read). Everything else stays on the
+    model's device: the allowed-token mask (sent once per run), the candidates, their losses,
+    the argmin and the buffer of the best prefixes (losses and ids as device tensors, kept sorted
+    by a stable sort, so ties keep the earliest prefix as before)."""
     if not train:
         raise InterpError("GCG needs at least one training question")
     if cfg.search_width < 1 or cfg.topk < 1 or cfg.n_tokens < 1 or cfg.steps < 0:
         raise InterpError("GCG needs search_width, topk, n_tokens >= 1 and steps >= 0")
     tok = get_tokenizer(model)
+    device = model.cfg.device
     gen = torch.Generator().manual_seed(cfg.seed)
     rule = letter_rule(model)
     slots = [question_slots(tok, q, chat=cfg.chat, fmt=cfg.fmt, letter_ids=rule) for q in train]
     objective = Objective(model, slots, cfg, original)
     allowed = allowed_tokens(tok, model.cfg.d_vocab, cfg.allow_non_ascii)
+    k = min(cfg.topk, int(allowed.sum()))  # on the host, once
     current = torch.tensor(initial_prefix(tok, cfg, allowed), dtype=torch.long)
+    allowed = allowed.to(device)  # once per run
     was_training = model.training
     model.eval()
     t0 = time.perf_counter()
-    buffer = [(float(objective.losses(current[None].to(model.cfg.device))[0]), current)]
+    # the buffer, best first: losses (b,) and prefixes (b, n) on the device
+    buf_ids = current.to(device)[None]
+    buf_loss = objective.losses(buf_ids)
     result = GCGResult(prefix=tok.decode(current.tolist()), prefix_ids=current.tolist(),
                        losses=[], config=asdict(cfg))
 
@@ -179,11 +200,12 @@ def run_gcg(model: HookedTransformer, train: Sequence[Question], val: Sequence[Q
         nonlocal eval_seconds
         if val:
             t = time.perf_counter()
-            prefix = tok.decode(ids.tolist())
+            ids = ids.tolist()
+            prefix = tok.decode(ids)
             acc = evaluate(model, val, prefix=prefix, chat=cfg.chat, fmt=cfg.fmt,
                            progress=False, batch_size=32).accuracy
             entry = {"step": step, "candidates": result.candidates_scored, "accuracy": acc,
-                     "prefix_ids": ids.tolist()}
+                     "prefix_ids": ids}
             if test:
                 entry["test_accuracy"] = evaluate(model, test, prefix=prefix, chat=cfg.chat,
                                                   fmt=cfg.fmt, progress=False,
@@ -195,25 +217,29 @@ def run_gcg(model: HookedTransformer, train: Sequence[Question], val: Sequence[Q
         bar = tqdm(range(cfg.steps), desc="GCG", disable=not cfg.progress, leave=False)
         for step in bar:
             t_step = time.perf_counter()
-            best_loss, best = min(buffer, key=lambda b: b[0])
-            grad = objective.token_gradient(best.to(model.cfg.device))
-            cands = sample_candidates(best, grad, allowed, cfg, gen)
+            grad = objective.token_gradient(buf_ids[0])
+            cands = sample_candidates(buf_ids[0], grad, allowed, cfg, gen, k=k)
+            # the one read of the candidates: the tokenizer's round trip needs host ids
             keep = [i for i, c in enumerate(cands.tolist()) if round_trips(tok, c)]
             if keep:
-                cands = cands[keep]
-                losses = objective.losses(cands.to(model.cfg.device)).cpu()
+                if len(keep) < cands.shape[0]:
+                    index = torch.tensor(keep, dtype=torch.long).to(device, non_blocking=True)
+                    cands = cands.index_select(0, index)
+                losses = objective.losses(cands)
                 result.candidates_scored += cands.shape[0]
-                i = int(losses.argmin())
-                buffer.append((float(losses[i]), cands[i]))
-                buffer = sorted(buffer, key=lambda b: b[0])[: cfg.buffer_size]
-            result.losses.append(min(b[0] for b in buffer))
+                i = losses.argmin(0, keepdim=True)  # (1,): the first of equal minima
+                all_loss = torch.cat([buf_loss, losses.index_select(0, i)])
+                all_ids = torch.cat([buf_ids, cands.index_select(0, i)])
+                order = torch.sort(all_loss, stable=True).indices[: cfg.buffer_size]
+                buf_loss, buf_ids = all_loss[order], all_ids[order]
+            result.losses.append(buf_loss[0].item())  # the step's one read of a loss
             timing.record(time.perf_counter() - t_step)
             bar.set_postfix(loss=f"{result.losses[-1]:.4f}")
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-                val_acc(min(buffer, key=lambda b: b[0])[1], step + 1)
+                val_acc(buf_ids[0], step + 1)
         bar.close()
         result.seconds = time.perf_counter() - t0 - eval_seconds  # search time only
-        best = min(buffer, key=lambda b: b[0])[1]
+        best = buf_ids[0]
         result.prefix_ids = best.tolist()
         result.prefix = tok.decode(result.prefix_ids)
         if not result.val or result.val[-1]["step"] != cfg.steps:

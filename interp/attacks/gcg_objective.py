@@ -4,7 +4,7 @@ runs the search). See `interp.attacks.gcg` for the objective's terms."""
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import einops
 import torch
@@ -54,6 +54,10 @@ class Objective:
         self.shared = (cfg.reuse_before and len(before) > 0
                        and all(s.before == before for s in slots))
         self._before_cache = None
+        # constants of every batch, on the device once: each question's target and index
+        self._targets = torch.tensor([s.target for s in slots], device=self.device)
+        self._questions = torch.arange(len(slots), device=self.device)
+        self._templates: dict[int, tuple] = {}  # prefix length -> `_template`
 
     @torch.no_grad()
     def _context(self, rows: int):
@@ -87,21 +91,11 @@ class Objective:
         ref = einops.rearrange(batch.acts, "l (q t) d -> q l t d", q=len(seqs))
         return ref.contiguous().to(self.device)
 
-    def _rows(self, prefixes: Int[Tensor, "c n"], qs: Sequence[int]):
-        pref = prefixes.tolist()
-        seqs, starts = [], []
-        for p in pref:
-            for q in qs:
-                s = self.slots[q]
-                before = [] if self.shared else s.before  # shared: read from the cache
-                seqs.append(before + p + s.after)
-                starts.append(len(before))
-        return seqs, starts
-
-    def _forward(self, tokens, mask, prefix_pos, qs: Sequence[int], n_prefix: int,
+    def _forward(self, tokens, mask, prefix_pos, qs: Int[Tensor, "rows"], n_prefix: int,  # noqa: F821
                  embed_hook=None, lengths=None) -> Float[Tensor, "rows"]:  # noqa: F821
-        """Loss per row. Left-padded rows (`lengths` None) end at the last position; with the
-        shared context cached, rows are right-padded and end at `lengths - 1`."""
+        """Loss per row (`qs`: each row's question, on the device). Left-padded rows (`lengths`
+        None) end at the last position; with the shared context cached, rows are right-padded and
+        end at `lengths - 1`."""
         model, cfg = self.model, self.cfg
         names = [hook_name(i) for i in self.layers]
         store: dict[str, Tensor] = {}
@@ -120,13 +114,13 @@ class Objective:
         with model.hooks(fwd_hooks=hooks):
             resid = model(tokens, attention_mask=mask, past_kv_cache=cache,
                           stop_at_layer=model.cfg.n_layers)
-        targets = torch.tensor([self.slots[q].target for q in qs], device=self.device)
+        targets = self._targets[qs]
         end = resid[:, -1:] if lengths is None else resid[rows, lengths - 1][:, None]
         last = readout(model, end)[:, 0]
         loss = F.cross_entropy(last.float(), targets, reduction="none")
         if self.layers:
             got = torch.stack([store[n] for n in names], 1)  # (rows, layers, tail, d)
-            ref = self.reference[list(qs)]
+            ref = self.reference[qs]
             dist = ((got - ref) ** 2).sum(-1).mean((-1, -2))
             loss = loss + cfg.resid_weight * dist / (ref**2).sum(-1).mean((-1, -2))
         if cfg.fluency_weight > 0 and n_prefix > 1:
@@ -135,51 +129,77 @@ class Objective:
             logits = readout(model, resid[rows, pos])  # (rows, n-1, vocab)
             nxt = tokens[rows, pos + 1]
             nll = F.cross_entropy(logits.float().flatten(0, 1), nxt.flatten(), reduction="none")
-            loss = loss + cfg.fluency_weight * nll.view(len(qs), -1).mean(-1)
+            loss = loss + cfg.fluency_weight * nll.view(qs.shape[0], -1).mean(-1)
         return loss
 
-    def _batch(self, seqs, starts):
-        """(tokens, mask, prefix positions, lengths): left-padded, or right-padded after the
-        shared cached context (pads then follow every real token, so causal attention never
-        reads them, and the mask is all ones; `lengths` locates each row's end)."""
-        if self.shared:
-            width = max(len(s) for s in seqs)
-            tokens = torch.full((len(seqs), width), self.pad, dtype=torch.long)
-            for i, seq in enumerate(seqs):
-                tokens[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-            lengths = torch.tensor([len(s) for s in seqs], device=self.device)
-            pos = torch.tensor(starts, device=self.device)
-            tokens = tokens.to(self.device)
-            return tokens, torch.ones_like(tokens), pos, lengths
-        tokens, mask = pad_left(seqs, self.pad, self.device)
-        width = tokens.shape[1]
-        pos = torch.tensor([width - len(s) + st for s, st in zip(seqs, starts)], device=self.device)
-        return tokens, mask, pos, None
+    def _template(self, n: int):
+        """Every question's row with an `n`-token prefix slot, built once per prefix length and
+        kept on the device: (tokens (q, width) with the slot unfilled, mask, prefix start (q,),
+        lengths (q,) or None). Left-padded, or right-padded after the shared cached context (pads
+        then follow every real token, so causal attention never reads them, and the mask is all
+        ones; `lengths` locates each row's end)."""
+        if n not in self._templates:
+            seqs, starts = [], []
+            for s in self.slots:
+                before = [] if self.shared else s.before  # shared: read from the cache
+                seqs.append(before + [self.pad] * n + s.after)
+                starts.append(len(before))
+            if self.shared:
+                width = max(len(s) for s in seqs)
+                tokens = torch.full((len(seqs), width), self.pad, dtype=torch.long)
+                for i, seq in enumerate(seqs):
+                    tokens[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+                lengths = torch.tensor([len(s) for s in seqs], device=self.device)
+                pos = torch.tensor(starts, device=self.device)
+                tokens = tokens.to(self.device)
+                self._templates[n] = (tokens, torch.ones_like(tokens), pos, lengths)
+            else:
+                tokens, mask = pad_left(seqs, self.pad, self.device)
+                width = tokens.shape[1]
+                pos = torch.tensor([width - len(s) + st for s, st in zip(seqs, starts)],
+                                   device=self.device)
+                self._templates[n] = (tokens, mask, pos, None)
+        return self._templates[n]
+
+    def _batch(self, prefixes: Int[Tensor, "c n"]):
+        """(tokens, mask, prefix positions, lengths, question of each row) for every prefix with
+        every question, prefix-major, built on the device from the template: no host round trip."""
+        c, n = prefixes.shape
+        nq = len(self.slots)
+        template, mask, pos, lengths = self._template(n)
+        tokens = template.repeat(c, 1)
+        pos = pos.repeat(c)
+        idx = pos[:, None] + torch.arange(n, device=self.device)
+        tokens.scatter_(1, idx, prefixes[:, None, :].expand(c, nq, n).reshape(c * nq, n))
+        qs = self._questions.repeat(c)
+        return (tokens, mask.repeat(c, 1), pos, None if lengths is None else lengths.repeat(c),
+                qs)
 
     @torch.no_grad()
     def losses(self, prefixes: Int[Tensor, "c n"]) -> Float[Tensor, "c"]:  # noqa: F821
-        """Mean loss over every question, for each candidate prefix."""
-        nq = len(self.slots)
-        out = []
+        """Mean loss over every question, for each candidate prefix (on the model's device; each
+        batch's losses go into one preallocated device tensor, nothing is read back to the host)."""
+        prefixes = prefixes.to(self.device, torch.long)
+        nq, c = len(self.slots), prefixes.shape[0]
+        out = None
         per_batch = max(1, self.cfg.candidate_batch // nq)
-        for start in range(0, prefixes.shape[0], per_batch):
+        for start in range(0, c, per_batch):
             chunk = prefixes[start:start + per_batch]
-            seqs, starts = self._rows(chunk, range(nq))
-            tokens, mask, pos, lengths = self._batch(seqs, starts)
-            qs = list(range(nq)) * chunk.shape[0]
+            tokens, mask, pos, lengths, qs = self._batch(chunk)
             loss = self._forward(tokens, mask, pos, qs, chunk.shape[1], lengths=lengths)
-            out.append(loss.view(chunk.shape[0], nq).mean(-1))
-        return torch.cat(out)
+            if out is None:
+                out = loss.new_empty(c)
+            out[start:start + chunk.shape[0]] = loss.view(chunk.shape[0], nq).mean(-1)
+        return out if out is not None else torch.empty(0, device=self.device)
 
     @fixed_threads()  # gradients: repeatable whatever the caller's thread count
     def token_gradient(self, prefix: Int[Tensor, "n"]) -> Float[Tensor, "n vocab"]:  # noqa: F821
         """d loss / d one-hot(prefix), through the embedding matrix."""
         model = self.model
         w_e = model.embed.W_E
+        prefix = prefix.to(w_e.device, torch.long)
         one_hot = F.one_hot(prefix, w_e.shape[0]).to(w_e.dtype).requires_grad_(True)
-        nq = len(self.slots)
-        seqs, starts = self._rows(prefix[None], range(nq))
-        tokens, mask, pos, lengths = self._batch(seqs, starts)
+        tokens, mask, pos, lengths, qs = self._batch(prefix[None])
         n = prefix.shape[0]
         idx = pos[:, None] + torch.arange(n, device=self.device)[None]
 
@@ -192,7 +212,7 @@ class Objective:
         for p in model.parameters():
             p.requires_grad_(False)
         try:
-            loss = self._forward(tokens, mask, pos, list(range(nq)), n, embed_hook=swap_in,
+            loss = self._forward(tokens, mask, pos, qs, n, embed_hook=swap_in,
                                  lengths=lengths).mean()
             (grad,) = torch.autograd.grad(loss, one_hot)
         finally:
