@@ -25,6 +25,7 @@ from interp.attacks import base
 from interp.attacks.base import AttackSpec, Baseline, Row
 from interp.attacks.sets import QuestionSets
 from interp.attacks.snip import (  # noqa: F401 - the SNIP API, re-exported here
+    ScoreFiles,
     Thresholds,
     check_fractions,
     grid_mask,
@@ -33,6 +34,7 @@ from interp.attacks.snip import (  # noqa: F401 - the SNIP API, re-exported here
     neuron_weight_masks,
     pruned,
     set_difference,
+    snip_memory_bytes,
     snip_scores,
     top_mask,
 )
@@ -289,7 +291,10 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
             neurons = neuron_set_difference(nf, nu, q, p)
             return neuron_weight_masks(model, neurons), neurons.float().mean(-1)
     else:
-        tf, tu = Thresholds.of(forget_s, fractions), Thresholds.of(utility_s, fractions)
+        # the scores are on the host (snip_scores); each matrix visits the device to be sorted
+        device = model.cfg.device
+        tf = Thresholds.of(forget_s, fractions, device=device)
+        tu = Thresholds.of(utility_s, fractions, device=device)
 
         def masks_for(q, p):
             masks = {n: grid_mask(forget_s[n], utility_s[n], tf.values[n][q], tu.values[n][p])
