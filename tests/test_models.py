@@ -97,3 +97,24 @@ def test_multi_device_placement_is_wired(tiny_llama_dir):
     cfg = SimpleNamespace(device="cuda", n_layers=32, n_devices=4)
     placed = [get_device_for_block_index(i, cfg).index for i in range(32)]
     assert placed == [i // 8 for i in range(32)]
+
+
+def test_blocks_are_placed_where_the_forward_looks_for_them(tiny_llama_dir):
+    """`place_blocks` with a stand-in rule (the second half of the blocks on the meta device, as
+    a second GPU would be): the embedding with block 0, each block on its device, the final norm
+    and unembedding with the last block. (TransformerLens 3.9's own move puts every module on
+    one device, and a converted model stayed on the CPU.)"""
+    import torch
+
+    from interp.model.load import load_model
+    from interp.model.placement import place_blocks
+
+    model = load_model(tiny_llama_dir, device="cpu")
+    n = model.cfg.n_layers
+    rule = lambda i, cfg: torch.device("cpu" if i < n // 2 else "meta")  # noqa: E731
+    place_blocks(model, rule)
+    for i, block in enumerate(model.blocks):
+        assert {p.device.type for p in block.parameters()} == {rule(i, None).type}
+    assert model.embed.W_E.device.type == "cpu"
+    assert model.unembed.W_U.device.type == "meta"
+    assert {p.device.type for p in model.ln_final.parameters()} <= {"meta"}

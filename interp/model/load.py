@@ -13,7 +13,8 @@ Specs:
 - a TransformerLens official model name (needs the hub or its cache).
 
 TransformerLens-specific construction and hook names live here, so a move to `TransformerBridge`
-touches one file.
+touches one file. Every model built here runs attention through SDPA where nothing reads the
+pattern (`interp.model.attention`; `INTERP_ATTENTION=eager` turns it off).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from interp.errors import InterpError
+from interp.model.attention import install_default
 from interp.model.files import MODEL_JSON, WEIGHTS
+from interp.model.placement import place_blocks
 from interp.model.state import get_tokenizer, loaded_from, set_state
 
 EMBEDDED = "smollm2"
@@ -120,7 +123,7 @@ def _gguf_cache_dir(gguf: Path) -> Path:
 
 def build_hooked(cfg: HookedTransformerConfig, tokenizer) -> HookedTransformer:
     """A freshly initialised HookedTransformer with `tokenizer` attached (the smoke model)."""
-    model = HookedTransformer(cfg, tokenizer=None, move_to_device=True)
+    model = install_default(HookedTransformer(cfg, tokenizer=None, move_to_device=True))
     _attach_tokenizer(model, tokenizer)
     return model
 
@@ -156,13 +159,13 @@ def hf_to_hooked(
             )
         except (KeyError, NotImplementedError, ValueError, AttributeError) as exc:
             raise _unconvertible(config, exc) from None
-    model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    model = install_default(HookedTransformer(cfg, tokenizer=None, move_to_device=False))
     model.load_and_process_state_dict(
         state_dict, fold_ln=False, center_writing_weights=False, center_unembed=False,
         fold_value_biases=False,
     )
     _attach_tokenizer(model, tokenizer)
-    return model.to(device) if n_devices == 1 else model
+    return model.to(device) if n_devices == 1 else place_blocks(model)
 
 
 @contextmanager
@@ -314,7 +317,7 @@ def _load_saved(folder: Path, *, device, dtype, tokenizer=None, n_devices: int =
         state = load_file(str(weights))
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise InterpError(f"{weights}: corrupt or truncated safetensors file ({exc})") from None
-    model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    model = install_default(HookedTransformer(cfg, tokenizer=None, move_to_device=False))
     missing, unexpected = model.load_state_dict(
         {k: v.to(dtype) for k, v in state.items()}, strict=False
     )
@@ -325,7 +328,7 @@ def _load_saved(folder: Path, *, device, dtype, tokenizer=None, n_devices: int =
             f"{sorted(param_names & set(missing))[:3]}, unexpected {unexpected[:3]})"
         )
     _attach_tokenizer(model, tokenizer or load_tokenizer(folder))
-    return model.to(device) if n_devices == 1 else model
+    return model.to(device) if n_devices == 1 else place_blocks(model)
 
 
 def load_model(

@@ -18,6 +18,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from interp.errors import InterpError
+from interp.model.attention import install_default
 from interp.model.load import (
     _attach_tokenizer,
     cache_root,
@@ -116,7 +117,8 @@ def synthetic_tokenizer(vocab_size: int, size: int = 4000):
 
 def random_model(shape: str | Path, *, device=None, dtype=None, seed: int = 0,
                  n_devices: int = 1) -> HookedTransformer:
-    """A HookedTransformer of `shape` with random weights, built on `device`."""
+    """A HookedTransformer of `shape` with random weights, built on `device` (SDPA attention as
+    `interp.model.load` builds it)."""
     config = shape_config(shape)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     cfg = hooked_config(config, device=dev, dtype=dt, n_devices=n_devices)
@@ -124,7 +126,11 @@ def random_model(shape: str | Path, *, device=None, dtype=None, seed: int = 0,
     tokenizer = synthetic_tokenizer(cfg.d_vocab)
     torch.manual_seed(seed)
     with torch.device(dev if n_devices == 1 else "cpu"):
-        model = HookedTransformer(cfg, tokenizer=None, move_to_device=True)
+        model = install_default(HookedTransformer(cfg, tokenizer=None, move_to_device=True))
+    if n_devices > 1:
+        from interp.model.placement import place_blocks
+
+        place_blocks(model)
     _attach_tokenizer(model, tokenizer)
     model.eval()
     return model
