@@ -180,15 +180,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """`interp reproduce`: run a preset end to end and print its results table."""
+    from interp.pipelines.presets import get_preset, train_protections
     from interp.pipelines.reproduce import reproduce
 
     start = time.perf_counter()
-    r = reproduce(args.preset, Path(args.out), seed=args.seed, device=args.device,
+    preset = get_preset(args.preset)
+    if args.train_protections:
+        preset = train_protections(preset, args.train_protections)
+    r = reproduce(preset, Path(args.out), seed=args.seed, device=args.device,
                   figures_dir=Path(args.figures) if args.figures else None,
                   executor=args.executor, address=args.address, n_devices=args.n_devices,
                   dtype=args.dtype, tokenizer=args.tokenizer, letter_ids=args.letter_ids)
     print((Path(args.out) / "table.md").read_text())
-    print(f"{len(r['rows'])} rows -> {Path(args.out) / 'results.json'}; "
+    n_rows = (sum(len(d["rows"]) for d in r["domains"].values()) if "domains" in r
+              else len(r["rows"]))
+    print(f"{n_rows} rows -> {Path(args.out) / 'results.json'}; "
           f"{time.perf_counter() - start:.0f} s this run")
     if r.get("peak_rss_mb") is not None:
         print(f"peak memory of the processes that computed cells: {r['peak_rss_mb']:.0f} MB")
@@ -256,6 +262,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from interp.store import check_writable
 
     check_writable(Path(args.out))
+    if args.card is not None:  # memory only, on the meta device: no GPU, no weights
+        from interp.pipelines.memory_plan import memory_lines, memory_plan
+        from interp.store import write_json
+
+        mem = memory_plan(args.preset, args.shape, args.card, dtype=args.dtype,
+                          attention=args.attention, prompt_tokens=args.prompt_tokens,
+                          train=args.train_protections)
+        write_json(Path(args.out), mem.to_json())
+        print("\n".join(memory_lines(mem)))
+        print(f"-> {args.out}")
+        return 0
     cfg = PlanConfig(preset=args.preset, shape=args.shape, device=args.device, dtype=args.dtype,
                      probe_steps=args.probe_steps, prompt_tokens=args.prompt_tokens,
                      forget=args.forget, retain=args.retain, memory_mb=args.memory_mb)
@@ -387,8 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="the paper end to end: benchmark, protections, every "
                        "attack, table and figures (resumable)")
     p.add_argument("--preset", choices=_preset_names(), default="laptop",
-                   help="paper: Zephyr-7B, cais/Zephyr_RMU, WMDP and MMLU (GPU, hub access)")
+                   help="paper: Zephyr-7B against the authors' RMU, NPO and DPO models, on "
+                        "WMDP-bio and WMDP-cyber (each in its own subfolder) and MMLU (GPU, hub "
+                        "access)")
     p.add_argument("--out", required=True, help="run folder (a rerun skips finished cells)")
+    p.add_argument("--train-protections", nargs="?", const="all", default=None,
+                   metavar="METHODS",
+                   help="train the protections the preset loads (all, or e.g. npo,dpo) instead "
+                        "of loading the authors' models; `interp plan` says what fits")
     p.add_argument("--executor", choices=["serial", "ray"], default="serial",
                    help="ray: every cell of a stage is a Ray task (pip install -e '.[ray]')")
     p.add_argument("--address", default=None, help="Ray cluster address (default: local)")
@@ -425,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "runs from the repository checkout's root")
     p.add_argument("names", nargs="*", help="benchmarks to run (default: all): "
                    "scoring-vs-transformers scoring-vs-lm-eval directions generation "
-                   "utilisation gcg lora rmu-step npo-step snip")
+                   "utilisation gcg lora rmu-step npo-step snip attention")
     p.add_argument("--out", required=True, help="result JSON (a markdown table goes beside it)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--n-questions", type=int, default=128)
@@ -449,6 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retain questions (default for paper: MMLU's 14,042)")
     p.add_argument("--memory-mb", type=float, default=None,
                    help="plan for this much memory (default: the device's)")
+    p.add_argument("--card", type=float, default=None, metavar="GIB",
+                   help="instead of timing here: each stage's peak memory on a card of this "
+                        "many GiB (e.g. 80), measured on the meta device (no GPU, no weights)")
+    p.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa",
+                   help="with --card: the attention path to plan for (default sdpa)")
+    p.add_argument("--train-protections", nargs="?", const="all", default=None,
+                   metavar="METHODS", help="with --card: plan training the protections the "
+                   "preset loads (all, or e.g. npo,dpo)")
     p.set_defaults(func=cmd_plan)
 
     data = sub.add_parser("data", help="build the embedded benchmark")

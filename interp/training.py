@@ -249,16 +249,17 @@ def _train(params, loss_fn, batch_at, cfg: TrainConfig, run_dir, param_names, on
     if not params:
         raise InterpError("nothing to train: no trainable parameters were selected")
     names = list(param_names) if param_names else [f"p{i}" for i in range(len(params))]
+    flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
     masters = _Masters(params)
     try:
         return _loop(params, masters, loss_fn, batch_at, cfg, run_dir, names, on_step)
-    finally:
+    finally:  # finished or interrupted: no hooks, no gradients, the caller's flags
         masters.close()
-        for p in params:
+        for p, flag in zip(params, flags):
             p.grad = None
-            p.requires_grad_(False)
+            p.requires_grad_(flag)
 
 
 def _loop(params, masters: _Masters, loss_fn, batch_at, cfg: TrainConfig, run_dir, names,

@@ -23,6 +23,7 @@ from interp.model.state import copy_model
 
 ROOT = Path(__file__).parent.parent / "interp"
 HOOKISH_CALLS = {"hooks", "run_with_cache", "register_parametrization", "register_forward_hook",
+                 "register_post_accumulate_grad_hook",
                  "register_forward_pre_hook", "add_hook", "run_with_hooks"}
 
 
@@ -277,7 +278,53 @@ def ex_mean_norm(m, mp):
         latent.mean_norm(m, rows, 0)
 
 
+def ex_eager_attention(m, mp):
+    from interp.model.attention import attention_modules, eager_attention, is_installed
+
+    before = [is_installed(a) for a in attention_modules(m)]
+    _raise_inside(eager_attention(m))
+    assert [is_installed(a) for a in attention_modules(m)] == before
+
+
+def ex_fused_on_meta(m, mp):
+    import torch.nn.functional as F
+
+    from interp.pipelines.memory_plan import fused_attention_on_meta
+
+    real = F.scaled_dot_product_attention
+    _raise_inside(fused_attention_on_meta())
+    assert F.scaled_dot_product_attention is real
+
+
+def ex_step_peak(m, mp):
+    from interp.pipelines.memory_plan import Workload, step_peak
+
+    Fault(m, mp)
+    for w in (Workload("x", 1, 8, "weights", "all"), Workload("x", 1, 8, "weights", snip=True)):
+        with pytest.raises(RuntimeError, match="boom"):
+            step_peak(m, w)
+
+
+def ex_masters(m, mp):
+    from interp.training import TrainConfig, lm_loss, pack, train
+
+    batch = pack([_tokens(m)], [2], 0, "cpu")
+    saved = {n: p.detach().clone() for n, p in m.named_parameters()}
+    m.to(torch.bfloat16)  # half precision: the float32 masters and their hooks
+    params = [p for n, p in m.named_parameters() if "mlp" in n]
+    Fault(m, mp)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(params, lambda b: lm_loss(m, b), lambda s, k: batch,
+              TrainConfig(steps=2, progress=False))
+    for n, p in m.named_parameters():
+        p.data = saved[n]
+
+
 EXERCISES = {
+    "interp.model.attention.eager_attention": ex_eager_attention,
+    "interp.pipelines.memory_plan.fused_attention_on_meta": ex_fused_on_meta,
+    "interp.pipelines.memory_plan.step_peak": ex_step_peak,
+    "interp.training.__init__": ex_masters,
     "interp.attacks.continuous.candidate_logits": ex_continuous,
     "interp.attacks.continuous.frozen": ex_continuous,
     "interp.attacks.latent.mean_norm": ex_mean_norm,
@@ -321,6 +368,7 @@ def _state(model):
                       for m in model.modules())
     from interp.model.lora import has_lora
 
+    torch_hooks += sum(len(p._post_accumulate_grad_hooks or {}) for p in model.parameters())
     return {"hooks": hooks, "torch_hooks": torch_hooks, "lora": has_lora(model),
             "grad": {n: p.requires_grad for n, p in model.named_parameters()},
             "weights": {n: p.detach().clone() for n, p in model.named_parameters()},

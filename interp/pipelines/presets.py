@@ -16,6 +16,30 @@ from typing import Any
 from interp.errors import InterpError
 
 
+@dataclass(frozen=True)
+class Domain:
+    """One forget source of a preset that runs several (the paper's WMDP-bio and WMDP-cyber): its
+    questions, their subject, and the protected models loaded for it (method -> model spec)."""
+
+    name: str
+    forget: str  # a question source (`load_source`): "wmdp-bio", a parquet file, ...
+    subject: str | None = None
+    external: dict[str, str] = field(default_factory=dict)
+
+
+# The authors' protected models (ethz-spylab/unlearning-vs-safety, scripts/*.sh): the public RMU
+# model was trained on bio and cyber at once; NPO and DPO have one model per subset.
+ZEPHYR = "HuggingFaceH4/zephyr-7b-beta"
+PAPER_DOMAINS = (
+    Domain("bio", "wmdp-bio", "biology", {"rmu": "cais/Zephyr_RMU",
+                                          "npo": "J4Q8/zephyr-npo-bio",
+                                          "dpo": "J4Q8/zephyr-dpo-bio"}),
+    Domain("cyber", "wmdp-cyber", "cybersecurity", {"rmu": "cais/Zephyr_RMU",
+                                                    "npo": "J4Q8/zephyr-npo-cyber",
+                                                    "dpo": "J4Q8/zephyr-dpo-cyber"}),
+)
+
+
 @dataclass
 class Preset:
     """A scale of `interp reproduce`: the benchmark, each protection's and attack's config, the
@@ -39,6 +63,10 @@ class Preset:
     letter_ids: str = "in-context"  # the letter format's candidate rule (`interp.prompts`)
     # a scale that adds to another: a module without settings for this one takes `base`'s
     base: str | None = None
+    # several forget sources, each run in its own subfolder with its own external models (the
+    # fields above are then the first domain's); `domain` names the one a sub-run is
+    domains: tuple[Domain, ...] = ()
+    domain: str = ""
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -55,13 +83,36 @@ SCALES: dict[str, Preset] = {
     # two more seeds (`interp.attacks.seeds`) and the rephrasing attack; run in the laptop run's
     # folder, it adds those cells
     "extended": Preset(name="extended", data="laptop", base="laptop"),
+    # WMDP-bio and WMDP-cyber, each against the authors' own protected models (loaded, not
+    # trained: `--train-protections` trains them instead)
     "paper": Preset(
-        name="paper", data="paper",
-        model="HuggingFaceH4/zephyr-7b-beta", sources=("wmdp-bio", "mmlu"), subject="biology",
-        # the public cais/Zephyr_RMU is loaded, not trained
-        external={"rmu": "cais/Zephyr_RMU"}, tokenizer="HuggingFaceH4/zephyr-7b-beta",
-        dtype="bfloat16", letter_ids="official"),  # the official scorer's rule
+        name="paper", data="paper", model=ZEPHYR, sources=("wmdp-bio", "mmlu"),
+        subject="biology", external=dict(PAPER_DOMAINS[0].external), tokenizer=ZEPHYR,
+        dtype="bfloat16", letter_ids="official",  # the official scorer's rule
+        domains=PAPER_DOMAINS),
 }
+
+
+def domain_presets(p: Preset) -> list[Preset]:
+    """The preset once per forget source (itself when it has one): sources, subject and external
+    models of that domain."""
+    if not p.domains:
+        return [p]
+    retain = p.sources[1] if p.sources else "mmlu"
+    return [replace(p, sources=(d.forget, retain), subject=d.subject,
+                    external={m: s for m, s in d.external.items() if m in p.external},
+                    domains=(), domain=d.name) for d in p.domains]
+
+
+def train_protections(p: Preset, methods: str = "all") -> Preset:
+    """The preset with the named protections (comma-separated; "all": every one it has a config
+    for) trained instead of loaded."""
+    names = list(p.protections) if methods == "all" else [m for m in methods.split(",") if m]
+    unknown = [m for m in names if m not in p.protections]
+    if unknown:
+        raise InterpError(f"--train-protections: preset {p.name!r} has no training settings for "
+                          f"{', '.join(unknown)}; it has {', '.join(p.protections) or 'none'}")
+    return replace(p, external={m: s for m, s in p.external.items() if m not in names})
 
 
 def _configs(modules: dict, name: str, table: str, base: str | None = None) -> dict[str, Any]:

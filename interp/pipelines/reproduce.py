@@ -32,7 +32,7 @@ from interp.attacks import compare
 from interp.attacks.base import registry
 from interp.errors import InterpError
 from interp.pipelines.executors import stage_runner
-from interp.pipelines.presets import PRESETS, Preset, get_preset
+from interp.pipelines.presets import PRESETS, Preset, domain_presets, get_preset
 from interp.pipelines.settings import config_differences, same_settings
 from interp.plots import ship_plotlyjs
 from interp.store import atomic_write_text, read_json, write_json
@@ -300,6 +300,9 @@ def reproduce(preset: str | Preset, out: Path, *, seed: int = 0, device=None,
             raise InterpError(f"--n-devices must be at least 1, got {n_devices}")
         p = replace(p, n_devices=n_devices)
     out = Path(out)
+    if p.domains:  # one run per forget source, each in its own folder, then one table
+        return reproduce_domains(p, out, seed=seed, device=device, figures_dir=figures_dir,
+                                 progress=progress, executor=executor, address=address)
     out.mkdir(parents=True, exist_ok=True)
     same_run_settings(out, p)
     for cell in (c for stage in grid(p) for c in stage):  # before anything computes
@@ -313,6 +316,20 @@ def reproduce(preset: str | Preset, out: Path, *, seed: int = 0, device=None,
         for cell, result in zip(stage, run_stage(fn, stage)):
             results[cell.name] = result
     return summarize(p, out, results, seed, figures_dir)
+
+
+def reproduce_domains(p: Preset, out: Path, **kwargs) -> dict:
+    """Each domain of `p` (WMDP-bio, WMDP-cyber) as a run of its own in `out/{domain}`, then
+    `out/results.json` (each domain's summary) and `out/table.md` (their tables in turn)."""
+    summaries = {}
+    for sub in domain_presets(p):
+        summaries[sub.domain] = reproduce(sub, out / sub.domain, **kwargs)
+    tables = [f"## {name}\n\n" + (out / name / "table.md").read_text() for name in summaries]
+    atomic_write_text(out / "table.md", "\n".join(tables))
+    summary = {"preset": p.name, "domains": {name: {"folder": name, **s}
+                                             for name, s in summaries.items()}}
+    write_json(out / "results.json", summary)
+    return summary
 
 
 RUN_SETTINGS = "settings.json"
@@ -343,6 +360,7 @@ def summarize(p: Preset, out: Path, results: dict, seed: int,
     columns, table = make_table(rows, models)
     timings = timings_from_log(out)
     summary = {"preset": p.name, "seed": seed, "letter_ids": p.letter_ids,
+               **({"domain": p.domain} if p.domain else {}),
                "rows": [r.to_json() for r in rows],
                "timings": timings, "peak_rss_mb": peak_from_log(out),
                "models": {m: relative_spec(model_spec(p, out, m), out) for m in models}}
@@ -359,7 +377,8 @@ def summarize(p: Preset, out: Path, results: dict, seed: int,
         Path(figures_dir).mkdir(parents=True, exist_ok=True)
         for f in figs:
             if f.suffix == ".png":
-                shutil.copy(f, Path(figures_dir) / f"{p.name}_{f.name}")
+                label = f"{p.name}-{p.domain}" if p.domain else p.name
+                shutil.copy(f, Path(figures_dir) / f"{label}_{f.name}")
     summary["figures"] = [str(f.relative_to(out)) for f in figs]
     write_json(out / "table.json", {"columns": columns, "rows": table})
     atomic_write_text(out / "table.md", table_markdown(columns, table, p.name, seed, timings))
