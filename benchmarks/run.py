@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from benchmarks import directions, gcg, harness, inference, training, utilisation
+from benchmarks import attention, directions, gcg, harness, inference, training, utilisation
 from benchmarks.common import BenchResult, Context
 from benchmarks.report import markdown
 
@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, Callable[[Context], BenchResult | list[BenchResult]]] = {
     "rmu-step": training.bench_rmu_step,
     "npo-step": training.bench_npo_step,
     "snip": training.bench_snip,
+    "attention": attention.bench_attention,
 }
 
 

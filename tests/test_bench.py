@@ -335,3 +335,21 @@ def test_the_peer_losses_are_ours_on_the_same_batch(tiny_model, tiny_llama_dir):
         loss = hf(input_ids=batch.tokens, attention_mask=batch.valid,
                   labels=hf_labels(batch)).loss
         torch.testing.assert_close(loss, lm_loss(tiny_model, batch), atol=1e-4, rtol=1e-4)
+
+
+def test_the_attention_rows_compare_sdpa_with_eager_on_the_same_model(tiny_model):
+    """Both sides run on the same model back to back; its gradient flags are as before and its
+    attention is SDPA again afterwards; at 256 tokens eager keeps the patterns, so its peak is
+    higher."""
+    from benchmarks.attention import bench_attention
+    from interp.model.attention import attention_modules, is_installed
+
+    flags = [p.requires_grad for p in tiny_model.parameters()]
+    ctx = common.Context(tiny_model, [], repeats=1)
+    time_row, memory_row = bench_attention(ctx, n_tokens=256)
+    assert time_row.ours > 0 and time_row.peer > 0
+    assert memory_row.ratio == pytest.approx(memory_row.peer / memory_row.ours)
+    assert memory_row.ratio > 1
+    assert [p.requires_grad for p in tiny_model.parameters()] == flags
+    assert all(p.grad is None for p in tiny_model.parameters())
+    assert all(is_installed(m) for m in attention_modules(tiny_model))  # SDPA, as loaded
