@@ -276,7 +276,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     cfg = PlanConfig(preset=args.preset, shape=args.shape, device=args.device, dtype=args.dtype,
                      probe_steps=args.probe_steps, prompt_tokens=args.prompt_tokens,
                      forget=args.forget, retain=args.retain, memory_mb=args.memory_mb)
-    result = plan(cfg, Path(args.out))
+    preset = None
+    if args.train_protections:
+        from interp.pipelines.presets import get_preset, train_protections
+
+        preset = train_protections(get_preset(args.preset), args.train_protections)
+    result = plan(cfg, Path(args.out), preset=preset)
     print("\n".join(summary_lines(result)))
     print(f"-> {args.out}")
     return 0
@@ -478,8 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=["sdpa", "eager"], default="sdpa",
                    help="with --card: the attention path to plan for (default sdpa)")
     p.add_argument("--train-protections", nargs="?", const="all", default=None,
-                   metavar="METHODS", help="with --card: plan training the protections the "
-                   "preset loads (all, or e.g. npo,dpo)")
+                   metavar="METHODS", help="plan training the protections the preset loads "
+                   "(all, or e.g. npo,dpo) instead of loading them")
     p.set_defaults(func=cmd_plan)
 
     data = sub.add_parser("data", help="build the embedded benchmark")

@@ -40,11 +40,13 @@ def test_live_bytes_by_hand():
 def test_meta_peaks_equal_the_cpus_at_a_tiny_shape():
     """Every paper stage's step at the tiny shape (batch 2, 64 tokens): the meta device's count
     is the CPU's measured count to 0.5% (the CPU's SDPA keeps what a GPU's fused kernel keeps)."""
-    p = domain_presets(train_protections(get_preset("paper"), "npo"))[0]
+    from interp.pipelines.plan import _fit_to_shape
+
+    p = _fit_to_shape(domain_presets(train_protections(get_preset("paper")))[0], 4)
     steps = [replace(w, batch=min(w.batch, 2), tokens=min(w.tokens, 64))
              for w in workloads(p, shape_config("tiny"))]
-    assert {"npo step", "snip", "finetune (LoRA)", "gcg gradient", "soft_prompt"} <= \
-        {w.stage for w in steps}
+    assert {"rmu step", "npo step", "snip", "finetune (LoRA)", "gcg gradient",
+            "soft_prompt"} <= {w.stage for w in steps}
     meta, cpu = meta_model("tiny", "float32"), meta_model("tiny", "float32", device="cpu")
     for w in steps:
         m, c = step_peak(meta, w), step_peak(cpu, w)

@@ -51,6 +51,8 @@ class Workload:
     snip: bool = False
     models: int = 1
     note: str = ""
+    params: tuple[str, ...] = ()  # the trained weights by name (empty: every block weight)
+    stop_at: int | None = None  # the forward stops before this block (RMU reads layer l)
 
 
 @dataclass
@@ -108,10 +110,18 @@ def workloads(p: Preset, config: dict, prompt_tokens: int = 160) -> list[Workloa
         if method in p.external or method not in p.protections:
             continue
         c = p.protections[method]
+        if method == "rmu":  # W_out of layers l-2..l, the forward up to layer l, a frozen copy
+            n = config["num_hidden_layers"]
+            layer = c.layer if c.layer is not None else max(2, round(n / 4.5))
+            out.append(Workload("rmu step", 2 * c.batch_size, c.max_len, "weights", "all",
+                                models=2, stop_at=layer + 1,
+                                params=tuple(f"blocks.{i}.mlp.W_out"
+                                             for i in range(max(0, layer - 2), layer + 1)),
+                                note=f"W_out of layers {max(0, layer - 2)}-{layer}; the frozen "
+                                     "copy"))
+            continue
         out.append(Workload(f"{method} step", 2 * c.batch_size, c.max_len, "weights", "all",
-                            models=2 if method == "rmu" else 1,
-                            note="forget + retain batch in one graph" +
-                                 ("; RMU's frozen copy" if method == "rmu" else "")))
+                            note="forget + retain batch in one graph"))
     a = p.attacks
     orig = {n: registry()[n].SPEC.wants_original(cfg) for n, cfg in a.items() if n in registry()}
     models = {n: 2 if orig.get(n) else 1 for n in a}
@@ -203,7 +213,9 @@ def step_peak(model, w: Workload) -> int:
     live = LiveBytes().track_module(model)
     extra = 0
     handles, states = [], []
-    trained = _block_params(model) if w.grad == "weights" else []
+    named = dict(model.named_parameters())
+    trained = ([named[n] for n in w.params] if w.params else _block_params(model)) \
+        if w.grad == "weights" else []
     flags = [p.requires_grad for p in trained]
     try:
         for p in trained:
@@ -236,9 +248,16 @@ def step_peak(model, w: Workload) -> int:
                 resid = torch.zeros((w.batch, w.tokens, model.cfg.d_model), device=device,
                                     dtype=model.cfg.dtype, requires_grad=True)
                 logits = model(resid, start_at_layer=0)
+            elif w.stop_at is not None:  # a residual read at a layer: no logits
+                logits = model(tokens, stop_at_layer=w.stop_at)
             else:
                 logits = model(tokens)
-            if w.grad != "none":
+            if w.grad != "none" and w.stop_at is not None:
+                loss = logits.float().square().mean()
+                del logits
+                loss.backward()
+                del loss
+            elif w.grad != "none":
                 loss = F.cross_entropy(logits.float().flatten(0, 1), tokens.flatten())
                 del logits
                 loss.backward()
@@ -265,7 +284,9 @@ def _advice(model, w: Workload, peak: int, card_gib: float, weights: int) -> str
         usable = (card_gib - CONTEXT_GIB) / SLACK * GiB
         small = replace(w, batch=min(w.batch, 2))  # one forget and one retain sequence
         full_small = step_peak(model, small)
-        n_trained = sum(p.numel() for p in _block_params(model))
+        named = dict(model.named_parameters())
+        n_trained = sum(p.numel() for p in ([named[n] for n in w.params] if w.params
+                                            else _block_params(model)))
         # beside each trained bf16 weight: its float32 master, gradient and two moments
         subset = max(0, int((usable - (full_small - n_trained * 16)) // 16))
         lora, batch = replace(w, trained="lora", lora_params=_lora_params_of(model, 128)), w.batch
