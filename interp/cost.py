@@ -13,11 +13,15 @@ A module also says how `interp plan` times one step of each kind it counts: `pro
 {kind: StepProbe}` for an attack; a protection's own kind (its name) is timed by its `train` with
 `steps` set, unless the module gives `probes` too. A kind nothing can time, or a module without
 `cost`, is named in the plan, not skipped.
+
+For memory (`interp plan --card`), a module may define `memory_steps(cfg, config, prompt_tokens)
+-> list[Workload]`: its largest steps (batch, tokens, what gets gradients, what trains); without
+it, one forward of its `batch_size` prompts (16 if it has none).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 SMALLER_BATCH = "half the batch_size with grad_accum 2 (the same effective batch)"
@@ -68,3 +72,35 @@ class StepProbe:
     unit: str
     measure: Callable[[Any, Any], float]
     knob: str = SMALLER_BATCH
+
+
+@dataclass
+class Workload:
+    """One stage's largest step, for the memory plan: `batch` sequences of `tokens`, gradients of
+    nothing, of the inputs (an embedding-space attack) or of the block weights; `trained`: "all"
+    (AdamW on `params`, every block weight if empty, float32 masters in half precision), "lora"
+    (adapters of `lora_params`) or ""; `snip`: float32 |grad| sums of every block matrix; `models`:
+    weight copies held (2: the original too); `stop_at`: the forward stops before that block."""
+
+    stage: str
+    batch: int
+    tokens: int
+    grad: str = "none"  # none | inputs | weights
+    trained: str = ""  # "" | all | lora
+    lora_params: int = 0
+    snip: bool = False
+    models: int = 1
+    note: str = ""
+    params: tuple[str, ...] = field(default_factory=tuple)
+    stop_at: int | None = None
+
+
+def lora_param_count(config: dict, rank: int) -> int:
+    """Adapter weights of rank `rank` on every attention and MLP matrix of every block of a
+    Hugging Face config."""
+    d, m = config["hidden_size"], config["intermediate_size"]
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or d // heads
+    kv = (config.get("num_key_value_heads") or heads) * head_dim
+    q = heads * head_dim
+    return rank * ((d + q) * 2 + (d + kv) * 2 + (d + m) * 3) * config["num_hidden_layers"]

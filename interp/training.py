@@ -108,6 +108,7 @@ class TrainConfig:
     # the caller's own settings that shape the batches (max_len, loss_on, ...): a checkpoint
     # written under other settings is refused, not resumed
     fingerprint: str = ""
+    keep_masters: bool = False  # half precision: return the float32 masters (TrainResult.masters)
 
     def __post_init__(self) -> None:
         if self.grad_accum < 1:
@@ -142,7 +143,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)  # one per optimizer step
     extras: list[dict[str, float]] = field(default_factory=list)
     resumed_from: int = 0
-    # half-precision runs: the float32 master of each trained tensor, by name (empty in float32)
+    # half-precision runs with `keep_masters`: the float32 master of each trained tensor, by name
     masters: dict[str, Tensor] = field(default_factory=dict)
     skipped_steps: int = 0  # float16: steps skipped because the scaled gradient overflowed
     loss_scale: tuple[float, int] | None = None  # float16: the scale and its clean-step count
@@ -157,7 +158,7 @@ def bytes_per_trained_param(dtype: torch.dtype) -> int:
     half-precision one autograd writes (which lives only until it is added in)."""
     if dtype in HALF:
         return 2 + 4 + 4 + 8 + 2
-    return torch.finfo(dtype).bits // 8 * 2 + 8
+    return torch.finfo(dtype).bits // 8 * 4  # weight, gradient, two moments in its dtype
 
 
 class _Masters:
@@ -170,7 +171,8 @@ class _Masters:
         self.params = params
         self.half = [p.dtype in HALF for p in params]
         self.masters = [p.detach().float().clone() if h else p for p, h in zip(params, self.half)]
-        self.scale = 2.0 ** 16 if any(p.dtype == torch.float16 for p in params) else 1.0
+        self.dynamic = any(p.dtype == torch.float16 for p in params)  # a dynamic loss scale
+        self.scale = 2.0 ** 16 if self.dynamic else 1.0
         self.clean = 0
         self.handles = []
         for p, m, h in zip(params, self.masters, self.half):
@@ -192,7 +194,7 @@ class _Masters:
     def unscale(self) -> bool:
         """Divide the gradients by the loss scale; False (and the scale halved) when they
         overflowed, so the step is skipped."""
-        if self.scale == 1.0:
+        if not self.dynamic:
             return True
         grads = [m.grad for m in self.masters if m.grad is not None]
         finite = all(bool(torch.isfinite(g).all()) for g in grads)
@@ -271,7 +273,7 @@ def _loop(params, masters: _Masters, loss_fn, batch_at, cfg: TrainConfig, run_di
     if run_dir is not None and (Path(run_dir) / "checkpoint.json").is_file() and \
             _same_settings(Path(run_dir), cfg):
         start = _load_checkpoint(Path(run_dir), masters.masters, names, opt, result)
-        if masters.scale != 1.0 and result.loss_scale is not None:
+        if masters.dynamic and result.loss_scale is not None:
             masters.scale, masters.clean = result.loss_scale
         masters.push()
         result.resumed_from = start
@@ -315,7 +317,7 @@ def _loop(params, masters: _Masters, loss_fn, batch_at, cfg: TrainConfig, run_di
             _save_checkpoint(Path(run_dir), step + 1, masters.masters, names, opt, result, cfg)
     bar.close()
     masters.zero_grad()
-    if masters.any:
+    if masters.any and cfg.keep_masters:  # float32 copies: returned only when asked for
         result.masters = {n: m.detach() for n, m, h in zip(names, masters.masters, masters.half)
                           if h}
     return result
@@ -343,7 +345,8 @@ def _save_checkpoint(run_dir: Path, step: int, params, names, opt, result: Train
     atomic_write_text(run_dir / "checkpoint.json", json.dumps(meta))
 
 
-RESUME_FREE = ("progress", "desc", "checkpoint_every")  # settings a resumed run may change
+# settings a resumed run may change
+RESUME_FREE = ("progress", "desc", "checkpoint_every", "keep_masters")
 
 
 def _same_settings(run_dir: Path, cfg: TrainConfig) -> bool:

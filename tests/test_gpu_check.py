@@ -46,7 +46,8 @@ def test_the_gpu_check_runs_on_the_cpu(smoke_run, tmp_path):
     parts = report["parts"]
     assert set(parts) == {"smoke", "plan", "memory", "sdpa"}
     s = parts["smoke"]
-    assert s["matched"] == s["rows"] == s["reference_rows"] == s["within_tolerance"] > 0
+    # every reference row is matched and equal (the folder may hold cells other tests added)
+    assert s["matched"] == s["reference_rows"] == s["within_tolerance"] > 0
     assert s["max_abs_difference"] == 0
     assert parts["plan"]["all_fit"] and parts["plan"]["shape"] == "tiny"
     for step in parts["memory"]["steps"]:  # meta's count = the CPU's, to 0.5%

@@ -45,7 +45,7 @@ def test_half_precision_training_keeps_float32_masters(dtype):
     coef = torch.tensor([(-1.0) ** i * 2.0 ** -(i % 4) for i in range(64)])  # exact in bf16/fp16
     p = torch.nn.Parameter(w0.clone())
     cfg = TrainConfig(steps=30, lr=1e-3, warmup_frac=0.0, schedule="constant",
-                      max_grad_norm=None, progress=False)
+                      max_grad_norm=None, progress=False, keep_masters=True)
     result = train([p], lambda _: (p.float() * coef).sum(), lambda s, m: None, cfg)
     if dtype == torch.float16:  # the loss scale starts at 2^16: the first scaled gradient
         assert result.skipped_steps == 1  # (65536 x 1) overflows float16, that step is skipped
@@ -64,7 +64,7 @@ def test_float32_training_is_unchanged_and_keeps_no_masters():
     coef = torch.linspace(-1, 1, 16)
     p = torch.nn.Parameter(w0.clone())
     cfg = TrainConfig(steps=10, lr=1e-3, warmup_frac=0.0, schedule="constant",
-                      max_grad_norm=None, progress=False)
+                      max_grad_norm=None, progress=False, keep_masters=True)
     result = train([p], lambda _: (p * coef).sum(), lambda s, m: None, cfg)
     assert result.masters == {}
     assert torch.allclose(p.detach(), _reference_adamw(w0, coef, cfg), rtol=1e-6)
@@ -78,7 +78,8 @@ def test_master_weights_resume_from_a_checkpoint(tmp_path, dtype):
     w0 = (1 + torch.rand(32)).to(dtype)
     coef = torch.linspace(-1, 1, 32)
     cfg = TrainConfig(steps=12, lr=1e-3, warmup_frac=0.0, schedule="constant",
-                      max_grad_norm=None, progress=False, checkpoint_every=3)
+                      max_grad_norm=None, progress=False, checkpoint_every=3,
+                      keep_masters=True)
 
     def run(folder, on_step=None):
         p = torch.nn.Parameter(w0.clone())
@@ -106,7 +107,7 @@ def test_gradient_clipping_sees_the_float32_gradients():
     coef = torch.tensor([4.0, 4.0, 4.0, 4.0])  # norm 8
     p = torch.nn.Parameter(w0.clone())
     cfg = TrainConfig(steps=1, lr=1e-3, warmup_frac=0.0, schedule="constant",
-                      max_grad_norm=1.0, progress=False)
+                      max_grad_norm=1.0, progress=False, keep_masters=True)
     result = train([p], lambda _: (p.float() * coef).sum(), lambda s, m: None, cfg)
     ref = _reference_adamw(w0.float(), coef / 8, cfg)
     assert torch.allclose(result.masters["p0"], ref, rtol=1e-6)
@@ -114,8 +115,20 @@ def test_gradient_clipping_sees_the_float32_gradients():
 
 def test_bytes_per_trained_parameter():
     assert bytes_per_trained_param(torch.float32) == 16  # weight, grad, Adam's two moments
+    assert bytes_per_trained_param(torch.float64) == 32
     # half weight, float32 master, float32 gradient, two float32 moments, the half gradient
     assert bytes_per_trained_param(torch.bfloat16) == 2 + 4 + 4 + 8 + 2
     assert bytes_per_trained_param(torch.float16) == bytes_per_trained_param(torch.bfloat16)
     assert math.isclose(bytes_per_trained_param(torch.bfloat16) * 7.24e9 / 2**30, 134.85,
                         rel_tol=1e-3)
+
+
+def test_a_float16_loss_scale_keeps_checking_below_one():
+    """A gradient that always overflows float16 halves the scale every step, past 1.0, and every
+    such step is skipped (the scale's 1.0 once meant "no scaling" and stopped the check)."""
+    p = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    cfg = TrainConfig(steps=20, lr=1e-3, warmup_frac=0.0, schedule="constant",
+                      max_grad_norm=1.0, progress=False, keep_masters=True)
+    result = train([p], lambda _: (p.float() * 1e6).sum(), lambda s, m: None, cfg)
+    assert result.skipped_steps == 20 and result.loss_scale[0] == 2.0 ** -4
+    assert torch.equal(p.detach(), torch.ones(4, dtype=torch.float16))

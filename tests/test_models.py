@@ -116,5 +116,10 @@ def test_blocks_are_placed_where_the_forward_looks_for_them(tiny_llama_dir):
     for i, block in enumerate(model.blocks):
         assert {p.device.type for p in block.parameters()} == {rule(i, None).type}
     assert model.embed.W_E.device.type == "cpu"
-    assert model.unembed.W_U.device.type == "meta"
-    assert {p.device.type for p in model.ln_final.parameters()} <= {"meta"}
+    # the final norm and unembedding with block 0, their input brought there by a pre-hook
+    assert model.unembed.W_U.device.type == "cpu"
+    assert {p.device.type for p in model.ln_final.parameters()} <= {"cpu"}
+    from interp.model.placement import to_own_device
+
+    assert to_own_device in model.ln_final._forward_pre_hooks.values()
+    assert to_own_device in model.unembed._forward_pre_hooks.values()

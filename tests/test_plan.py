@@ -18,7 +18,7 @@ from interp.model.state import copy_model
 from interp.pipelines import plan as planning
 from interp.pipelines import probes
 from interp.pipelines.plan import PlanConfig, count_steps, plan
-from interp.pipelines.presets import PRESETS
+from interp.pipelines.presets import PRESETS, train_protections
 
 SMALL = {
     "directions": directions.Config(directions.DirectionsConfig(skip_first=1), sweep_limit=5,
@@ -154,8 +154,11 @@ def test_projection_counts_the_paper_preset_by_hand():
     measure = (1009 + 13778) * 2  # forget and retain test split, raw and chat
     for method in ("rmu", "npo", "dpo"):  # measured before and after protecting
         assert counts["score"][f"{method}: protect"] == 2 * measure
-    assert counts["rmu"] == {}  # cais/Zephyr_RMU is loaded, not trained
-    assert counts["npo"] == {"npo: protect": 250} and counts["dpo"] == {"dpo: protect": 250}
+    # the authors' models are loaded, not trained; --train-protections trains them
+    assert counts["rmu"] == {} and counts["npo"] == {} and counts["dpo"] == {}
+    trained = count_steps(train_protections(p, "npo,dpo"), sizes)
+    assert trained["npo"] == {"npo: protect": 250} and trained["dpo"] == {"dpo: protect": 250}
+    assert trained["rmu"] == {}
     g = p.attacks["gcg"]
     for model in ("rmu", "npo", "dpo"):
         assert counts["gcg"][f"gcg on {model}"] == g.steps

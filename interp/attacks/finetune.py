@@ -34,7 +34,7 @@ from interp.attacks.finetune_data import (  # noqa: F401 - re-exported
     unrelated_samples,
 )
 from interp.attacks.sets import QuestionSets
-from interp.cost import StepProbe, capped
+from interp.cost import StepProbe, Workload, capped, lora_param_count
 from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
@@ -334,6 +334,13 @@ class Result(base.Result):
 
 
 Config = FinetuneConfig
+
+
+def memory_steps(cfg: Config, config: dict, prompt_tokens: int) -> list:
+    """The memory plan's step: one LoRA batch of `max_len` tokens, adapters on every matrix."""
+    return [Workload("finetune (LoRA)", cfg.batch_size, cfg.max_len, "weights", "lora",
+                     lora_params=lora_param_count(config, cfg.lora.rank),
+                     note=f"rank {cfg.lora.rank} on every matrix")]
 
 
 def cost(cfg: Config, sizes) -> dict[str, int]:

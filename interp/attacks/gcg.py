@@ -41,8 +41,9 @@ from interp.attacks.gcg_tokens import (  # noqa: F401  (re-exported)
     allowed_tokens,
     question_slots,
     round_trips,
+    sample_candidates,
 )
-from interp.cost import StepProbe, capped
+from interp.cost import StepProbe, Workload, capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
@@ -131,32 +132,6 @@ def initial_prefix(tokenizer, cfg: GCGConfig, allowed: Tensor | None = None) -> 
         raise InterpError(f"the initial prefix {text!r} does not tokenize back to itself as "
                           "allowed tokens (no special or non-ASCII tokens); choose another --init")
     return ids
-
-
-def sample_candidates(prefix: Tensor, grad: Tensor, allowed: Tensor, cfg: GCGConfig,
-                      gen: torch.Generator, k: int | None = None) -> Tensor:
-    """`search_width` prefixes, each with `n_replace` positions set to top-k gradient tokens, on
-    the gradient's device. The positions and choices are drawn from `gen` (a CPU generator, so a
-    seed gives the same draws on any device) and sent over without waiting for the device; `k`:
-    the number of top tokens per position, min(topk, allowed tokens) (computed here, with a host
-    read, when not given)."""
-    device = grad.device
-    n = prefix.shape[0]
-    allowed = allowed.to(device)  # run_gcg passes it on the device already: no copy
-    scores = (-grad.float()).masked_fill(~allowed, float("-inf"))
-    if k is None:
-        k = min(cfg.topk, int(allowed.sum()))
-    top = scores.topk(k, dim=-1).indices  # (n, k)
-    width = cfg.search_width
-    n_rep = min(cfg.n_replace, n)
-    pos = torch.argsort(torch.rand(width, n, generator=gen), dim=-1)[:, :n_rep]  # (w, r)
-    choice = torch.randint(0, k, (width, n_rep), generator=gen)
-    pos = pos.to(device, non_blocking=True)
-    choice = choice.to(device, non_blocking=True)
-    new = top[pos, choice]
-    cands = prefix.to(device)[None].repeat(width, 1)
-    cands.scatter_(1, pos, new)
-    return cands
 
 
 def run_gcg(model: HookedTransformer, train: Sequence[Question], val: Sequence[Question],
@@ -393,6 +368,14 @@ class Result(base.Result):
         fig.update_layout(title="GCG loss per step (best prefix so far)", xaxis_title="step",
                           yaxis_title="loss", template="plotly_white")
         return fig
+
+
+def memory_steps(cfg: Config, config: dict, prompt_tokens: int) -> list:
+    """The memory plan's steps: the one-hot gradient over the training questions, and one chunk
+    of candidate prefixes."""
+    n = prompt_tokens + cfg.n_tokens
+    return [Workload("gcg gradient", cfg.n_train, n, "inputs", note="training questions"),
+            Workload("gcg candidates", cfg.candidate_batch, n, note="one chunk of candidates")]
 
 
 def cost(cfg: Config, sizes) -> dict[str, int]:

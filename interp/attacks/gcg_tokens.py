@@ -100,3 +100,29 @@ def round_trips(tokenizer, ids: Sequence[int]) -> bool:
     """Whether decoding `ids` and encoding the text again gives the same ids."""
     text = tokenizer.decode(list(ids))
     return tokenizer(text, add_special_tokens=False)["input_ids"] == list(ids)
+
+
+def sample_candidates(prefix: Tensor, grad: Tensor, allowed: Tensor, cfg,
+                      gen: torch.Generator, k: int | None = None) -> Tensor:
+    """`search_width` prefixes, each with `n_replace` positions set to top-k gradient tokens
+    (`cfg`: the GCG config's `topk`, `search_width`, `n_replace`), on the gradient's device. The
+    positions and choices are drawn from `gen` (a CPU generator, so a seed gives the same draws
+    on any device) and sent over without waiting for the device; `k`: the number of top tokens
+    per position, min(topk, allowed tokens) (computed here, with a host read, when not given)."""
+    device = grad.device
+    n = prefix.shape[0]
+    allowed = allowed.to(device)  # run_gcg passes it on the device already: no copy
+    scores = (-grad.float()).masked_fill(~allowed, float("-inf"))
+    if k is None:
+        k = min(cfg.topk, int(allowed.sum()))
+    top = scores.topk(k, dim=-1).indices  # (n, k)
+    width = cfg.search_width
+    n_rep = min(cfg.n_replace, n)
+    pos = torch.argsort(torch.rand(width, n, generator=gen), dim=-1)[:, :n_rep]  # (w, r)
+    choice = torch.randint(0, k, (width, n_rep), generator=gen)
+    pos = pos.to(device, non_blocking=True)
+    choice = choice.to(device, non_blocking=True)
+    new = top[pos, choice]
+    cands = prefix.to(device)[None].repeat(width, 1)
+    cands.scatter_(1, pos, new)
+    return cands

@@ -24,7 +24,7 @@ from transformer_lens import HookedTransformer
 from interp.attacks import base
 from interp.attacks.base import AttackSpec, Measured, Row
 from interp.attacks.sets import scorer_of, test_and_val
-from interp.cost import StepProbe, capped
+from interp.cost import StepProbe, Workload, capped
 from interp.data.folder import as_data
 from interp.data.questions import Question
 from interp.errors import InterpError
@@ -123,6 +123,13 @@ class Result(base.Result):
                              for mode, m in self.modes.items()}, n=self.n_val,
                             xtitle="solved examples in the prompt (k)",
                             title="Forget accuracy (validation) against in-context examples")
+
+
+def memory_steps(cfg: Config, config: dict, prompt_tokens: int) -> list:
+    """The memory plan's step: a batch of prompts with the most solved examples before each."""
+    k = max(cfg.ks)
+    return [Workload("icl", cfg.batch_size, prompt_tokens * (k + 1),
+                     note=f"{k} solved examples before each")]
 
 
 def cost(cfg: Config, sizes) -> dict[str, int]:

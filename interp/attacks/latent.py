@@ -41,7 +41,7 @@ from interp.attacks.continuous import (
     shuffled_targets,
 )
 from interp.attacks.sets import scorer_of, test_and_val
-from interp.cost import StepProbe, capped
+from interp.cost import StepProbe, Workload, capped
 from interp.data.folder import as_data
 from interp.errors import InterpError
 from interp.model.hooks import hook_name
@@ -287,6 +287,11 @@ def run(model: HookedTransformer, data, cfg: Config | None = None, *, original=N
                     format=test.forget[0].format, chat=cfg.chat,
                     seconds=round(time.perf_counter() - t0, 1), delta=chosen)
     return base.save(result, out)
+
+
+def memory_steps(cfg: Config, config: dict, prompt_tokens: int) -> list:
+    """The memory plan's step: one batch with gradients of the residual stream."""
+    return [Workload("latent", cfg.batch_size, prompt_tokens, "inputs")]
 
 
 def cost(cfg: Config, sizes) -> dict[str, int]:

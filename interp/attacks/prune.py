@@ -38,7 +38,7 @@ from interp.attacks.snip import (  # noqa: F401 - the SNIP API, re-exported here
     snip_scores,
     top_mask,
 )
-from interp.cost import StepProbe, capped
+from interp.cost import StepProbe, Workload, capped
 from interp.data.folder import as_data
 from interp.errors import InterpError
 from interp.model.hooks import layer_of
@@ -249,6 +249,12 @@ def _cells(grid) -> list[tuple[float, float]]:
     if not cells:
         raise InterpError("the pruning grid is empty; give fractions such as 0.01,0.05")
     return cells
+
+
+def memory_steps(cfg: Config, config: dict, prompt_tokens: int) -> list:
+    """The memory plan's step: one SNIP batch, float32 sums of every block matrix."""
+    return [Workload("snip", cfg.batch_size, cfg.max_len, "weights", snip=True,
+                     note="float32 sums; the finished score set on the host")]
 
 
 def cost(cfg: Config, sizes) -> dict[str, int]:

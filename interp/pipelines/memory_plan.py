@@ -26,33 +26,13 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from interp.cost import Workload
 from interp.errors import InterpError
 from interp.model.memory import LiveBytes
 from interp.pipelines.presets import Preset, domain_presets, get_preset, train_protections
 
 GiB = 2**30
 SLACK, CONTEXT_GIB = 1.10, 1.0  # allocator slack and CUDA context, added to every peak
-
-
-@dataclass
-class Workload:
-    """One stage's largest step: `batch` sequences of `tokens`, gradients of nothing, of the
-    inputs (an embedding-space attack) or of the block weights; `trained`: "all" (full-parameter
-    AdamW, float32 masters in half precision), "lora" (adapters of `lora_params`) or ""; `snip`:
-    float32 |grad| sums of every block matrix; `models`: weight copies held (2: the original
-    too)."""
-
-    stage: str
-    batch: int
-    tokens: int
-    grad: str = "none"  # none | inputs | weights
-    trained: str = ""  # "" | all | lora
-    lora_params: int = 0
-    snip: bool = False
-    models: int = 1
-    note: str = ""
-    params: tuple[str, ...] = ()  # the trained weights by name (empty: every block weight)
-    stop_at: int | None = None  # the forward stops before this block (RMU reads layer l)
 
 
 @dataclass
@@ -90,68 +70,32 @@ class MemoryPlan:
 
 
 # ------------------------------------------------------------------------------- workloads
-def _lora_params(config: dict, rank: int) -> int:
-    """Adapter weights of rank `rank` on every attention and MLP matrix of every block."""
-    d, m = config["hidden_size"], config["intermediate_size"]
-    heads = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or d // heads
-    kv = (config.get("num_key_value_heads") or heads) * head_dim
-    q = heads * head_dim
-    per_layer = (d + q) * 2 + (d + kv) * 2 + (d + m) * 3
-    return rank * per_layer * config["num_hidden_layers"]
-
-
 def workloads(p: Preset, config: dict, prompt_tokens: int = 160) -> list[Workload]:
-    """The steps whose peak a preset's stages reach, from its configs."""
+    """The steps whose peak a preset's stages reach: each trained protection's and each attack's
+    own `memory_steps(cfg, config, prompt_tokens)` (`interp.cost`), else a forward of its batch."""
     from interp.attacks.base import registry
+    from interp.registry import protections
 
     out = [Workload("score", 32, prompt_tokens, note="32 questions of the prompt length")]
+    trained = protections()
     for method in p.methods:
         if method in p.external or method not in p.protections:
             continue
-        c = p.protections[method]
-        if method == "rmu":  # W_out of layers l-2..l, the forward up to layer l, a frozen copy
-            n = config["num_hidden_layers"]
-            layer = c.layer if c.layer is not None else max(2, round(n / 4.5))
-            out.append(Workload("rmu step", 2 * c.batch_size, c.max_len, "weights", "all",
-                                models=2, stop_at=layer + 1,
-                                params=tuple(f"blocks.{i}.mlp.W_out"
-                                             for i in range(max(0, layer - 2), layer + 1)),
-                                note=f"W_out of layers {max(0, layer - 2)}-{layer}; the frozen "
-                                     "copy"))
+        module, c = trained[method], p.protections[method]
+        if hasattr(module, "memory_steps"):
+            out += module.memory_steps(c, config, prompt_tokens)
+        else:
+            out.append(Workload(f"{method} step", getattr(c, "batch_size", 1),
+                                getattr(c, "max_len", prompt_tokens), "weights", "all"))
+    for name, module in registry().items():
+        if name not in p.attacks:
             continue
-        out.append(Workload(f"{method} step", 2 * c.batch_size, c.max_len, "weights", "all",
-                            note="forget + retain batch in one graph"))
-    a = p.attacks
-    orig = {n: registry()[n].SPEC.wants_original(cfg) for n, cfg in a.items() if n in registry()}
-    models = {n: 2 if orig.get(n) else 1 for n in a}
-    if "finetune" in a:
-        c = a["finetune"]
-        out.append(Workload("finetune (LoRA)", c.batch_size, c.max_len, "weights", "lora",
-                            lora_params=_lora_params(config, c.lora.rank),
-                            note=f"rank {c.lora.rank} on every matrix"))
-    if "gcg" in a:
-        c = a["gcg"]
-        n = prompt_tokens + c.n_tokens
-        out.append(Workload("gcg gradient", c.n_train, n, "inputs", models=models["gcg"],
-                            note="one-hot gradient over the training questions"))
-        out.append(Workload("gcg candidates", c.candidate_batch, n, models=models["gcg"],
-                            note="one chunk of candidate prefixes"))
-    if "prune" in a:
-        c = a["prune"]
-        out.append(Workload("snip", c.batch_size, c.max_len, "weights", snip=True,
-                            models=models["prune"],
-                            note="float32 sums; the finished score set on the host"))
-    for name, grad in (("directions", "none"), ("lens", "none"), ("tuned_lens", "none"),
-                       ("probe", "none"), ("quantize", "none"), ("soft_prompt", "inputs"),
-                       ("latent", "inputs")):
-        if name in a:
-            batch = getattr(a[name], "batch_size", 16)
-            out.append(Workload(name, batch, prompt_tokens, grad, models=models[name]))
-    if "icl" in a:
-        k = max(a["icl"].ks)
-        out.append(Workload("icl", a["icl"].batch_size, prompt_tokens * (k + 1),
-                            models=models["icl"], note=f"{k} solved examples before each"))
+        cfg = p.attacks[name]
+        models = 2 if module.SPEC.wants_original(cfg) else 1
+        steps = (module.memory_steps(cfg, config, prompt_tokens)
+                 if hasattr(module, "memory_steps")
+                 else [Workload(name, getattr(cfg, "batch_size", 16), prompt_tokens)])
+        out += [replace(w, models=max(w.models, models)) for w in steps]
     return out
 
 
@@ -211,7 +155,7 @@ def step_peak(model, w: Workload) -> int:
 
     device = model.cfg.device
     live = LiveBytes().track_module(model)
-    extra = 0
+    extra = step_temp = 0
     handles, states = [], []
     named = dict(model.named_parameters())
     trained = ([named[n] for n in w.params] if w.params else _block_params(model)) \
@@ -229,6 +173,9 @@ def step_peak(model, w: Workload) -> int:
                 states += [torch.zeros_like(m, dtype=torch.float32),
                            torch.zeros_like(m, dtype=torch.float32)]
             live.track(*[m for m, h in zip(masters.masters, masters.half) if h], *states)
+            # AdamW's step on a GPU (foreach) makes sqrt(v) for every tensor while the float32
+            # gradients are alive: 4 more bytes per trained weight, after the backward pass
+            step_temp = 4 * sum(m.numel() for m in masters.masters)
         else:
             sums = [torch.zeros_like(p, dtype=torch.float32) for p in trained] if w.snip else []
             live.track(*sums)
@@ -264,13 +211,14 @@ def step_peak(model, w: Workload) -> int:
                 del loss
             else:
                 del logits
+            after_backward = live.current
     finally:
         for h in handles:
             h.remove()
         for p, flag in zip(trained, flags):
             p.grad = None
             p.requires_grad_(flag)
-    return live.peak + extra
+    return max(live.peak, after_backward + step_temp) + extra
 
 
 def _fits(peak_bytes: float, card_gib: float) -> bool:
@@ -287,8 +235,10 @@ def _advice(model, w: Workload, peak: int, card_gib: float, weights: int) -> str
         named = dict(model.named_parameters())
         n_trained = sum(p.numel() for p in ([named[n] for n in w.params] if w.params
                                             else _block_params(model)))
-        # beside each trained bf16 weight: its float32 master, gradient and two moments
-        subset = max(0, int((usable - (full_small - n_trained * 16)) // 16))
+        # beside each trained weight: its float32 master (half precision), float32 gradient,
+        # two moments and AdamW's sqrt(v) at the step
+        beside = (4 if model.cfg.dtype in (torch.bfloat16, torch.float16) else 0) + 16
+        subset = max(0, int((usable - (full_small - n_trained * beside)) // beside))
         lora, batch = replace(w, trained="lora", lora_params=_lora_params_of(model, 128)), w.batch
         while True:
             lora_peak = step_peak(model, replace(lora, batch=batch))
@@ -298,18 +248,19 @@ def _advice(model, w: Workload, peak: int, card_gib: float, weights: int) -> str
         lora_line = (f"LoRA rank 128 fits at batch {batch} ({lora_peak / GiB:,.1f} GiB; raise "
                      "grad_accum to keep the effective batch)" if _fits(lora_peak, card_gib)
                      else f"LoRA rank 128 needs {lora_peak / GiB:,.1f} GiB even at batch 1")
-        devices = math.ceil((peak / GiB * SLACK + CONTEXT_GIB) / card_gib)
+        devices = math.ceil(peak / GiB * SLACK / (card_gib - CONTEXT_GIB))
         return (f"{need}: full-parameter training needs {full_small / GiB:,.1f} GiB even at "
-                f"batch {small.batch} (16 bytes per trained weight beside it); {lora_line}; a "
-                f"block subset of at most {subset / 1e9:.2f}B trained weights fits at batch "
-                f"{small.batch}; or spread over {devices} cards (--n-devices {devices})")
+                f"batch {small.batch} ({beside} bytes per trained weight beside it); "
+                f"{lora_line}; a block subset of at most {subset / 1e9:.2f}B trained weights "
+                f"fits at batch {small.batch}; or spread over {devices} cards "
+                f"(--n-devices {devices})")
     batch = w.batch
     while batch > 1:
         batch //= 2
         smaller = step_peak(model, replace(w, batch=batch))
         if _fits(smaller, card_gib):
             return f"{need}: batch {batch} fits ({smaller / GiB:,.1f} GiB)"
-    devices = math.ceil((peak / GiB * SLACK + CONTEXT_GIB) / card_gib)
+    devices = math.ceil(peak / GiB * SLACK / (card_gib - CONTEXT_GIB))
     return f"{need}: even batch 1 does not fit; spread over {devices} cards (--n-devices)"
 
 

@@ -90,6 +90,7 @@ class Plan:
     all_fit: bool
     probe_steps: int
     threads: int
+    note: str = ""  # what the projection leaves out (a preset's other forget sources)
 
     def to_json(self) -> dict:
         """The plan as a JSON object (stages and sizes included)."""
@@ -286,7 +287,12 @@ def plan(cfg: PlanConfig, out: Path | None = None, progress: bool = True,
                   n_params=n_params, memory_mb=round(limit, 1), sizes=sizes, stages=stages,
                   projected_total_seconds=round(total, 1),
                   all_fit=all(st.fits for st in used), probe_steps=cfg.probe_steps,
-                  threads=torch.get_num_threads())
+                  threads=torch.get_num_threads(),
+                  note=(f"counted for the first forget source ({p.domains[0].name}, "
+                        f"{sizes.forget_train + sizes.forget_val + sizes.forget_test} questions); "
+                        f"the preset runs {len(p.domains)} ({', '.join(d.name for d in p.domains)})"
+                        ", each on its own questions: about that many times this"
+                        if p.domains else ""))
     if out is not None:
         from interp.store import write_json
 
@@ -344,6 +350,8 @@ def summary_lines(result: Plan) -> list[str]:
                      f"{'yes' if st.fits else 'NO'}")
         if st.note:
             lines.append(f"  {st.note}")
+    if result.note:
+        lines.append(result.note)
     lines.append(f"projected total: {_hours(result.projected_total_seconds)}"
                  + ("" if result.all_fit else " (stages that do not fit are not counted)"))
     return lines

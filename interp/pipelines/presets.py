@@ -99,8 +99,10 @@ def domain_presets(p: Preset) -> list[Preset]:
     if not p.domains:
         return [p]
     retain = p.sources[1] if p.sources else "mmlu"
+    # the preset's loaded methods stay loaded: the domain's own model where it names one, else
+    # the preset's (a method trained by `train_protections` is no longer in `p.external`)
     return [replace(p, sources=(d.forget, retain), subject=d.subject,
-                    external={m: s for m, s in d.external.items() if m in p.external},
+                    external={m: d.external.get(m, s) for m, s in p.external.items()},
                     domains=(), domain=d.name) for d in p.domains]
 
 

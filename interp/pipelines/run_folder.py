@@ -62,4 +62,8 @@ def open_run(folder: str | Path) -> RunFolder:
     folder = Path(folder)
     if not (folder / "results.json").is_file():
         raise InterpError(f"no results in {folder}: run `interp reproduce --out {folder}` first")
+    domains = read_json(folder / "results.json").get("domains")
+    if domains:  # the paper preset: one run per forget source
+        names = ", ".join(str(folder / d) for d in domains)
+        raise InterpError(f"{folder} holds one run per domain; open one of {names}")
     return RunFolder(folder)

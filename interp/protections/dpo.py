@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
+from interp.cost import Workload
 from interp.data.folder import DataFolder
 from interp.errors import InterpError
 from interp.protections.base import (
@@ -79,6 +80,13 @@ class Result(ProtectionResult):
     config: Config = field(default_factory=Config)
     margins: list[float] = field(default_factory=list)  # mean reward margin per step
     refusal: dict = field(default_factory=dict)  # chat answers to forget prompts that refuse
+
+
+def memory_steps(cfg: Config, config: dict, prompt_tokens: int) -> list:
+    """The memory plan's step: a chosen and a rejected batch in one graph, every
+    block weight trained (the reference's values are computed before)."""
+    return [Workload("dpo step", 2 * cfg.batch_size, cfg.max_len, "weights", "all",
+                     note="chosen + rejected batch in one graph")]
 
 
 def cost(cfg: Config, sizes) -> dict[str, int]:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformer_lens import HookedTransformer
 
+from interp.cost import Workload
 from interp.data.folder import DataFolder
 from interp.errors import InterpError
 from interp.protections.base import ProtectionResult, ProtectionSpec, train_and_measure
@@ -71,6 +72,13 @@ class Result(ProtectionResult):
     method_name: ClassVar[str] = "npo"
     config: Config = field(default_factory=Config)
     forget_nll: list[float] = field(default_factory=list)  # mean forget NLL per step
+
+
+def memory_steps(cfg: Config, config: dict, prompt_tokens: int) -> list:
+    """The memory plan's step: a forget and a retain batch in one graph, every
+    block weight trained (the reference's values are computed before)."""
+    return [Workload("npo step", 2 * cfg.batch_size, cfg.max_len, "weights", "all",
+                     note="forget + retain batch in one graph")]
 
 
 def cost(cfg: Config, sizes) -> dict[str, int]:

@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 from transformer_lens import HookedTransformer
 
+from interp.cost import Workload
 from interp.data.folder import DataFolder
 from interp.protections.base import (
     ProtectionResult,
@@ -56,6 +57,18 @@ class Result(ProtectionResult):
     steer_coef: float = 0.0  # c
     typical_resid_norm: float = 0.0  # at `layer`, on forget text
     forget_outputs: list[dict] = field(default_factory=list)  # raw continuations after RMU
+
+
+def memory_steps(cfg: Config, config: dict, prompt_tokens: int) -> list:
+    """The memory plan's step: forget and retain batches through block l, W_out of layers l-2..l
+    trained, the frozen copy held."""
+    n = config["num_hidden_layers"]
+    layer = cfg.layer if cfg.layer is not None else max(2, round(n / 4.5))
+    first = max(0, layer - 2)
+    return [Workload("rmu step", 2 * cfg.batch_size, cfg.max_len, "weights", "all", models=2,
+                     stop_at=layer + 1,
+                     params=tuple(f"blocks.{i}.mlp.W_out" for i in range(first, layer + 1)),
+                     note=f"W_out of layers {first}-{layer}; the frozen copy")]
 
 
 def cost(cfg: Config, sizes) -> dict[str, int]:
