@@ -30,9 +30,11 @@ MEMORY_STAGES = ("score", "snip", "gcg gradient", "finetune (LoRA)", "soft_promp
 
 
 def compare_rows(ours: list[dict], reference: list[dict], tolerance: float) -> dict:
-    """Rows matched on (model, attack, split, mode, questions): how many, how many within
-    `tolerance` of the reference's accuracy, the largest difference and the worst rows."""
-    key = lambda r: (r["model"], r["attack"], r["split"], r.get("mode"), r.get("questions"))  # noqa: E731
+    """Rows matched on (model, attack, split, format, mode, column, questions): how many, how
+    many within `tolerance` of the reference's accuracy, the largest difference and the worst
+    rows."""
+    key = lambda r: (r["model"], r["attack"], r["split"], r.get("format"), r.get("mode"),  # noqa: E731
+                     r.get("column"), r.get("questions"))
     ref = {key(r): r["accuracy"] for r in reference}
     diffs = sorted(((abs(r["accuracy"] - ref[key(r)]), key(r)) for r in ours if key(r) in ref),
                    key=lambda d: d[0], reverse=True)  # keys may hold None: sort on the numbers

@@ -25,6 +25,9 @@ def test_rows_are_compared_by_key_with_the_tolerance():
     assert (c["rows"], c["matched"], c["within_tolerance"]) == (4, 2, 1)
     assert abs(c["max_abs_difference"] - 0.1) < 1e-12
     assert c["worst"][0]["row"][1] == "lens"
+    # rows that differ only in their column are different rows
+    twins = [dict(ref[0], column="a"), dict(ref[0], column="b", accuracy=0.9)]
+    assert compare_rows(twins, twins, 0.0)["within_tolerance"] == 2
 
 
 def test_the_gpu_check_runs_on_the_cpu(smoke_run, tmp_path):

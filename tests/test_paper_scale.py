@@ -173,6 +173,10 @@ def test_train_protections_trains_npo_and_dpo_in_half_precision(standins, tmp_pa
     p = train_protections(_small(root, original, models), "npo,dpo")
     bio = replace(domain_presets(p)[0], attacks={"lens": lens.Config(limit=None)})
     reproduce(bio, tmp_path / "bio", device="cpu", progress=False)
+    # the same folder with the authors' models loaded again: refused, not mixed into one table
+    loaded = replace(domain_presets(_small(root, original, models))[0], attacks=bio.attacks)
+    with pytest.raises(InterpError, match="external"):
+        reproduce(loaded, tmp_path / "bio", device="cpu", progress=False)
     assert json.loads((tmp_path / "bio" / "models" / "rmu" / "external.json").read_text())[
         "model"] == models["rmu"]
     for m in ("npo", "dpo"):

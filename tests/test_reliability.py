@@ -320,7 +320,21 @@ def ex_masters(m, mp):
         p.data = saved[n]
 
 
+def ex_place_blocks(m, mp):
+    from interp.model.placement import place_blocks
+
+    place_blocks(m, lambda i, cfg: torch.device("cpu"))  # adds its own pre-hooks, then remove
+    for name in ("ln_final", "unembed"):
+        getattr(m, name)._forward_pre_hooks.clear()
+    # its hooks are permanent by design (the placed model keeps them); on one device a forward
+    # still runs and fails only where the fault is
+    Fault(m, mp)
+    with pytest.raises(RuntimeError, match="boom"):
+        m(torch.tensor([_tokens(m)]))
+
+
 EXERCISES = {
+    "interp.model.placement.place_blocks": ex_place_blocks,
     "interp.model.attention.eager_attention": ex_eager_attention,
     "interp.pipelines.memory_plan.fused_attention_on_meta": ex_fused_on_meta,
     "interp.pipelines.memory_plan.step_peak": ex_step_peak,

@@ -337,9 +337,12 @@ RUN_SETTINGS = "settings.json"
 
 def same_run_settings(out: Path, p: Preset) -> None:
     """A run folder keeps the settings every cell was scored under (letter-id rule, dtype,
-    tokenizer): a rerun with others would mix them in one table, so it is refused."""
+    tokenizer, which protected models are loaded and from where): a rerun with others would mix
+    them in one table (an attack cell of a loaded NPO read back for a trained one), so it is
+    refused."""
     same_settings(out / RUN_SETTINGS,
-                  {"letter_ids": p.letter_ids, "dtype": p.dtype, "tokenizer": p.tokenizer}, out)
+                  {"letter_ids": p.letter_ids, "dtype": p.dtype, "tokenizer": p.tokenizer,
+                   "external": dict(sorted(p.external.items()))}, out)
 
 
 def summarize(p: Preset, out: Path, results: dict, seed: int,
