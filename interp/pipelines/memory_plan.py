@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from interp.cost import Workload
+from interp.cost import Workload, lora_param_count
 from interp.errors import InterpError
 from interp.model.memory import LiveBytes
 from interp.pipelines.presets import Preset, domain_presets, get_preset, train_protections
@@ -225,7 +225,7 @@ def _fits(peak_bytes: float, card_gib: float) -> bool:
     return peak_bytes / GiB * SLACK + CONTEXT_GIB <= card_gib
 
 
-def _advice(model, w: Workload, peak: int, card_gib: float, weights: int) -> str:
+def _advice(model, w: Workload, peak: int, card_gib: float, config: dict) -> str:
     """The one line that would make `w` fit."""
     need = f"{w.stage}: {peak / GiB:,.1f} GiB (+ slack) of {card_gib:g}"
     if w.trained == "all":
@@ -239,7 +239,7 @@ def _advice(model, w: Workload, peak: int, card_gib: float, weights: int) -> str
         # two moments and AdamW's sqrt(v) at the step
         beside = (4 if model.cfg.dtype in (torch.bfloat16, torch.float16) else 0) + 16
         subset = max(0, int((usable - (full_small - n_trained * beside)) // beside))
-        lora, batch = replace(w, trained="lora", lora_params=_lora_params_of(model, 128)), w.batch
+        lora, batch = replace(w, trained="lora", lora_params=lora_param_count(config, 128)), w.batch
         while True:
             lora_peak = step_peak(model, replace(lora, batch=batch))
             if _fits(lora_peak, card_gib) or batch == 1:
@@ -262,14 +262,6 @@ def _advice(model, w: Workload, peak: int, card_gib: float, weights: int) -> str
             return f"{need}: batch {batch} fits ({smaller / GiB:,.1f} GiB)"
     devices = math.ceil(peak / GiB * SLACK / (card_gib - CONTEXT_GIB))
     return f"{need}: even batch 1 does not fit; spread over {devices} cards (--n-devices)"
-
-
-def _lora_params_of(model, rank: int) -> int:
-    c = model.cfg
-    q = c.n_heads * c.d_head
-    kv = (c.n_key_value_heads or c.n_heads) * c.d_head
-    return rank * ((c.d_model + q) * 2 + (c.d_model + kv) * 2 + (c.d_model + c.d_mlp) * 3) \
-        * c.n_layers
 
 
 def memory_plan(preset: str | Preset = "paper", shape: str = "zephyr", card_gib: float = 80.0,
@@ -300,13 +292,14 @@ def memory_plan(preset: str | Preset = "paper", shape: str = "zephyr", card_gib:
                         bytes_per_trained_param=bytes_per_trained_param(resolve_dtype(dtype)))
     from interp.pipelines.plan import _fit_to_shape
 
-    p = _fit_to_shape(p, int(shape_config(shape)["num_hidden_layers"]))
-    for w in tqdm(workloads(p, shape_config(shape), prompt_tokens), desc="memory plan",
+    config = shape_config(shape)
+    p = _fit_to_shape(p, int(config["num_hidden_layers"]))
+    for w in tqdm(workloads(p, config, prompt_tokens), desc="memory plan",
                   disable=not progress, leave=False):
         peak = step_peak(model, w)
         fits = _fits(peak, card_gib)
         result.lines.append(MemoryLine(w.stage, round(peak / GiB, 2), fits,
-                                       "" if fits else _advice(model, w, peak, card_gib, weights),
+                                       "" if fits else _advice(model, w, peak, card_gib, config),
                                        w))
     return result
 
